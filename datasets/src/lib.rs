@@ -1,0 +1,1 @@
+//! Memory-mapped packs, importers, synthetic data, augmentation, loader.

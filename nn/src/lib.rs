@@ -1,0 +1,1 @@
+//! Modules, parameters, initialisation, losses, SGD and checkpoints (filled by the nn work).

@@ -1,0 +1,1 @@
+//! Shared helpers for the workspace tests (gradient checking lives in `engine::gradcheck`).
