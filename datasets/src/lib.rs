@@ -1,1 +1,15 @@
 //! Memory-mapped packs, importers, synthetic data, augmentation, loader.
+//!
+//! The flow: an importer (or the synthetic generator) writes a [`pack`] file; [`Pack::open`] maps it;
+//! [`subset::choose_labeled`] picks the labeled images; a [`loader::Loader`] turns records into
+//! augmented f32 NCHW batches in background workers.
+
+pub mod error;
+pub mod pack;
+pub mod rng;
+pub mod sample;
+
+pub use error::{DatasetError, Result};
+pub use pack::{Pack, PackSpec, PackSummary, PackWriter, RecordInfo};
+pub use rng::Rng;
+pub use sample::{MemoryDataset, Sample, SampleRef, SampleSource};

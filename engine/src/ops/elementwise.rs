@@ -1,0 +1,350 @@
+//! Elementwise ops with NumPy broadcasting, and unary maps.
+//!
+//! Broadcasting aligns shapes from the right; a dimension of size 1 (or a missing one) stretches
+//! to the other operand's size. The backward of a broadcast input sums the incoming gradient over
+//! the stretched dimensions ([`sum_to_shape`]).
+//!
+//! | op | forward | backward |
+//! |---|---|---|
+//! | `add` | `z = a + b` | `da = S_a(g)`, `db = S_b(g)` |
+//! | `sub` | `z = a - b` | `da = S_a(g)`, `db = -S_b(g)` |
+//! | `mul` | `z = a * b` | `da = S_a(g b)`, `db = S_b(g a)` |
+//! | `div` | `z = a / b` | `da = S_a(g / b)`, `db = -S_b(g a / b^2)` |
+//! | `neg` | `z = -x` | `dx = -g` |
+//! | `exp` | `z = e^x` | `dx = g z` (saves z) |
+//! | `log` | `z = ln x` | `dx = g / x` (saves x) |
+//! | `sqrt` | `z = sqrt x` | `dx = g / (2 z)` (saves z) |
+//! | `relu` | `z = max(x, 0)` | `dx = g [x > 0]` (saves z: z > 0 iff x > 0) |
+//! | `affine` | `z = alpha x + beta` | `dx = alpha g` |
+//!
+//! where `S_a` sums over the dimensions along which `a` was broadcast.
+
+use crate::ops::reduce::sum_to_shape;
+use crate::shape::strides;
+use crate::tape::record;
+use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
+use kernels::cpu::parallel::for_chunks_mut;
+
+/// The broadcast shape of `a` and `b`, or an error naming `op`.
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(Error::shape(op, format!("cannot broadcast {a:?} with {b:?}"))),
+        };
+    }
+    Ok(out)
+}
+
+/// Strides of `dims` viewed inside the broadcast shape `out` (0 along stretched dimensions).
+fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
+    let s = strides(dims);
+    let off = out.len() - dims.len();
+    (0..out.len()).map(|i| if i < off || dims[i - off] == 1 { 0 } else { s[i - off] }).collect()
+}
+
+fn check_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::DType { op, lhs: a.dtype(), rhs: b.dtype() });
+    }
+    if a.device() != b.device() {
+        return Err(Error::Device { op, msg: format!("{} vs {}", a.device(), b.device()) });
+    }
+    Ok(())
+}
+
+/// `f(a, b)` elementwise with broadcasting, untracked.
+pub(crate) fn binary_map<F>(op: &'static str, a: &Tensor, b: &Tensor, f: F) -> Result<Tensor>
+where
+    F: Fn(f64, f64) -> f64 + Sync + Copy,
+{
+    check_pair(op, a, b)?;
+    let out = broadcast_shape(op, a.dims(), b.dims())?;
+    with_dtype!(a.dtype(), T, binary_kernel::<T, _>(op, a, b, out, move |x: T, y: T| T::from_f64(f(x.to_f64(), y.to_f64()))))
+}
+
+fn binary_kernel<T: Element, F: Fn(T, T) -> T + Sync>(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    out_dims: Vec<usize>,
+    f: F,
+) -> Result<Tensor> {
+    let (xa, xb) = (a.cpu_slice::<T>(op)?, b.cpu_slice::<T>(op)?);
+    let n: usize = out_dims.iter().product();
+    let mut out = vec![T::ZERO; n];
+    if a.dims() == b.dims() {
+        for_chunks_mut(&mut out, 8192, |s, ch| {
+            for (i, o) in ch.iter_mut().enumerate() {
+                *o = f(xa[s + i], xb[s + i]);
+            }
+        });
+    } else if n > 0 {
+        let sa = broadcast_strides(a.dims(), &out_dims);
+        let sb = broadcast_strides(b.dims(), &out_dims);
+        let r = out_dims.len();
+        let last = if r == 0 { 1 } else { out_dims[r - 1] };
+        let (la, lb) = if r == 0 { (0, 0) } else { (sa[r - 1], sb[r - 1]) };
+        let outer = &out_dims[..r.saturating_sub(1)];
+        // Each row (a run along the last dimension) starts at offsets found by decomposing its index.
+        let rows_per_chunk = (8192 / last.max(1)).max(1);
+        for_chunks_mut(&mut out, rows_per_chunk * last, |s, ch| {
+            for (ri, row) in ch.chunks_mut(last).enumerate() {
+                let mut rem = s / last + ri;
+                let (mut oa, mut ob) = (0usize, 0usize);
+                for d in (0..outer.len()).rev() {
+                    let k = rem % outer[d];
+                    rem /= outer[d];
+                    oa += k * sa[d];
+                    ob += k * sb[d];
+                }
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = f(xa[oa + j * la], xb[ob + j * lb]);
+                }
+            }
+        });
+    }
+    Ok(Tensor::from_cpu(T::wrap(out), Shape(out_dims)))
+}
+
+/// `f(x)` elementwise, untracked.
+pub(crate) fn unary_map<F>(op: &'static str, x: &Tensor, f: F) -> Result<Tensor>
+where
+    F: Fn(f64) -> f64 + Sync + Copy,
+{
+    with_dtype!(x.dtype(), T, {
+        let xs = x.cpu_slice::<T>(op)?;
+        let mut out = vec![T::ZERO; xs.len()];
+        for_chunks_mut(&mut out, 8192, |s, ch| {
+            for (i, o) in ch.iter_mut().enumerate() {
+                *o = T::from_f64(f(xs[s + i].to_f64()));
+            }
+        });
+        Ok(Tensor::from_cpu(T::wrap(out), x.shape.clone()))
+    })
+}
+
+pub(crate) fn add_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_pair("add", a, b)?;
+    let out = broadcast_shape("add", a.dims(), b.dims())?;
+    with_dtype!(a.dtype(), T, binary_kernel::<T, _>("add", a, b, out, |x: T, y: T| x + y))
+}
+fn mul_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_pair("mul", a, b)?;
+    let out = broadcast_shape("mul", a.dims(), b.dims())?;
+    with_dtype!(a.dtype(), T, binary_kernel::<T, _>("mul", a, b, out, |x: T, y: T| x * y))
+}
+pub(crate) fn scale_untracked(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    with_dtype!(x.dtype(), T, {
+        let xs = x.cpu_slice::<T>("scale")?;
+        let a = T::from_f64(alpha);
+        Ok(Tensor::from_cpu(T::wrap(xs.iter().map(|&v| v * a).collect()), x.shape.clone()))
+    })
+}
+
+#[derive(Clone, Copy)]
+enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+struct BinaryBackward {
+    op: BinOp,
+    a: Option<Tensor>,
+    b: Option<Tensor>,
+    a_dims: Vec<usize>,
+    b_dims: Vec<usize>,
+}
+
+impl Backward for BinaryBackward {
+    fn name(&self) -> &'static str {
+        match self.op {
+            BinOp::Add => "add",
+            BinOp::Sub => "sub",
+            BinOp::Mul => "mul",
+            BinOp::Div => "div",
+        }
+    }
+    fn saved_bytes(&self) -> usize {
+        self.a.as_ref().map_or(0, |t| t.nbytes()) + self.b.as_ref().map_or(0, |t| t.nbytes())
+    }
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (ad, bd) = (&self.a_dims, &self.b_dims);
+        let ga = if needs[0] {
+            Some(match self.op {
+                BinOp::Add | BinOp::Sub => sum_to_shape(g, ad)?,
+                BinOp::Mul => sum_to_shape(&mul_untracked(g, self.b.as_ref().unwrap())?, ad)?,
+                BinOp::Div => sum_to_shape(&binary_map("div", g, self.b.as_ref().unwrap(), |g, b| g / b)?, ad)?,
+            })
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            Some(match self.op {
+                BinOp::Add => sum_to_shape(g, bd)?,
+                BinOp::Sub => scale_untracked(&sum_to_shape(g, bd)?, -1.0)?,
+                BinOp::Mul => sum_to_shape(&mul_untracked(g, self.a.as_ref().unwrap())?, bd)?,
+                BinOp::Div => {
+                    // -g a / b^2, computed as (g * a) then divided by b^2 with broadcasting.
+                    let ga = mul_untracked(g, self.a.as_ref().unwrap())?;
+                    let q = binary_map("div", &ga, self.b.as_ref().unwrap(), |x, b| -x / (b * b))?;
+                    sum_to_shape(&q, bd)?
+                }
+            })
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
+    }
+}
+
+fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let name = match op {
+        BinOp::Add => "add",
+        BinOp::Sub => "sub",
+        BinOp::Mul => "mul",
+        BinOp::Div => "div",
+    };
+    check_pair(name, a, b)?;
+    let out_dims = broadcast_shape(name, a.dims(), b.dims())?;
+    let out = with_dtype!(a.dtype(), T, match op {
+        BinOp::Add => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x + y),
+        BinOp::Sub => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x - y),
+        BinOp::Mul => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x * y),
+        BinOp::Div => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x / y),
+    })?;
+    let save = matches!(op, BinOp::Mul | BinOp::Div);
+    record(name, &[a, b], out, || {
+        Box::new(BinaryBackward {
+            op,
+            a: save.then(|| a.detach()),
+            b: save.then(|| b.detach()),
+            a_dims: a.dims().to_vec(),
+            b_dims: b.dims().to_vec(),
+        })
+    })
+}
+
+/// `a + b` with broadcasting. Backward: `da = S_a(g)`, `db = S_b(g)`.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinOp::Add, a, b)
+}
+/// `a - b` with broadcasting. Backward: `da = S_a(g)`, `db = -S_b(g)`.
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinOp::Sub, a, b)
+}
+/// `a * b` with broadcasting. Backward: `da = S_a(g b)`, `db = S_b(g a)`; saves both inputs.
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinOp::Mul, a, b)
+}
+/// `a / b` with broadcasting. Backward: `da = S_a(g / b)`, `db = -S_b(g a / b^2)`; saves both.
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinOp::Div, a, b)
+}
+
+#[derive(Clone, Copy)]
+enum UnOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Relu,
+    Affine(f64, f64),
+}
+
+struct UnaryBackward {
+    op: UnOp,
+    /// The input (log) or the output (exp, sqrt, relu); nothing for neg/affine.
+    saved: Option<Tensor>,
+}
+
+impl Backward for UnaryBackward {
+    fn name(&self) -> &'static str {
+        match self.op {
+            UnOp::Neg => "neg",
+            UnOp::Exp => "exp",
+            UnOp::Log => "log",
+            UnOp::Sqrt => "sqrt",
+            UnOp::Relu => "relu",
+            UnOp::Affine(..) => "affine",
+        }
+    }
+    fn saved_bytes(&self) -> usize {
+        self.saved.as_ref().map_or(0, |t| t.nbytes())
+    }
+    fn backward(&self, g: &Tensor, _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let s = self.saved.as_ref();
+        let dx = match self.op {
+            UnOp::Neg => scale_untracked(g, -1.0)?,
+            UnOp::Affine(a, _) => scale_untracked(g, a)?,
+            UnOp::Exp => mul_untracked(g, s.unwrap())?,
+            UnOp::Log => binary_map("log", g, s.unwrap(), |g, x| g / x)?,
+            UnOp::Sqrt => binary_map("sqrt", g, s.unwrap(), |g, z| g / (2.0 * z))?,
+            UnOp::Relu => binary_map("relu", g, s.unwrap(), |g, z| if z > 0.0 { g } else { 0.0 })?,
+        };
+        Ok(vec![Some(dx)])
+    }
+}
+
+fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
+    let name = UnaryBackward { op, saved: None }.name();
+    let out = with_dtype!(x.dtype(), T, {
+        let xs = x.cpu_slice::<T>(name)?;
+        let mut out = vec![T::ZERO; xs.len()];
+        let f = move |v: T| -> T {
+            match op {
+                UnOp::Neg => -v,
+                UnOp::Exp => v.exp(),
+                UnOp::Log => v.ln(),
+                UnOp::Sqrt => v.sqrt(),
+                UnOp::Relu => v.max(T::ZERO),
+                UnOp::Affine(a, b) => T::from_f64(a) * v + T::from_f64(b),
+            }
+        };
+        for_chunks_mut(&mut out, 8192, |s, ch| {
+            for (i, o) in ch.iter_mut().enumerate() {
+                *o = f(xs[s + i]);
+            }
+        });
+        Tensor::from_cpu(T::wrap(out), x.shape.clone())
+    });
+    let saved = match op {
+        UnOp::Neg | UnOp::Affine(..) => None,
+        UnOp::Log => Some(x.detach()),
+        UnOp::Exp | UnOp::Sqrt | UnOp::Relu => Some(out.detach()),
+    };
+    record(name, &[x], out, || Box::new(UnaryBackward { op, saved }))
+}
+
+/// `-x`. Backward: `dx = -g`.
+pub fn neg(x: &Tensor) -> Result<Tensor> {
+    unary(UnOp::Neg, x)
+}
+/// `e^x`. Backward: `dx = g e^x` (saves the output).
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    unary(UnOp::Exp, x)
+}
+/// `ln x`. Backward: `dx = g / x` (saves the input).
+pub fn log(x: &Tensor) -> Result<Tensor> {
+    unary(UnOp::Log, x)
+}
+/// `sqrt x`. Backward: `dx = g / (2 sqrt x)` (saves the output).
+pub fn sqrt(x: &Tensor) -> Result<Tensor> {
+    unary(UnOp::Sqrt, x)
+}
+/// `max(x, 0)`. Backward: `dx = g` where `x > 0`, else 0 (saves the output, whose sign is the mask).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    unary(UnOp::Relu, x)
+}
+/// `alpha x + beta` for constants. Backward: `dx = alpha g`.
+pub fn affine(x: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
+    unary(UnOp::Affine(alpha, beta), x)
+}
