@@ -13,3 +13,5 @@ pub use error::{DatasetError, Result};
 pub use pack::{Pack, PackSpec, PackSummary, PackWriter, RecordInfo};
 pub use rng::Rng;
 pub use sample::{MemoryDataset, Sample, SampleRef, SampleSource};
+pub mod synth;
+pub use synth::{synth_dataset, synth_pack, synth_sample, SynthConfig};

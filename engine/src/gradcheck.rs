@@ -72,7 +72,7 @@ where
         };
         let base = x.to_vec_f64().unwrap();
         for &c in &coords {
-            let mut eval = |delta: f64| -> Result<f64, String> {
+            let eval = |delta: f64| -> Result<f64, String> {
                 let mut v = base.clone();
                 v[c] += delta;
                 let mut xs: Vec<Tensor> = inputs.to_vec();

@@ -114,6 +114,7 @@ fn binary_kernel<T: Element, F: Fn(T, T) -> T + Sync>(
 }
 
 /// `f(x)` elementwise, untracked.
+#[allow(dead_code)]
 pub(crate) fn unary_map<F>(op: &'static str, x: &Tensor, f: F) -> Result<Tensor>
 where
     F: Fn(f64) -> f64 + Sync + Copy,

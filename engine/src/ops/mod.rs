@@ -4,16 +4,34 @@
 //! shapes, never a panic inside a kernel), computes the forward with the CPU kernels, and records
 //! a [`crate::Backward`] on the tape when an input is tracked.
 
+pub mod batchnorm;
+pub mod contrastive;
+pub mod conv;
+pub mod cross_entropy;
 pub mod device_copy;
+pub mod dropout;
 pub mod elementwise;
 pub mod matmul;
+pub mod normalize;
+pub mod pool;
 pub mod reduce;
+pub mod resize;
 pub mod shape_ops;
+pub mod softmax;
 
 pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
 pub use matmul::matmul;
 pub use reduce::{mean, mean_all, sum, sum_all};
 pub use shape_ops::{concat, permute, reshape, split, transpose};
+pub use batchnorm::batch_norm2d;
+pub use contrastive::{pixel_contrastive_loss, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
+pub use conv::{conv2d, Conv2dParams};
+pub use cross_entropy::cross_entropy;
+pub use dropout::dropout;
+pub use normalize::l2_normalize;
+pub use pool::{global_avg_pool2d, max_pool2d};
+pub use resize::{resize_bilinear, resize_nearest_labels};
+pub use softmax::log_softmax;
 
 /// Names of every differentiable op the engine exports. The test suite requires a gradient check
 /// named `grad_<name>` for each entry, so an op cannot be added without one.
