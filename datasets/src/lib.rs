@@ -15,3 +15,5 @@ pub use rng::Rng;
 pub use sample::{MemoryDataset, Sample, SampleRef, SampleSource};
 pub mod synth;
 pub use synth::{synth_dataset, synth_pack, synth_sample, SynthConfig};
+pub mod augment;
+pub use augment::{augment, AugmentConfig, Augmented, ColorJitter, PadFill};

@@ -37,5 +37,6 @@ pub use softmax::log_softmax;
 /// named `grad_<name>` for each entry, so an op cannot be added without one.
 pub const ALL: &[&str] = &[
     "add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "relu", "affine", "sum", "mean", "reshape", "permute",
-    "matmul", "concat", "split",
+    "matmul", "concat", "split", "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm2d", "dropout",
+    "resize_bilinear", "l2_normalize", "log_softmax", "cross_entropy", "pixel_contrastive_loss",
 ];
