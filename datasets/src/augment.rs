@@ -44,14 +44,7 @@ pub struct ColorJitter {
 impl Default for ColorJitter {
     /// SimCLR's strength-0.5 setting (0.8*s, 0.2*s for hue), applied with p=0.8, greyscale p=0.2.
     fn default() -> Self {
-        ColorJitter {
-            prob: 0.8,
-            brightness: 0.4,
-            contrast: 0.4,
-            saturation: 0.4,
-            hue: 0.1,
-            grayscale_prob: 0.2,
-        }
+        ColorJitter { prob: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1, grayscale_prob: 0.2 }
     }
 }
 
@@ -91,20 +84,12 @@ impl AugmentConfig {
 
     /// Fine-tuning recipe: scale 0.5-2.0, `crop x crop` random crop, flip.
     pub fn train(crop: usize) -> Self {
-        AugmentConfig {
-            crop: Some([crop, crop]),
-            scale: Some((0.5, 2.0)),
-            hflip: true,
-            ..Self::eval()
-        }
+        AugmentConfig { crop: Some([crop, crop]), scale: Some((0.5, 2.0)), hflip: true, ..Self::eval() }
     }
 
     /// Contrastive pretraining recipe: the training recipe plus colour distortion.
     pub fn contrastive(crop: usize) -> Self {
-        AugmentConfig {
-            color: Some(ColorJitter::default()),
-            ..Self::train(crop)
-        }
+        AugmentConfig { color: Some(ColorJitter::default()), ..Self::train(crop) }
     }
 
     /// Rejects configurations that would divide by zero or produce empty/absurd outputs.
@@ -155,10 +140,7 @@ const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 
 impl Affine {
     fn identity() -> Self {
-        Affine {
-            m: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-            b: [0.0; 3],
-        }
+        Affine { m: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], b: [0.0; 3] }
     }
     fn apply(&self, x: [f32; 3]) -> [f32; 3] {
         let mut y = self.b;
@@ -267,16 +249,7 @@ pub fn plan(h: usize, w: usize, cfg: &AugmentConfig, rng: &mut Rng) -> Plan {
             color.push(ColorOp::Grayscale);
         }
     }
-    Plan {
-        scaled_h,
-        scaled_w,
-        off_y,
-        off_x,
-        out_h,
-        out_w,
-        flip,
-        color,
-    }
+    Plan { scaled_h, scaled_w, off_y, off_x, out_h, out_w, flip, color }
 }
 
 /// Source taps along one axis for each output coordinate: bilinear (i0, i1, frac) and nearest index,
@@ -383,12 +356,7 @@ pub fn apply(s: &SampleRef<'_>, plan: &Plan, cfg: &AugmentConfig) -> Result<Augm
             }
         }
     }
-    Ok(Augmented {
-        height: oh,
-        width: ow,
-        image,
-        label,
-    })
+    Ok(Augmented { height: oh, width: ow, image, label })
 }
 
 /// Plans and applies in one call.

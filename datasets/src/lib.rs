@@ -17,3 +17,7 @@ pub mod synth;
 pub use synth::{synth_dataset, synth_pack, synth_sample, SynthConfig};
 pub mod augment;
 pub use augment::{augment, AugmentConfig, Augmented, ColorJitter, PadFill};
+pub mod loader;
+pub use loader::{Batch, EpochIter, Loader, LoaderConfig};
+pub mod subset;
+pub use subset::{choose_labeled, choose_labeled_in_pack, Subset};

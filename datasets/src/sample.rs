@@ -74,12 +74,10 @@ impl SampleSource for MemoryDataset {
         self.samples.len()
     }
     fn sample(&self, index: usize) -> Result<SampleRef<'_>> {
-        self.samples.get(index).map(Sample::view).ok_or_else(|| {
-            crate::DatasetError::IndexOutOfRange {
-                path: "<memory>".into(),
-                index,
-                len: self.samples.len(),
-            }
+        self.samples.get(index).map(Sample::view).ok_or_else(|| crate::DatasetError::IndexOutOfRange {
+            path: "<memory>".into(),
+            index,
+            len: self.samples.len(),
         })
     }
     fn num_classes(&self) -> usize {
@@ -92,15 +90,8 @@ impl SampleSource for MemoryDataset {
 
 /// First label pixel that is neither `< num_classes` nor `ignore`, as `(x, y, value)`.
 /// Shared by the pack writer, the reader and the importers so they agree on what "valid" means.
-pub fn find_bad_label(
-    label: &[u8],
-    width: usize,
-    num_classes: usize,
-    ignore: u8,
-) -> Option<(usize, usize, u8)> {
-    let pos = label
-        .iter()
-        .position(|&v| (v as usize) >= num_classes && v != ignore)?;
+pub fn find_bad_label(label: &[u8], width: usize, num_classes: usize, ignore: u8) -> Option<(usize, usize, u8)> {
+    let pos = label.iter().position(|&v| (v as usize) >= num_classes && v != ignore)?;
     let w = width.max(1);
     Some((pos % w, pos / w, label[pos]))
 }

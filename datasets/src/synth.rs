@@ -23,14 +23,8 @@ use crate::rng::Rng;
 use crate::sample::{MemoryDataset, Sample};
 
 /// Names of all synthetic classes, in label order.
-pub const CLASS_NAMES: [&str; 6] = [
-    "background",
-    "striped-disc",
-    "checkered-square",
-    "dotted-triangle",
-    "grid-cross",
-    "ringed-ellipse",
-];
+pub const CLASS_NAMES: [&str; 6] =
+    ["background", "striped-disc", "checkered-square", "dotted-triangle", "grid-cross", "ringed-ellipse"];
 
 /// Parameters of the generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,15 +42,7 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig {
-            seed: 0,
-            num_images: 200,
-            height: 64,
-            width: 64,
-            num_classes: 5,
-            min_shapes: 2,
-            max_shapes: 4,
-        }
+        SynthConfig { seed: 0, num_images: 200, height: 64, width: 64, num_classes: 5, min_shapes: 2, max_shapes: 4 }
     }
 }
 
@@ -87,23 +73,9 @@ impl SynthConfig {
 
     /// The pack spec (class names, ignore 255, a palette for rendering) for this configuration.
     pub fn spec(&self) -> PackSpec {
-        let names = CLASS_NAMES[..self.num_classes.min(CLASS_NAMES.len())]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let palette = vec![
-            [0, 0, 0],
-            [230, 25, 75],
-            [60, 180, 75],
-            [255, 225, 25],
-            [0, 130, 200],
-            [245, 130, 48],
-        ];
-        PackSpec {
-            class_names: names,
-            ignore_index: 255,
-            palette: Some(palette[..self.num_classes.min(6)].to_vec()),
-        }
+        let names = CLASS_NAMES[..self.num_classes.min(CLASS_NAMES.len())].iter().map(|s| s.to_string()).collect();
+        let palette = vec![[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]];
+        PackSpec { class_names: names, ignore_index: 255, palette: Some(palette[..self.num_classes.min(6)].to_vec()) }
     }
 }
 
@@ -236,28 +208,15 @@ pub fn synth_sample(cfg: &SynthConfig, index: usize) -> Result<Sample> {
             }
         }
     }
-    Ok(Sample {
-        name: format!("synth-{index:06}"),
-        height: h,
-        width: w,
-        image,
-        label: Some(label),
-    })
+    Ok(Sample { name: format!("synth-{index:06}"), height: h, width: w, image, label: Some(label) })
 }
 
 /// The whole configured dataset in memory, generated in parallel (order and content are fixed).
 pub fn synth_dataset(cfg: &SynthConfig) -> Result<MemoryDataset> {
     cfg.validate()?;
-    let samples = (0..cfg.num_images)
-        .into_par_iter()
-        .map(|i| synth_sample(cfg, i))
-        .collect::<Result<Vec<_>>>()?;
+    let samples = (0..cfg.num_images).into_par_iter().map(|i| synth_sample(cfg, i)).collect::<Result<Vec<_>>>()?;
     let spec = cfg.spec();
-    Ok(MemoryDataset {
-        samples,
-        class_names: spec.class_names,
-        ignore_index: spec.ignore_index,
-    })
+    Ok(MemoryDataset { samples, class_names: spec.class_names, ignore_index: spec.ignore_index })
 }
 
 /// Writes the configured dataset as a pack at `path` (streaming, in chunks generated in parallel).
@@ -267,10 +226,7 @@ pub fn synth_pack(path: impl AsRef<Path>, cfg: &SynthConfig) -> Result<PackSumma
     let chunk = 64;
     for start in (0..cfg.num_images).step_by(chunk) {
         let end = (start + chunk).min(cfg.num_images);
-        let samples = (start..end)
-            .into_par_iter()
-            .map(|i| synth_sample(cfg, i))
-            .collect::<Result<Vec<_>>>()?;
+        let samples = (start..end).into_par_iter().map(|i| synth_sample(cfg, i)).collect::<Result<Vec<_>>>()?;
         for s in &samples {
             writer.push(&s.view())?;
         }
@@ -283,10 +239,7 @@ mod tests {
     use super::*;
 
     fn small() -> SynthConfig {
-        SynthConfig {
-            num_images: 40,
-            ..SynthConfig::default()
-        }
+        SynthConfig { num_images: 40, ..SynthConfig::default() }
     }
 
     #[test]

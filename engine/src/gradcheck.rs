@@ -65,11 +65,8 @@ where
             None => vec![0.0; x.numel()],
         };
         let n = x.numel();
-        let coords: Vec<usize> = if n <= cfg.max_coords {
-            (0..n).collect()
-        } else {
-            (0..cfg.max_coords).map(|_| rng.below(n)).collect()
-        };
+        let coords: Vec<usize> =
+            if n <= cfg.max_coords { (0..n).collect() } else { (0..cfg.max_coords).map(|_| rng.below(n)).collect() };
         let base = x.to_vec_f64().unwrap();
         for &c in &coords {
             let eval = |delta: f64| -> Result<f64, String> {

@@ -30,10 +30,7 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != data.len() {
-            return Err(Error::shape(
-                "from_vec",
-                format!("{} elements do not fill shape {shape}", data.len()),
-            ));
+            return Err(Error::shape("from_vec", format!("{} elements do not fill shape {shape}", data.len())));
         }
         Ok(Tensor::from_cpu(T::wrap(data), shape))
     }

@@ -39,11 +39,15 @@ impl Case for Broadcast {
 }
 arbitrary_via_rng!(Broadcast);
 
-fn binary_prop(f: fn(&Tensor, &Tensor) -> engine::Result<Tensor>, positive_b: bool) -> impl Fn(&Broadcast) -> Result<(), String> + Clone {
+fn binary_prop(
+    f: fn(&Tensor, &Tensor) -> engine::Result<Tensor>,
+    positive_b: bool,
+) -> impl Fn(&Broadcast) -> Result<(), String> + Clone {
     move |c: &Broadcast| {
         let mut rng = Rng::new(c.seed);
         let a = rand_t(&c.a, &mut rng);
-        let b = if positive_b { ops::affine(&rand_t(&c.b, &mut rng), 0.5, 1.5).unwrap() } else { rand_t(&c.b, &mut rng) };
+        let b =
+            if positive_b { ops::affine(&rand_t(&c.b, &mut rng), 0.5, 1.5).unwrap() } else { rand_t(&c.b, &mut rng) };
         gc(|x| f(&x[0], &x[1]), &[a, b])
     }
 }
@@ -82,7 +86,10 @@ impl Case for OneShape {
 }
 arbitrary_via_rng!(OneShape);
 
-fn unary_prop(f: fn(&Tensor) -> engine::Result<Tensor>, domain: fn(&[usize], &mut Rng) -> Tensor) -> impl Fn(&OneShape) -> Result<(), String> + Clone {
+fn unary_prop(
+    f: fn(&Tensor) -> engine::Result<Tensor>,
+    domain: fn(&[usize], &mut Rng) -> Tensor,
+) -> impl Fn(&OneShape) -> Result<(), String> + Clone {
     move |c: &OneShape| {
         let mut rng = Rng::new(c.seed);
         gc(|x| f(&x[0]), &[domain(&c.d, &mut rng)])

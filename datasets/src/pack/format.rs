@@ -88,11 +88,7 @@ pub struct PackSpec {
 impl PackSpec {
     /// A spec with the given class names, ignore 255 and no palette.
     pub fn new(class_names: Vec<String>) -> Self {
-        PackSpec {
-            class_names,
-            ignore_index: 255,
-            palette: None,
-        }
+        PackSpec { class_names, ignore_index: 255, palette: None }
     }
 
     /// Number of classes.
@@ -121,22 +117,14 @@ pub fn decode_class_names(mut blob: &[u8], expected: usize) -> Result<Vec<String
         let len = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         blob = &blob[4..];
         if len > blob.len() {
-            return Err(format!(
-                "class name {} claims {len} bytes, only {} left",
-                names.len(),
-                blob.len()
-            ));
+            return Err(format!("class name {} claims {len} bytes, only {} left", names.len(), blob.len()));
         }
-        let s = std::str::from_utf8(&blob[..len])
-            .map_err(|_| format!("class name {} is not UTF-8", names.len()))?;
+        let s = std::str::from_utf8(&blob[..len]).map_err(|_| format!("class name {} is not UTF-8", names.len()))?;
         names.push(s.to_owned());
         blob = &blob[len..];
     }
     if names.len() != expected {
-        return Err(format!(
-            "header says {expected} classes but the name table holds {}",
-            names.len()
-        ));
+        return Err(format!("header says {expected} classes but the name table holds {}", names.len()));
     }
     Ok(names)
 }

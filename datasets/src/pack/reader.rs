@@ -57,25 +57,15 @@ impl Pack {
     }
 
     fn from_map(path: PathBuf, map: Mmap) -> Result<Pack> {
-        let corrupt = |what: String| DatasetError::Corrupt {
-            path: path.clone(),
-            what,
-        };
+        let corrupt = |what: String| DatasetError::Corrupt { path: path.clone(), what };
         let len = map.len() as u64;
         if map.len() < 8 {
-            return Err(DatasetError::Truncated {
-                path,
-                what: format!("{len} bytes, shorter than the magic"),
-            });
+            return Err(DatasetError::Truncated { path, what: format!("{len} bytes, shorter than the magic") });
         }
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&map[..8]);
         if magic != MAGIC {
-            return Err(DatasetError::BadMagic {
-                path,
-                found: magic,
-                expected: MAGIC,
-            });
+            return Err(DatasetError::BadMagic { path, found: magic, expected: MAGIC });
         }
         if map.len() < HEADER_LEN {
             return Err(DatasetError::Truncated {
@@ -85,11 +75,7 @@ impl Pack {
         }
         let header: Header = bytemuck::pod_read_unaligned(&map[..HEADER_LEN]);
         if header.version != FORMAT_VERSION {
-            return Err(DatasetError::BadVersion {
-                path,
-                found: header.version,
-                expected: FORMAT_VERSION,
-            });
+            return Err(DatasetError::BadVersion { path, found: header.version, expected: FORMAT_VERSION });
         }
         if header.header_len as usize != HEADER_LEN {
             return Err(corrupt(format!("header length field {} != {HEADER_LEN}", header.header_len)));
@@ -101,10 +87,7 @@ impl Pack {
             });
         }
         if header.file_len < len {
-            return Err(corrupt(format!(
-                "file has {len} bytes, header says {} (trailing data)",
-                header.file_len
-            )));
+            return Err(corrupt(format!("file has {len} bytes, header says {} (trailing data)", header.file_len)));
         }
         // Metadata region bounds, with checked arithmetic: a hostile header must not overflow.
         let n = header.num_records;
@@ -123,11 +106,7 @@ impl Pack {
         let meta = &map[header.index_offset as usize..];
         let computed = meta_crc(&header, meta);
         if computed != header.meta_crc {
-            return Err(DatasetError::HeaderChecksum {
-                path,
-                stored: header.meta_crc,
-                computed,
-            });
+            return Err(DatasetError::HeaderChecksum { path, stored: header.meta_crc, computed });
         }
         // From here on the metadata is what the writer wrote; still validate it (a buggy or hostile
         // writer can produce a consistent checksum over nonsense).
@@ -142,8 +121,7 @@ impl Pack {
         let names_start = header.index_offset as usize + idx_bytes;
         let classes_start = names_start + header.record_names_len as usize;
         let palette_start = classes_start + header.class_names_len as usize;
-        let class_names = decode_class_names(&map[classes_start..palette_start], nc)
-            .map_err(|e| corrupt(e))?;
+        let class_names = decode_class_names(&map[classes_start..palette_start], nc).map_err(|e| corrupt(e))?;
         let palette = if header.palette_len == 0 {
             None
         } else if header.palette_len % 3 != 0 || header.palette_len > 768 {
@@ -151,24 +129,14 @@ impl Pack {
         } else {
             Some(map[palette_start..].chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
         };
-        let pack = Pack {
-            path: path.clone(),
-            map,
-            header,
-            class_names,
-            palette,
-            names_start,
-        };
+        let pack = Pack { path: path.clone(), map, header, class_names, palette, names_start };
         // Every record: flags known, payload inside [HEADER_LEN, index_offset), in file order, no
         // overlap; name inside the names blob and UTF-8. Labeled count matches the header.
         let entries = pack.entries()?;
         let mut prev_end = HEADER_LEN as u64;
         let mut labeled = 0u64;
         for (i, e) in entries.iter().enumerate() {
-            let rec = |what: String| DatasetError::Corrupt {
-                path: path.clone(),
-                what: format!("record {i}: {what}"),
-            };
+            let rec = |what: String| DatasetError::Corrupt { path: path.clone(), what: format!("record {i}: {what}") };
             if e.flags & !KNOWN_FLAGS != 0 {
                 return Err(rec(format!("unknown flag bits {:#x}", e.flags)));
             }
@@ -215,14 +183,11 @@ impl Pack {
     }
 
     fn entry(&self, index: usize) -> Result<RecordEntry> {
-        self.entries()?
-            .get(index)
-            .copied()
-            .ok_or_else(|| DatasetError::IndexOutOfRange {
-                path: self.path.clone(),
-                index,
-                len: self.len(),
-            })
+        self.entries()?.get(index).copied().ok_or_else(|| DatasetError::IndexOutOfRange {
+            path: self.path.clone(),
+            index,
+            len: self.len(),
+        })
     }
 
     fn name_of(&self, e: &RecordEntry) -> &str {
@@ -317,13 +282,7 @@ impl Pack {
         } else {
             None
         };
-        Ok(SampleRef {
-            name: name.into(),
-            height: h,
-            width: w,
-            image,
-            label,
-        })
+        Ok(SampleRef { name: name.into(), height: h, width: w, image, label })
     }
 
     /// Reads every record and checks its checksum and labels; returns the first problem.

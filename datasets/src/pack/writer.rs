@@ -75,8 +75,7 @@ impl PackWriter {
         let file = File::create(&tmp_path).map_err(|e| DatasetError::io(&tmp_path, "create", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         // Placeholder header; the real one is written by `finish` once counts are known.
-        out.write_all(&[0u8; HEADER_LEN])
-            .map_err(|e| DatasetError::io(&tmp_path, "write", e))?;
+        out.write_all(&[0u8; HEADER_LEN]).map_err(|e| DatasetError::io(&tmp_path, "write", e))?;
         Ok(PackWriter {
             final_path,
             tmp_path,
@@ -189,13 +188,7 @@ impl PackWriter {
         meta.extend_from_slice(&self.record_names);
         let class_blob = encode_class_names(&self.spec.class_names);
         meta.extend_from_slice(&class_blob);
-        let palette: Vec<u8> = self
-            .spec
-            .palette
-            .iter()
-            .flatten()
-            .flat_map(|c| c.iter().copied())
-            .collect();
+        let palette: Vec<u8> = self.spec.palette.iter().flatten().flat_map(|c| c.iter().copied()).collect();
         meta.extend_from_slice(&palette);
 
         let mut header = Header {
@@ -219,9 +212,7 @@ impl PackWriter {
         out.write_all(&meta).map_err(werr)?;
         out.seek(SeekFrom::Start(0)).map_err(werr)?;
         out.write_all(bytemuck::bytes_of(&header)).map_err(werr)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| DatasetError::io(&tmp, "flush", e.into_error()))?;
+        let file = out.into_inner().map_err(|e| DatasetError::io(&tmp, "flush", e.into_error()))?;
         file.sync_all().map_err(|e| DatasetError::io(&tmp, "fsync", e))?;
         drop(file);
         std::fs::rename(&tmp, &self.final_path)

@@ -66,7 +66,11 @@ where
 {
     check_pair(op, a, b)?;
     let out = broadcast_shape(op, a.dims(), b.dims())?;
-    with_dtype!(a.dtype(), T, binary_kernel::<T, _>(op, a, b, out, move |x: T, y: T| T::from_f64(f(x.to_f64(), y.to_f64()))))
+    with_dtype!(
+        a.dtype(),
+        T,
+        binary_kernel::<T, _>(op, a, b, out, move |x: T, y: T| T::from_f64(f(x.to_f64(), y.to_f64())))
+    )
 }
 
 fn binary_kernel<T: Element, F: Fn(T, T) -> T + Sync>(
@@ -216,12 +220,16 @@ fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     check_pair(name, a, b)?;
     let out_dims = broadcast_shape(name, a.dims(), b.dims())?;
-    let out = with_dtype!(a.dtype(), T, match op {
-        BinOp::Add => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x + y),
-        BinOp::Sub => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x - y),
-        BinOp::Mul => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x * y),
-        BinOp::Div => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x / y),
-    })?;
+    let out = with_dtype!(
+        a.dtype(),
+        T,
+        match op {
+            BinOp::Add => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x + y),
+            BinOp::Sub => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x - y),
+            BinOp::Mul => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x * y),
+            BinOp::Div => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x / y),
+        }
+    )?;
     let save = matches!(op, BinOp::Mul | BinOp::Div);
     record(name, &[a, b], out, || {
         Box::new(BinaryBackward {

@@ -60,7 +60,9 @@ fn bmm<T: Element>(
         let bsl = if b_shared { b } else { &b[bi * bk * bn..(bi + 1) * bk * bn] };
         let av = if ta { Mat::rm(asl, am, ak).t() } else { Mat::rm(asl, am, ak) };
         let bv = if tb { Mat::rm(bsl, bk, bn).t() } else { Mat::rm(bsl, bk, bn) };
-        let (o, beta) = if accumulate_batch { (&mut out[..], if bi == 0 { T::ZERO } else { T::ONE }) } else {
+        let (o, beta) = if accumulate_batch {
+            (&mut out[..], if bi == 0 { T::ZERO } else { T::ONE })
+        } else {
             (&mut out[bi * m * n..(bi + 1) * m * n], T::ZERO)
         };
         debug_assert_eq!(av.cols, k);
@@ -84,7 +86,8 @@ impl Backward for MatmulBackward {
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let d = dims(self.a.dims(), self.b.dims())?;
         with_dtype!(g.dtype(), T, {
-            let (gs, asl, bsl) = (g.cpu_slice::<T>("matmul")?, self.a.cpu_slice::<T>("matmul")?, self.b.cpu_slice::<T>("matmul")?);
+            let (gs, asl, bsl) =
+                (g.cpu_slice::<T>("matmul")?, self.a.cpu_slice::<T>("matmul")?, self.b.cpu_slice::<T>("matmul")?);
             // dA = G B^T : [m,n] x [n,k]
             let da = needs[0].then(|| {
                 let v = bmm::<T>(gs, d.m, d.n, false, bsl, d.k, d.n, true, d.batch, false, d.b_shared, false);

@@ -19,24 +19,48 @@ pub mod resize;
 pub mod shape_ops;
 pub mod softmax;
 
-pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
-pub use matmul::matmul;
-pub use reduce::{mean, mean_all, sum, sum_all};
-pub use shape_ops::{concat, permute, reshape, split, transpose};
 pub use batchnorm::batch_norm2d;
 pub use contrastive::{pixel_contrastive_loss, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
 pub use conv::{conv2d, Conv2dParams};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
+pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
+pub use matmul::matmul;
 pub use normalize::l2_normalize;
 pub use pool::{global_avg_pool2d, max_pool2d};
+pub use reduce::{mean, mean_all, sum, sum_all};
 pub use resize::{resize_bilinear, resize_nearest_labels};
+pub use shape_ops::{concat, permute, reshape, split, transpose};
 pub use softmax::log_softmax;
 
 /// Names of every differentiable op the engine exports. The test suite requires a gradient check
 /// named `grad_<name>` for each entry, so an op cannot be added without one.
 pub const ALL: &[&str] = &[
-    "add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "relu", "affine", "sum", "mean", "reshape", "permute",
-    "matmul", "concat", "split", "conv2d", "max_pool2d", "global_avg_pool2d", "batch_norm2d", "dropout",
-    "resize_bilinear", "l2_normalize", "log_softmax", "cross_entropy", "pixel_contrastive_loss",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "relu",
+    "affine",
+    "sum",
+    "mean",
+    "reshape",
+    "permute",
+    "matmul",
+    "concat",
+    "split",
+    "conv2d",
+    "max_pool2d",
+    "global_avg_pool2d",
+    "batch_norm2d",
+    "dropout",
+    "resize_bilinear",
+    "l2_normalize",
+    "log_softmax",
+    "cross_entropy",
+    "pixel_contrastive_loss",
 ];

@@ -41,7 +41,10 @@ pub fn reshape(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
     }
     let shape = Shape(d);
     if shape.numel() != x.numel() {
-        return Err(Error::shape("reshape", format!("{} has {} elements, {shape} needs {}", x.shape, x.numel(), shape.numel())));
+        return Err(Error::shape(
+            "reshape",
+            format!("{} has {} elements, {shape} needs {}", x.shape, x.numel(), shape.numel()),
+        ));
     }
     let out = x.with_shape(shape);
     record("reshape", &[x], out, || Box::new(ReshapeBackward { in_shape: x.shape.clone() }))
@@ -97,7 +100,10 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let r = x.rank();
     let mut seen = vec![false; r];
     if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-        return Err(Error::invalid("permute", format!("{perm:?} is not a permutation of {r} dims (shape {})", x.shape)));
+        return Err(Error::invalid(
+            "permute",
+            format!("{perm:?} is not a permutation of {r} dims (shape {})", x.shape),
+        ));
     }
     let out = permute_untracked(x, perm)?;
     let mut inverse = vec![0; r];
