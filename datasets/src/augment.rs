@@ -150,6 +150,7 @@ impl Affine {
         y
     }
     /// `self` followed by the linear map `a` and the bias `t`: x -> a (M x + b) + t.
+    #[allow(clippy::needless_range_loop)] // index loops read like the matrix product they are
     fn then(&self, a: [[f32; 3]; 3], t: [f32; 3]) -> Self {
         let mut out = Affine { m: [[0.0; 3]; 3], b: t };
         for r in 0..3 {

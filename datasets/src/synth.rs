@@ -74,7 +74,7 @@ impl SynthConfig {
     /// The pack spec (class names, ignore 255, a palette for rendering) for this configuration.
     pub fn spec(&self) -> PackSpec {
         let names = CLASS_NAMES[..self.num_classes.min(CLASS_NAMES.len())].iter().map(|s| s.to_string()).collect();
-        let palette = vec![[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]];
+        let palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]];
         PackSpec { class_names: names, ignore_index: 255, palette: Some(palette[..self.num_classes.min(6)].to_vec()) }
     }
 }
@@ -277,6 +277,7 @@ mod tests {
     /// dataset should be close to mid-grey (colours are uniform per instance), and classes should not
     /// be separable by mean colour.
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn colour_is_not_predictive() {
         let cfg = SynthConfig { num_images: 120, ..small() };
         let ds = synth_dataset(&cfg).unwrap();

@@ -121,7 +121,7 @@ impl Pack {
         let names_start = header.index_offset as usize + idx_bytes;
         let classes_start = names_start + header.record_names_len as usize;
         let palette_start = classes_start + header.class_names_len as usize;
-        let class_names = decode_class_names(&map[classes_start..palette_start], nc).map_err(|e| corrupt(e))?;
+        let class_names = decode_class_names(&map[classes_start..palette_start], nc).map_err(&corrupt)?;
         let palette = if header.palette_len == 0 {
             None
         } else if header.palette_len % 3 != 0 || header.palette_len > 768 {
@@ -145,10 +145,10 @@ impl Pack {
             }
             let end = e.payload_len().and_then(|l| e.offset.checked_add(l));
             match end {
-                Some(end) if e.offset >= prev_end && end <= pack.header.index_offset => prev_end = end,
+                Some(end) if e.offset == prev_end && end <= pack.header.index_offset => prev_end = end,
                 _ => {
                     return Err(rec(format!(
-                        "payload at {} ({}x{}) overlaps a previous record or leaves the payload area [{prev_end}, {})",
+                        "payload at {} ({}x{}) does not follow the previous record or leaves the payload area [{prev_end}, {})",
                         e.offset, e.width, e.height, pack.header.index_offset
                     )))
                 }
@@ -162,6 +162,12 @@ impl Pack {
                 return Err(rec("name is not UTF-8".into()));
             }
             labeled += (e.flags & FLAG_LABELED != 0) as u64;
+        }
+        // Only alignment padding (< 8 zero bytes) may sit between the last payload and the index, so
+        // every byte of the file is covered by a checksum or a check.
+        let gap = &pack.map[prev_end as usize..pack.header.index_offset as usize];
+        if gap.len() >= 8 || gap.iter().any(|&b| b != 0) {
+            return Err(corrupt(format!("{} unaccounted bytes between the last payload and the index", gap.len())));
         }
         if labeled != pack.header.num_labeled {
             return Err(corrupt(format!(
