@@ -10,6 +10,8 @@
 //! * [`gradcheck`]: analytic gradients against central finite differences in f64.
 #![warn(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;

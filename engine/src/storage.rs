@@ -40,7 +40,7 @@ impl CpuStorage {
 pub enum CudaStorage {}
 
 #[cfg(feature = "cuda")]
-pub use kernels::cuda::CudaStorage;
+pub use crate::cuda::CudaStorage;
 
 /// The storage of a tensor on some device.
 #[derive(Clone, Debug)]

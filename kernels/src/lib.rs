@@ -6,6 +6,8 @@
 //! * `cuda` (feature `cuda`): PTX compiled from `kernels/cuda/*.cu` and launched through `cust`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod float;
 
 pub use float::Float;

@@ -12,6 +12,8 @@ use std::fmt::Debug;
 
 pub use engine::gradcheck::{check as gradcheck, Config as GradConfig};
 
+pub mod contrastive_ref;
+
 /// A random test case that can be built from a seeded generator.
 pub trait Case: Arbitrary + Debug {
     /// Draw a case.

@@ -1,6 +1,51 @@
-//! The pixel-wise label-based contrastive loss. TO BE WRITTEN.
+//! The pixel-wise label-based contrastive loss (Zhao et al., ICCV 2021), fused: O(N d) memory.
+//!
+//! # Forward
+//! Features `f: [B, D, H, W]` (meant to be unit-normalised over `D`; any features are accepted and
+//! the computation stays stable, but the loss is defined on whatever dot products they give), labels
+//! `B x H x W` (`cfg.ignore` marks pixels that are neither anchors nor candidates). With
+//! `s_ij = f_i . f_j / tau` and, per anchor `i` of class `y_i`:
+//!
+//! * `ContrastiveForm::PerPositive` (the paper): negatives `K_i` = candidates of another class from the
+//!   anchor's own image (or bag), positives `P_i` = candidates of class `y_i` (i itself included),
+//!   `l_ij = -log(e_ij / (e_ij + sum_{k in K_i} e_ik))`, `loss_i = mean_{j in P_i} l_ij`.
+//! * `ContrastiveForm::SupCon`: candidates `C_i` = all candidates except `i` itself, positives
+//!   `P_i` = those of class `y_i`, `l_ij = -log(e_ij / sum_{k in C_i} e_ik)`, `loss_i = mean_{j in P_i} l_ij`;
+//!   anchors with no positive other than themselves are skipped.
+//!
+//! The image (bag) loss is the mean of `loss_i` over its anchors that have a positive; the loss is the
+//! mean over images that have such an anchor, and 0 (with zero gradient) when none has.
+//!
+//! Modes ([`ContrastiveMode`]):
+//! * `WithinImage`: each image contrasted with itself.
+//! * `CrossImage`: image `b` is paired with image `perm[b]` ([`cross_image_partners`]: a random cyclic
+//!   permutation from `cfg.seed`, so never itself when `B > 1`). Anchors are `b`'s pixels; positives are
+//!   `b`'s and `perm[b]`'s pixels of the anchor's class; negatives (and, in SupCon, the other candidates)
+//!   come from `b` only. With `B == 1` the image is its own partner, which would only duplicate every
+//!   positive and leave every mean unchanged, so the loss equals the within-image loss.
+//!   [`pixel_contrastive_loss_pair`] pairs image `b` of one view with image `b` of another view instead.
+//! * `Batch`: all valid pixels of the batch in one bag, a uniform sample without replacement of at most
+//!   `cfg.max_pixels` of them ([`batch_sample`], seeded by `cfg.seed`).
+//!
+//! # Backward
+//! With `dS_ij = dloss/ds_ij` as in `kernels::cpu::contrastive` (per-positive form:
+//! `-(w_i/|P_i|) sig(L_i - s_ij)` on positives and `(w_i/|P_i|) A_i e_ik / e^{L_i}` on negatives, where
+//! `L_i = log sum_{K_i} e_ik` and `A_i = sum_{P_i} sig(L_i - s_ij)`; SupCon: `w_i e_ik / e^{L_i} - [k in P_i] w_i/|P_i|`),
+//! `df_i = (g/tau) (sum_j dS_ij f_j + sum_a dS_ai f_a)`: each pixel gets its anchor-side and candidate-side
+//! terms. Saved for backward: the (shared, not copied) input features, the bags (pixel ids grouped by
+//! class) and three numbers per anchor (`L_i` and two weights): O(N). The backward recomputes the
+//! scores strip by strip and never holds an `N x N` matrix.
+//!
+//! Errors: non-4-D features, `D == 0`, features and labels of different `B, H, W`, a label that is
+//! neither `< classes` nor `ignore`, `tau <= 0` (or not finite), `max_pixels == 0` in batch mode.
 
-use crate::{Error, LabelMap, Result, Tensor};
+use crate::tape::record;
+use crate::{with_dtype, Backward, Element, Error, LabelMap, Result, Rng, Shape, Tensor};
+use kernels::cpu::contrastive::{self as kc, Bag, FastMath, Form};
+use std::borrow::Cow;
+
+const OP: &str = "pixel_contrastive_loss";
+const OP_PAIR: &str = "pixel_contrastive_loss_pair";
 
 /// Which pixels are contrasted with which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,8 +102,229 @@ impl Default for ContrastiveConfig {
     }
 }
 
-/// The loss for unit-normalised features `[B, D, H, W]` and labels `B x H x W`.
+/// The loss for features `[B, D, H, W]` and labels `B x H x W`; a scalar tensor. See the module docs.
 pub fn pixel_contrastive_loss(features: &Tensor, labels: &LabelMap, cfg: &ContrastiveConfig) -> Result<Tensor> {
-    let _ = (features, labels, cfg);
-    Err(Error::invalid("pixel_contrastive_loss", "not implemented yet"))
+    let [b, d, h, w] = validate(OP, features, labels, cfg)?;
+    let hw = h * w;
+    let bags = match cfg.mode {
+        ContrastiveMode::WithinImage => image_bags(labels, cfg.ignore, &vec![None; b]),
+        ContrastiveMode::CrossImage => {
+            let partners: Vec<Option<usize>> =
+                cross_image_partners(b, cfg.seed).into_iter().enumerate().map(|(i, p)| (p != i).then_some(p)).collect();
+            image_bags(labels, cfg.ignore, &partners)
+        }
+        ContrastiveMode::Batch => {
+            let ids = batch_sample(labels, cfg.ignore, cfg.max_pixels, cfg.seed);
+            vec![Bag::from_pixels(ids.into_iter().map(|g| (labels.data[g as usize], g)).collect(), None)]
+        }
+    };
+    let geo = Geometry { d, hw, inv_tau: 1.0 / cfg.tau, form: form_of(cfg.form) };
+    with_dtype!(features.dtype(), T, {
+        let fwd = kc::forward(&geo.problem(features.cpu_slice::<T>(OP)?, &bags));
+        let out = Tensor::from_cpu(T::wrap(vec![T::from_f64(fwd.loss)]), Shape(vec![]));
+        let src = Source::Single(features.detach());
+        record(OP, &[features], out, || Box::new(ContrastiveBackward::<T> { src, bags, fwd, geo }))
+    })
+}
+
+/// The cross-view loss: image `b` of `features_a` is paired with image `b` of `features_b` (for
+/// example two augmentations of the same crop) and vice versa. Anchors are the pixels of both views;
+/// an anchor's positives are the pixels of its class in its own image and in the paired image of the
+/// other view, its negatives (and SupCon candidates) come from its own image only. The loss is the
+/// mean over the `2B` anchor images that have an anchor with a positive; gradients flow to both
+/// feature tensors. `cfg.mode` is not consulted (the pairing is given).
+pub fn pixel_contrastive_loss_pair(
+    features_a: &Tensor,
+    labels_a: &LabelMap,
+    features_b: &Tensor,
+    labels_b: &LabelMap,
+    cfg: &ContrastiveConfig,
+) -> Result<Tensor> {
+    let [b, d, h, w] = validate(OP_PAIR, features_a, labels_a, cfg)?;
+    validate(OP_PAIR, features_b, labels_b, cfg)?;
+    if features_a.dims() != features_b.dims() {
+        return Err(Error::shape(
+            OP_PAIR,
+            format!("the two views differ: {} vs {}", features_a.shape(), features_b.shape()),
+        ));
+    }
+    if features_a.dtype() != features_b.dtype() {
+        return Err(Error::DType { op: OP_PAIR, lhs: features_a.dtype(), rhs: features_b.dtype() });
+    }
+    let both = LabelMap {
+        n: 2 * b,
+        h,
+        w,
+        data: labels_a.data.iter().chain(&labels_b.data).copied().collect(),
+    };
+    let partners: Vec<Option<usize>> = (0..2 * b).map(|i| Some((i + b) % (2 * b))).collect();
+    let bags = image_bags(&both, cfg.ignore, &partners);
+    let geo = Geometry { d, hw: h * w, inv_tau: 1.0 / cfg.tau, form: form_of(cfg.form) };
+    let src = Source::Pair(features_a.detach(), features_b.detach());
+    with_dtype!(features_a.dtype(), T, {
+        let feats = src.concat::<T>()?;
+        let fwd = kc::forward(&geo.problem(&feats, &bags));
+        drop(feats);
+        let out = Tensor::from_cpu(T::wrap(vec![T::from_f64(fwd.loss)]), Shape(vec![]));
+        record(OP_PAIR, &[features_a, features_b], out, || Box::new(ContrastiveBackward::<T> { src, bags, fwd, geo }))
+    })
+}
+
+/// The cross-image partner of each of `b` images: a uniformly random cyclic permutation (Sattolo's
+/// algorithm) drawn from `Rng::new(seed)`, so `perm[i] != i` whenever `b > 1`; `[0]` when `b == 1`.
+pub fn cross_image_partners(b: usize, seed: u64) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..b).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..b).rev() {
+        let j = rng.below(i);
+        perm.swap(i, j);
+    }
+    perm
+}
+
+/// The batch mode's pixels: global ids `image * h * w + y * w + x` of non-ignored pixels, all of them
+/// if there are at most `max_pixels`, else a uniform sample without replacement (a partial
+/// Fisher-Yates shuffle driven by `Rng::new(seed)`); ascending.
+pub fn batch_sample(labels: &LabelMap, ignore: u8, max_pixels: usize, seed: u64) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..labels.data.len() as u32).filter(|&g| labels.data[g as usize] != ignore).collect();
+    if ids.len() > max_pixels {
+        let mut rng = Rng::new(seed);
+        for k in 0..max_pixels {
+            let j = k + rng.below(ids.len() - k);
+            ids.swap(k, j);
+        }
+        ids.truncate(max_pixels);
+        ids.sort_unstable();
+    }
+    ids
+}
+
+/// Bytes of scratch one forward + backward of the within-image loss allocates for an image of `n`
+/// pixels and `d` channels in f32 on the current rayon pool (gathered features, per-thread score and
+/// gradient strips, per-anchor state); the gradient tensor itself is not included.
+pub fn contrastive_scratch_bytes(n: usize, d: usize) -> usize {
+    kc::scratch_bytes(n, d, 0, rayon::current_num_threads(), 4)
+}
+
+fn form_of(f: ContrastiveForm) -> Form {
+    match f {
+        ContrastiveForm::PerPositive => Form::PerPositive,
+        ContrastiveForm::SupCon => Form::SupCon,
+    }
+}
+
+fn validate(op: &'static str, f: &Tensor, labels: &LabelMap, cfg: &ContrastiveConfig) -> Result<[usize; 4]> {
+    let &[b, d, h, w] = f.dims() else {
+        return Err(Error::shape(op, format!("features must be [B, D, H, W], got {}", f.shape())));
+    };
+    if d == 0 {
+        return Err(Error::invalid(op, format!("features {} have no channels", f.shape())));
+    }
+    if (labels.n, labels.h, labels.w) != (b, h, w) {
+        return Err(Error::shape(
+            op,
+            format!("features {} vs labels {}x{}x{}: batch and spatial sizes must match", f.shape(), labels.n, labels.h, labels.w),
+        ));
+    }
+    if !(cfg.tau > 0.0 && cfg.tau.is_finite()) {
+        return Err(Error::invalid(op, format!("temperature tau must be positive and finite, got {}", cfg.tau)));
+    }
+    if cfg.mode == ContrastiveMode::Batch && cfg.max_pixels == 0 {
+        return Err(Error::invalid(op, "batch mode needs max_pixels >= 1"));
+    }
+    if 2 * b * h * w > u32::MAX as usize {
+        return Err(Error::invalid(op, format!("{} pixels exceed the u32 pixel index", b * h * w)));
+    }
+    labels.validate(op, cfg.classes, cfg.ignore)?;
+    Ok([b, d, h, w])
+}
+
+/// One bag per image of its non-ignored pixels, with the given partners.
+fn image_bags(labels: &LabelMap, ignore: u8, partners: &[Option<usize>]) -> Vec<Bag> {
+    let hw = labels.h * labels.w;
+    (0..labels.n)
+        .map(|i| {
+            let items = (i * hw..(i + 1) * hw)
+                .filter(|&g| labels.data[g] != ignore)
+                .map(|g| (labels.data[g], g as u32))
+                .collect();
+            Bag::from_pixels(items, partners[i])
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    d: usize,
+    hw: usize,
+    inv_tau: f64,
+    form: Form,
+}
+
+impl Geometry {
+    fn problem<'a, T: Element>(&self, feats: &'a [T], bags: &'a [Bag]) -> kc::Problem<'a, T> {
+        kc::Problem { feats, d: self.d, hw: self.hw, bags, inv_tau: T::from_f64(self.inv_tau), form: self.form }
+    }
+}
+
+/// The features the bags index into: one tensor, or two views laid end to end.
+enum Source {
+    Single(Tensor),
+    Pair(Tensor, Tensor),
+}
+
+impl Source {
+    fn concat<T: Element>(&self) -> Result<Cow<'_, [T]>> {
+        Ok(match self {
+            Source::Single(t) => Cow::Borrowed(t.cpu_slice::<T>(OP)?),
+            Source::Pair(a, b) => {
+                Cow::Owned(a.cpu_slice::<T>(OP_PAIR)?.iter().chain(b.cpu_slice::<T>(OP_PAIR)?).copied().collect())
+            }
+        })
+    }
+}
+
+struct ContrastiveBackward<T> {
+    src: Source,
+    bags: Vec<Bag>,
+    fwd: kc::Forward<T>,
+    geo: Geometry,
+}
+
+impl<T: Element + FastMath> Backward for ContrastiveBackward<T> {
+    fn name(&self) -> &'static str {
+        match self.src {
+            Source::Single(_) => OP,
+            Source::Pair(..) => OP_PAIR,
+        }
+    }
+    fn saved_bytes(&self) -> usize {
+        let feats = match &self.src {
+            Source::Single(t) => t.nbytes(),
+            Source::Pair(a, b) => a.nbytes() + b.nbytes(),
+        };
+        let bags: usize = self.bags.iter().map(|b| 4 * b.len() + 24 * b.runs.len()).sum();
+        let states: usize = self.fwd.states.iter().map(|s| s.bytes()).sum();
+        feats + bags + states
+    }
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs.iter().any(|&n| n) {
+            return Ok(vec![None; needs.len()]);
+        }
+        let scale = T::from_f64(g.item()?);
+        let feats = self.src.concat::<T>()?;
+        let mut grad = vec![T::ZERO; feats.len()];
+        kc::backward(&self.geo.problem(&feats, &self.bags), &self.fwd, scale, &mut grad);
+        drop(feats);
+        Ok(match &self.src {
+            Source::Single(t) => vec![Some(Tensor::from_cpu(T::wrap(grad), t.shape().clone()))],
+            Source::Pair(a, b) => {
+                let gb = grad.split_off(a.numel());
+                vec![
+                    needs[0].then(|| Tensor::from_cpu(T::wrap(grad), a.shape().clone())),
+                    needs[1].then(|| Tensor::from_cpu(T::wrap(gb), b.shape().clone())),
+                ]
+            }
+        })
+    }
 }

@@ -1,6 +1,28 @@
-//! 2-D convolution (atrous, grouped, depthwise). TO BE WRITTEN: math, kernels, backward.
+//! 2-D convolution: strided, zero-padded, dilated (atrous), grouped (incl. depthwise), optional bias.
+//!
+//! PyTorch's `F.conv2d` semantics, NCHW. For `x: [N, C_in, H, W]`, `w: [C_out, C_in/G, kH, kW]`,
+//! `b: [C_out]`, stride `s`, padding `p`, dilation `d`, groups `G`:
+//!
+//! ```text
+//! OH = floor((H + 2 p_h - d_h (kH - 1) - 1) / s_h) + 1          (likewise OW)
+//! y[n, o, oy, ox] = b[o] + sum_{c < C_in/G, ky, kx} w[o, c, ky, kx] x[n, g(o) C_in/G + c, oy s_h - p_h + ky d_h, ox s_w - p_w + kx d_w]
+//! ```
+//! with `g(o) = o / (C_out/G)` and `x = 0` outside the input (zero padding). Gradients, for the
+//! incoming `G = dL/dy`:
+//!
+//! ```text
+//! dx[n, i, iy, ix] = sum_{o in group of i, ky, kx, oy, ox : iy = oy s_h - p_h + ky d_h, ix = ...} w[o, i mod C_in/G, ky, kx] G[n, o, oy, ox]
+//! dw[o, c, ky, kx] = sum_{n, oy, ox} G[n, o, oy, ox] x[n, g(o) C_in/G + c, oy s_h - p_h + ky d_h, ox s_w - p_w + kx d_w]
+//! db[o]            = sum_{n, oy, ox} G[n, o, oy, ox]
+//! ```
+//! i.e. `dx = col2im(W^T G)` and `dw = G im2col(x)^T`, computed by the tiled kernels of
+//! `kernels::cpu::conv` (see there for the algorithm). Saved for backward: `x` and `w` (shared
+//! storage, no copy); the bias is not needed. Only the gradients the tape asks for are computed.
 
-use crate::{Error, Result, Tensor};
+use crate::tape::record;
+use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
+use kernels::cpu::conv::Conv2dGeom;
+use kernels::cpu::conv::{conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward};
 
 /// Hyperparameters of [`conv2d`] (PyTorch's `F.conv2d` semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,9 +43,145 @@ impl Default for Conv2dParams {
     }
 }
 
+const OP: &str = "conv2d";
+
+/// Check shapes, dtypes and hyperparameters; the kernel geometry on success.
+fn geometry(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Result<Conv2dGeom> {
+    if w.dtype() != x.dtype() {
+        return Err(Error::DType { op: OP, lhs: x.dtype(), rhs: w.dtype() });
+    }
+    if let Some(b) = b {
+        if b.dtype() != x.dtype() {
+            return Err(Error::DType { op: OP, lhs: x.dtype(), rhs: b.dtype() });
+        }
+    }
+    if x.device() != w.device() || b.is_some_and(|b| b.device() != x.device()) {
+        return Err(Error::Device { op: OP, msg: "input, weight and bias must be on one device".into() });
+    }
+    let (xd, wd) = (x.dims(), w.dims());
+    if xd.len() != 4 || wd.len() != 4 {
+        return Err(Error::shape(OP, format!("input and weight must be 4-D (NCHW, OIHW), got x {xd:?}, w {wd:?}")));
+    }
+    if p.stride.contains(&0) || p.dilation.contains(&0) || p.groups == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("stride {:?}, dilation {:?} and groups {} must be >= 1", p.stride, p.dilation, p.groups),
+        ));
+    }
+    let (n, c_in, h, wd_) = (xd[0], xd[1], xd[2], xd[3]);
+    let (c_out, cig, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
+    if c_in % p.groups != 0 || c_out % p.groups != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("channels must divide by groups {}: x {xd:?} (C_in {c_in}), w {wd:?} (C_out {c_out})", p.groups),
+        ));
+    }
+    if cig != c_in / p.groups {
+        return Err(Error::shape(
+            OP,
+            format!("weight {wd:?} has {cig} input channels, expected C_in/groups = {c_in}/{} for x {xd:?}", p.groups),
+        ));
+    }
+    if kh == 0 || kw == 0 || c_out == 0 {
+        return Err(Error::shape(OP, format!("weight {wd:?} has a zero dimension")));
+    }
+    if let Some(b) = b {
+        if b.dims() != [c_out] {
+            return Err(Error::shape(OP, format!("bias {:?} must be [{c_out}] for weight {wd:?}", b.dims())));
+        }
+    }
+    let g = Conv2dGeom {
+        n,
+        c_in,
+        h,
+        w: wd_,
+        c_out,
+        kh,
+        kw,
+        stride: p.stride,
+        padding: p.padding,
+        dilation: p.dilation,
+        groups: p.groups,
+    };
+    if g.out_hw().is_none() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "kernel {kh}x{kw} with dilation {:?} does not fit the input {xd:?} padded by {:?} (output size < 1)",
+                p.dilation, p.padding
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+struct Conv2dBackward {
+    x: Tensor,
+    w: Tensor,
+    has_bias: bool,
+    geom: Conv2dGeom,
+}
+
+impl Backward for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        OP
+    }
+    fn saved_bytes(&self) -> usize {
+        self.x.nbytes() + self.w.nbytes()
+    }
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let geom = &self.geom;
+        with_dtype!(g.dtype(), T, {
+            let gs = g.cpu_slice::<T>(OP)?;
+            let dx = if needs[0] {
+                let mut v = vec![T::ZERO; self.x.numel()];
+                conv2d_backward_input(geom, self.w.cpu_slice::<T>(OP)?, gs, &mut v);
+                Some(Tensor::from_cpu(T::wrap(v), self.x.shape.clone()))
+            } else {
+                None
+            };
+            let dw = if needs[1] {
+                let mut v = vec![T::ZERO; self.w.numel()];
+                conv2d_backward_weight(geom, self.x.cpu_slice::<T>(OP)?, gs, &mut v);
+                Some(Tensor::from_cpu(T::wrap(v), self.w.shape.clone()))
+            } else {
+                None
+            };
+            let mut out = vec![dx, dw];
+            if self.has_bias {
+                out.push(if needs[2] {
+                    let mut v = vec![T::ZERO; geom.c_out];
+                    conv2d_backward_bias(geom, gs, &mut v);
+                    Some(Tensor::from_cpu(T::wrap(v), Shape(vec![geom.c_out])))
+                } else {
+                    None
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// `y = conv2d(x, w) + b` for `x: [N, C_in, H, W]`, `w: [C_out, C_in/groups, kH, kW]`,
-/// `b: [C_out]`.
+/// `b: [C_out]`. See the module docs for the math, gradients and what is saved.
+///
+/// Errors (naming the shapes) on non-4-D operands, channels not divisible by `groups`, a weight
+/// whose input channels are not `C_in / groups`, a bias that is not `[C_out]`, stride, dilation or
+/// groups of 0, an output smaller than 1x1, or mixed dtypes/devices.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
-    let _ = (x, w, b, p);
-    Err(Error::invalid("conv2d", "not implemented yet"))
+    let geom = geometry(x, w, b, &p)?;
+    let (oh, ow) = geom.out_hw().expect("validated");
+    let out_shape = Shape(vec![geom.n, geom.c_out, oh, ow]);
+    let out = with_dtype!(x.dtype(), T, {
+        let mut y = vec![T::ZERO; out_shape.numel()];
+        let bias = match b {
+            Some(b) => Some(b.cpu_slice::<T>(OP)?),
+            None => None,
+        };
+        conv2d_forward(&geom, x.cpu_slice::<T>(OP)?, w.cpu_slice::<T>(OP)?, bias, &mut y);
+        Tensor::from_cpu(T::wrap(y), out_shape)
+    });
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    record(OP, &inputs, out, || Box::new(Conv2dBackward { x: x.detach(), w: w.detach(), has_bias: b.is_some(), geom }))
 }

@@ -1,10 +1,69 @@
-//! Dropout. TO BE WRITTEN.
+//! Dropout (inverted): `y = x * mask` with `mask_i = 0` with probability `p` and `1 / (1 - p)`
+//! otherwise, so `E[y] = x`. Backward: `dx = g * mask`.
+//!
+//! The mask is drawn serially from the engine's seeded [`Rng`] (one `uniform()` per element in
+//! row-major order; element `i` is dropped when that draw is `< p`), so a seed fixes the mask
+//! whatever the thread count. In eval mode, or with `p == 0`, dropout is the identity: the input
+//! is returned as is and the generator is not advanced. Saved for backward: the scaled mask.
 
-use crate::{Error, Result, Rng, Tensor};
+use crate::tape::record;
+use crate::{with_dtype, Backward, Element, Error, Result, Rng, Tensor};
+use kernels::cpu::parallel::for_chunks_mut;
+
+const OP: &str = "dropout";
 
 /// In training mode zero each element with probability `p` and scale the rest by `1/(1-p)`;
-/// identity in eval mode.
+/// identity in eval mode. Errors: `p` outside `[0, 1)` (or NaN).
 pub fn dropout(x: &Tensor, p: f64, training: bool, rng: &mut Rng) -> Result<Tensor> {
-    let _ = (x, p, training, rng);
-    Err(Error::invalid("dropout", "not implemented yet"))
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid(OP, format!("drop probability must be in [0, 1), got {p}")));
+    }
+    if !training || p == 0.0 {
+        return Ok(x.clone());
+    }
+    with_dtype!(x.dtype(), T, {
+        let xs = x.cpu_slice::<T>(OP)?;
+        let keep = T::from_f64(1.0 / (1.0 - p));
+        let mask: Vec<T> = (0..xs.len()).map(|_| if rng.uniform() < p { T::ZERO } else { keep }).collect();
+        let y = masked::<T>(xs, &mask);
+        let out = Tensor::from_cpu(T::wrap(y), x.shape().clone());
+        record(OP, &[x], out, || Box::new(DropoutBackward { mask: Tensor::from_cpu(T::wrap(mask), x.shape().clone()) }))
+    })
+}
+
+/// `v * mask` elementwise, in parallel over fixed chunks.
+fn masked<T: Element>(v: &[T], mask: &[T]) -> Vec<T> {
+    let mut out = vec![T::ZERO; v.len()];
+    for_chunks_mut(&mut out, 8192, |s, ch| {
+        for ((o, &a), &m) in ch.iter_mut().zip(&v[s..]).zip(&mask[s..]) {
+            *o = a * m;
+        }
+    });
+    out
+}
+
+/// Saves the scaled mask.
+struct DropoutBackward {
+    mask: Tensor,
+}
+
+impl Backward for DropoutBackward {
+    fn name(&self) -> &'static str {
+        OP
+    }
+    fn saved_bytes(&self) -> usize {
+        self.mask.nbytes()
+    }
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs[0] {
+            return Ok(vec![None]);
+        }
+        if g.dims() != self.mask.dims() {
+            return Err(Error::shape(OP, format!("gradient {} vs output {}", g.shape(), self.mask.shape())));
+        }
+        with_dtype!(g.dtype(), T, {
+            let dx = masked::<T>(g.cpu_slice::<T>(OP)?, self.mask.cpu_slice::<T>(OP)?);
+            Ok(vec![Some(Tensor::from_cpu(T::wrap(dx), self.mask.shape().clone()))])
+        })
+    }
 }

@@ -18,6 +18,9 @@
 //! | `affine` | `z = alpha x + beta` | `dx = alpha g` |
 //!
 //! where `S_a` sums over the dimensions along which `a` was broadcast.
+//!
+//! On `Device::Cuda` (feature `cuda`) the same ops run `kernels/cuda/elementwise.cu`; backward
+//! formulas go through [`BinFn`] (named functions both backends implement) rather than closures.
 
 use crate::ops::reduce::sum_to_shape;
 use crate::shape::strides;
@@ -59,13 +62,82 @@ fn check_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// `f(a, b)` elementwise with broadcasting, untracked.
+/// Binary functions implemented by both backends (a closure cannot run on the device).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BinFn {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `-a / b^2` (div backward for `b`, given `a = g a`)
+    NegDivSq,
+    /// `a / (2 b)` (sqrt backward)
+    HalfDiv,
+    /// `a` where `b > 0`, else 0 (relu backward, `b` the output)
+    ReluMask,
+}
+
+#[cfg(feature = "cuda")]
+impl BinFn {
+    fn cuda(self) -> kernels::cuda::elementwise::BinaryOp {
+        use kernels::cuda::elementwise::BinaryOp as K;
+        match self {
+            BinFn::Add => K::Add,
+            BinFn::Sub => K::Sub,
+            BinFn::Mul => K::Mul,
+            BinFn::Div => K::Div,
+            BinFn::NegDivSq => K::NegDivSq,
+            BinFn::HalfDiv => K::HalfDiv,
+            BinFn::ReluMask => K::ReluMask,
+        }
+    }
+}
+
+/// `f(a, b)` elementwise with broadcasting on the operands' device, untracked.
+pub(crate) fn binary_fn(op: &'static str, f: BinFn, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_pair(op, a, b)?;
+    let out = broadcast_shape(op, a.dims(), b.dims())?;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = a.device() {
+        return crate::cuda::binary(op, a, b, &out, f.cuda(), 0.0);
+    }
+    // The first four in the element type; the backward helpers through f64 as they always were.
+    with_dtype!(
+        a.dtype(),
+        T,
+        match f {
+            BinFn::Add => binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| x + y),
+            BinFn::Sub => binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| x - y),
+            BinFn::Mul => binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| x * y),
+            BinFn::Div => binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| x / y),
+            BinFn::NegDivSq => binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| {
+                let (x, y) = (x.to_f64(), y.to_f64());
+                T::from_f64(-x / (y * y))
+            }),
+            BinFn::HalfDiv => {
+                binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| T::from_f64(x.to_f64() / (2.0 * y.to_f64())))
+            }
+            BinFn::ReluMask => {
+                binary_kernel::<T, _>(op, a, b, out, |x: T, y: T| if y.to_f64() > 0.0 { x } else { T::ZERO })
+            }
+        }
+    )
+}
+
+/// `f(a, b)` elementwise with broadcasting, untracked (CPU only: `f` is a host closure).
 pub(crate) fn binary_map<F>(op: &'static str, a: &Tensor, b: &Tensor, f: F) -> Result<Tensor>
 where
     F: Fn(f64, f64) -> f64 + Sync + Copy,
 {
     check_pair(op, a, b)?;
     let out = broadcast_shape(op, a.dims(), b.dims())?;
+    if a.device() != crate::Device::Cpu {
+        return Err(Error::Device { op, msg: format!("{op}: no {} kernel for a host closure", a.device()) });
+    }
     with_dtype!(
         a.dtype(),
         T,
@@ -136,16 +208,16 @@ where
 }
 
 pub(crate) fn add_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_pair("add", a, b)?;
-    let out = broadcast_shape("add", a.dims(), b.dims())?;
-    with_dtype!(a.dtype(), T, binary_kernel::<T, _>("add", a, b, out, |x: T, y: T| x + y))
+    binary_fn("add", BinFn::Add, a, b)
 }
 fn mul_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_pair("mul", a, b)?;
-    let out = broadcast_shape("mul", a.dims(), b.dims())?;
-    with_dtype!(a.dtype(), T, binary_kernel::<T, _>("mul", a, b, out, |x: T, y: T| x * y))
+    binary_fn("mul", BinFn::Mul, a, b)
 }
 pub(crate) fn scale_untracked(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        return crate::cuda::unary("scale", x, kernels::cuda::elementwise::UnaryOp::Affine, alpha, 0.0);
+    }
     with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>("scale")?;
         let a = T::from_f64(alpha);
@@ -187,7 +259,7 @@ impl Backward for BinaryBackward {
             Some(match self.op {
                 BinOp::Add | BinOp::Sub => sum_to_shape(g, ad)?,
                 BinOp::Mul => sum_to_shape(&mul_untracked(g, self.b.as_ref().unwrap())?, ad)?,
-                BinOp::Div => sum_to_shape(&binary_map("div", g, self.b.as_ref().unwrap(), |g, b| g / b)?, ad)?,
+                BinOp::Div => sum_to_shape(&binary_fn("div", BinFn::Div, g, self.b.as_ref().unwrap())?, ad)?,
             })
         } else {
             None
@@ -200,7 +272,7 @@ impl Backward for BinaryBackward {
                 BinOp::Div => {
                     // -g a / b^2, computed as (g * a) then divided by b^2 with broadcasting.
                     let ga = mul_untracked(g, self.a.as_ref().unwrap())?;
-                    let q = binary_map("div", &ga, self.b.as_ref().unwrap(), |x, b| -x / (b * b))?;
+                    let q = binary_fn("div", BinFn::NegDivSq, &ga, self.b.as_ref().unwrap())?;
                     sum_to_shape(&q, bd)?
                 }
             })
@@ -218,18 +290,13 @@ fn binary(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         BinOp::Mul => "mul",
         BinOp::Div => "div",
     };
-    check_pair(name, a, b)?;
-    let out_dims = broadcast_shape(name, a.dims(), b.dims())?;
-    let out = with_dtype!(
-        a.dtype(),
-        T,
-        match op {
-            BinOp::Add => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x + y),
-            BinOp::Sub => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x - y),
-            BinOp::Mul => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x * y),
-            BinOp::Div => binary_kernel::<T, _>(name, a, b, out_dims, |x: T, y: T| x / y),
-        }
-    )?;
+    let f = match op {
+        BinOp::Add => BinFn::Add,
+        BinOp::Sub => BinFn::Sub,
+        BinOp::Mul => BinFn::Mul,
+        BinOp::Div => BinFn::Div,
+    };
+    let out = binary_fn(name, f, a, b)?;
     let save = matches!(op, BinOp::Mul | BinOp::Div);
     record(name, &[a, b], out, || {
         Box::new(BinaryBackward {
@@ -295,17 +362,16 @@ impl Backward for UnaryBackward {
             UnOp::Neg => scale_untracked(g, -1.0)?,
             UnOp::Affine(a, _) => scale_untracked(g, a)?,
             UnOp::Exp => mul_untracked(g, s.unwrap())?,
-            UnOp::Log => binary_map("log", g, s.unwrap(), |g, x| g / x)?,
-            UnOp::Sqrt => binary_map("sqrt", g, s.unwrap(), |g, z| g / (2.0 * z))?,
-            UnOp::Relu => binary_map("relu", g, s.unwrap(), |g, z| if z > 0.0 { g } else { 0.0 })?,
+            UnOp::Log => binary_fn("log", BinFn::Div, g, s.unwrap())?,
+            UnOp::Sqrt => binary_fn("sqrt", BinFn::HalfDiv, g, s.unwrap())?,
+            UnOp::Relu => binary_fn("relu", BinFn::ReluMask, g, s.unwrap())?,
         };
         Ok(vec![Some(dx)])
     }
 }
 
-fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
-    let name = UnaryBackward { op, saved: None }.name();
-    let out = with_dtype!(x.dtype(), T, {
+fn unary_cpu(name: &'static str, op: UnOp, x: &Tensor) -> Result<Tensor> {
+    Ok(with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>(name)?;
         let mut out = vec![T::ZERO; xs.len()];
         let f = move |v: T| -> T {
@@ -324,7 +390,30 @@ fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
             }
         });
         Tensor::from_cpu(T::wrap(out), x.shape.clone())
-    });
+    }))
+}
+
+#[cfg(feature = "cuda")]
+fn unary_cuda(name: &'static str, op: UnOp, x: &Tensor) -> Result<Tensor> {
+    use kernels::cuda::elementwise::UnaryOp as K;
+    let (k, a, b) = match op {
+        UnOp::Neg => (K::Neg, 0.0, 0.0),
+        UnOp::Exp => (K::Exp, 0.0, 0.0),
+        UnOp::Log => (K::Log, 0.0, 0.0),
+        UnOp::Sqrt => (K::Sqrt, 0.0, 0.0),
+        UnOp::Relu => (K::Relu, 0.0, 0.0),
+        UnOp::Affine(a, b) => (K::Affine, a, b),
+    };
+    crate::cuda::unary(name, x, k, a, b)
+}
+
+fn unary(op: UnOp, x: &Tensor) -> Result<Tensor> {
+    let name = UnaryBackward { op, saved: None }.name();
+    let out = match x.device() {
+        #[cfg(feature = "cuda")]
+        crate::Device::Cuda(_) => unary_cuda(name, op, x)?,
+        _ => unary_cpu(name, op, x)?,
+    };
     let saved = match op {
         UnOp::Neg | UnOp::Affine(..) => None,
         UnOp::Log => Some(x.detach()),

@@ -3,6 +3,8 @@
 //! `C[b] = A[b] B[b]` for `A: [..., m, k]`, `B: [..., k, n]` (batch dims equal, or `B` 2-D and
 //! shared by every batch). Backward: `dA[b] = G[b] B[b]^T`, `dB[b] = A[b]^T G[b]` (summed over
 //! the batch when `B` is shared). Transposes are strided views into the GEMM: no copies.
+//! On CUDA the same views drive the batched SGEMM of `kernels/cuda/gemm.cu`; the shared-`B`
+//! gradient is one product `A_flat^T G_flat` over the stacked `batch*m` rows.
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
@@ -85,6 +87,10 @@ impl Backward for MatmulBackward {
     }
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let d = dims(self.a.dims(), self.b.dims())?;
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            return cuda_backward(&d, &self.a, &self.b, g, needs);
+        }
         with_dtype!(g.dtype(), T, {
             let (gs, asl, bsl) =
                 (g.cpu_slice::<T>("matmul")?, self.a.cpu_slice::<T>("matmul")?, self.b.cpu_slice::<T>("matmul")?);
@@ -108,9 +114,28 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dtype() != b.dtype() {
         return Err(Error::DType { op: "matmul", lhs: a.dtype(), rhs: b.dtype() });
     }
+    if a.device() != b.device() {
+        return Err(Error::Device { op: "matmul", msg: format!("{} vs {}", a.device(), b.device()) });
+    }
     let d = dims(a.dims(), b.dims())?;
     let mut od = a.dims()[..a.rank() - 2].to_vec();
     od.extend([d.m, d.n]);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = a.device() {
+        let g = kernels::cuda::gemm::Gemm {
+            m: d.m,
+            n: d.n,
+            k: d.k,
+            batch: d.batch,
+            a: (d.k, 1, d.m * d.k, 0),
+            b: (d.n, 1, if d.b_shared { 0 } else { d.k * d.n }, 0),
+            c: (d.n, d.m * d.n, 0),
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        let out = crate::cuda::gemm("matmul", a, b, g, od)?;
+        return record("matmul", &[a, b], out, || Box::new(MatmulBackward { a: a.detach(), b: b.detach() }));
+    }
     let out = with_dtype!(a.dtype(), T, {
         let v = bmm::<T>(
             a.cpu_slice::<T>("matmul")?,
@@ -129,4 +154,58 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Tensor::from_cpu(T::wrap(v), Shape(od))
     });
     record("matmul", &[a, b], out, || Box::new(MatmulBackward { a: a.detach(), b: b.detach() }))
+}
+
+/// CUDA gradients: `dA = G B^T` (batched), `dB = A^T G` (batched, or one product over the stacked
+/// rows when `B` is shared by every batch).
+#[cfg(feature = "cuda")]
+fn cuda_backward(d: &Dims, a: &Tensor, b: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    use kernels::cuda::gemm::Gemm;
+    let da = if needs[0] {
+        let spec = Gemm {
+            m: d.m,
+            n: d.k,
+            k: d.n,
+            batch: d.batch,
+            a: (d.n, 1, d.m * d.n, 0),
+            b: (1, d.n, if d.b_shared { 0 } else { d.k * d.n }, 0),
+            c: (d.k, d.m * d.k, 0),
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        Some(crate::cuda::gemm("matmul", g, b, spec, a.dims().to_vec())?)
+    } else {
+        None
+    };
+    let db = if needs[1] {
+        let spec = if d.b_shared {
+            Gemm {
+                m: d.k,
+                n: d.n,
+                k: d.batch * d.m,
+                batch: 1,
+                a: (1, d.k, 0, 0),
+                b: (d.n, 1, 0, 0),
+                c: (d.n, 0, 0),
+                alpha: 1.0,
+                beta: 0.0,
+            }
+        } else {
+            Gemm {
+                m: d.k,
+                n: d.n,
+                k: d.m,
+                batch: d.batch,
+                a: (1, d.k, d.m * d.k, 0),
+                b: (d.n, 1, d.m * d.n, 0),
+                c: (d.n, d.k * d.n, 0),
+                alpha: 1.0,
+                beta: 0.0,
+            }
+        };
+        Some(crate::cuda::gemm("matmul", a, g, spec, b.dims().to_vec())?)
+    } else {
+        None
+    };
+    Ok(vec![da, db])
 }

@@ -20,7 +20,9 @@ pub mod shape_ops;
 pub mod softmax;
 
 pub use batchnorm::batch_norm2d;
-pub use contrastive::{pixel_contrastive_loss, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
+pub use contrastive::{
+    pixel_contrastive_loss, pixel_contrastive_loss_pair, ContrastiveConfig, ContrastiveForm, ContrastiveMode,
+};
 pub use conv::{conv2d, Conv2dParams};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
@@ -63,4 +65,5 @@ pub const ALL: &[&str] = &[
     "log_softmax",
     "cross_entropy",
     "pixel_contrastive_loss",
+    "pixel_contrastive_loss_pair",
 ];

@@ -3,7 +3,8 @@
 //! `sum(x, axes)`: `y[k] = sum_{r} x[k, r]` over the reduced axes `r`; backward broadcasts the
 //! gradient back: `dx[k, r] = g[k]`. `mean` divides by the number `n` of reduced elements:
 //! `dx[k, r] = g[k] / n`. Each output element is reduced serially in a fixed order (and a full
-//! reduction in fixed chunks combined in order), so results are deterministic.
+//! reduction in fixed chunks combined in order), so results are deterministic. On CUDA
+//! (`kernels/cuda/reduce.cu`) each output is reduced by one thread or one block in a fixed tree.
 
 use crate::shape::strides;
 use crate::tape::record;
@@ -68,6 +69,10 @@ pub fn sum_to_shape(g: &Tensor, target: &[usize]) -> Result<Tensor> {
     }
     let off = r - target.len();
     let reduced: Vec<bool> = (0..r).map(|i| i < off || (target[i - off] == 1 && g.dims()[i] != 1)).collect();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = g.device() {
+        return crate::cuda::sum_axes("sum_to_shape", g, &reduced, 1.0, target.to_vec());
+    }
     with_dtype!(g.dtype(), T, {
         let v = reduce_kernel::<T>(g.cpu_slice::<T>("sum_to_shape")?, g.dims(), &reduced);
         Ok(Tensor::from_cpu(T::wrap(v), Shape(target.to_vec())))
@@ -76,6 +81,10 @@ pub fn sum_to_shape(g: &Tensor, target: &[usize]) -> Result<Tensor> {
 
 /// Broadcast `g` (dims with 1 at reduced axes) to `dims`, multiplied by `scale`. Untracked.
 fn expand_scaled(g: &Tensor, dims: &[usize], scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = g.device() {
+        return crate::cuda::broadcast_scaled(g, dims, scale);
+    }
     let ones = Tensor::full(Shape(dims.to_vec()), scale, g.dtype());
     crate::ops::elementwise::binary_map("expand", &ones, g, |s, g| s * g)
 }
@@ -118,6 +127,12 @@ fn reduce(name: &'static str, x: &Tensor, axes: &[usize], keepdim: bool, mean: b
     let out_dims: Vec<usize> =
         if keepdim { kept.clone() } else { (0..r).filter(|&i| !reduced[i]).map(|i| x.dims()[i]).collect() };
     let scale = if mean { 1.0 / n.max(1) as f64 } else { 1.0 };
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        let out = crate::cuda::sum_axes(name, x, &reduced, scale, out_dims)?;
+        let in_dims = x.dims().to_vec();
+        return record(name, &[x], out, || Box::new(ReduceBackward { in_dims, kept_dims: kept, scale, mean }));
+    }
     let out = with_dtype!(x.dtype(), T, {
         let mut v = reduce_kernel::<T>(x.cpu_slice::<T>(name)?, x.dims(), &reduced);
         if mean {

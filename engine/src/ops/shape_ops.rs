@@ -6,6 +6,8 @@
 //! * `concat(xs, axis)`: stack along `axis`. Backward: split `g` into the input sizes.
 //! * `split(x, sizes, axis)`: the inverse of concat; each piece is recorded as its own node whose
 //!   backward writes `g` into its slice of a zero tensor of `x`'s shape.
+//!
+//! On CUDA, permute and the concat/split copies run `kernels/cuda/shape.cu`; reshape is a view.
 
 use crate::shape::strides;
 use crate::tape::record;
@@ -89,6 +91,10 @@ impl Backward for PermuteBackward {
 }
 
 fn permute_untracked(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        return crate::cuda::permute(x, perm);
+    }
     with_dtype!(x.dtype(), T, {
         let (v, od) = permute_kernel::<T>(x.cpu_slice::<T>("permute")?, x.dims(), perm);
         Ok(Tensor::from_cpu(T::wrap(v), Shape(od)))
@@ -154,6 +160,16 @@ impl Backward for ConcatBackward {
         "concat"
     }
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            let mut start = 0;
+            let mut out = Vec::with_capacity(self.sizes.len());
+            for (i, &len) in self.sizes.iter().enumerate() {
+                out.push(if needs[i] { Some(crate::cuda::take("concat", g, self.axis, start, len)?) } else { None });
+                start += len;
+            }
+            return Ok(out);
+        }
         with_dtype!(g.dtype(), T, {
             let gs = g.cpu_slice::<T>("concat")?;
             let mut start = 0;
@@ -183,6 +199,9 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
         if t.dtype() != first.dtype() {
             return Err(Error::DType { op: "concat", lhs: first.dtype(), rhs: t.dtype() });
         }
+        if t.device() != first.device() {
+            return Err(Error::Device { op: "concat", msg: format!("{} vs {}", first.device(), t.device()) });
+        }
         let ok = t.rank() == first.rank() && (0..t.rank()).all(|i| i == axis || t.dims()[i] == first.dims()[i]);
         if !ok {
             let shapes: Vec<_> = xs.iter().map(|t| t.dims().to_vec()).collect();
@@ -192,6 +211,17 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
     let sizes: Vec<usize> = xs.iter().map(|t| t.dims()[axis]).collect();
     let mut od = first.dims().to_vec();
     od[axis] = sizes.iter().sum();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = first.device() {
+        let mut parts = Vec::with_capacity(xs.len());
+        let mut start = 0;
+        for t in xs {
+            parts.push((*t, start));
+            start += t.dims()[axis];
+        }
+        let out = crate::cuda::place("concat", &od, axis, &parts)?;
+        return record("concat", xs, out, || Box::new(ConcatBackward { sizes, axis }));
+    }
     let out = with_dtype!(first.dtype(), T, {
         let mut v = vec![T::ZERO; od.iter().product()];
         let mut start = 0;
@@ -214,6 +244,10 @@ impl Backward for SplitBackward {
         "split"
     }
     fn backward(&self, g: &Tensor, _: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            return Ok(vec![Some(crate::cuda::place("split", &self.in_dims, self.axis, &[(g, self.start)])?)]);
+        }
         with_dtype!(g.dtype(), T, {
             let mut v = vec![T::ZERO; self.in_dims.iter().product()];
             place(&mut v, &self.in_dims, g.cpu_slice::<T>("split")?, g.dims(), self.axis, self.start);
@@ -235,9 +269,13 @@ pub fn split(x: &Tensor, sizes: &[usize], axis: usize) -> Result<Vec<Tensor>> {
     for &len in sizes {
         let mut d = x.dims().to_vec();
         d[axis] = len;
-        let piece = with_dtype!(x.dtype(), T, {
-            Tensor::from_cpu(T::wrap(take(x.cpu_slice::<T>("split")?, x.dims(), axis, start, len)), Shape(d))
-        });
+        let piece = match x.device() {
+            #[cfg(feature = "cuda")]
+            crate::Device::Cuda(_) => crate::cuda::take("split", x, axis, start, len)?,
+            _ => with_dtype!(x.dtype(), T, {
+                Tensor::from_cpu(T::wrap(take(x.cpu_slice::<T>("split")?, x.dims(), axis, start, len)), Shape(d))
+            }),
+        };
         let (in_dims, s) = (x.dims().to_vec(), start);
         out.push(record("split", &[x], piece, || Box::new(SplitBackward { in_dims, axis, start: s }))?);
         start += len;

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# CI check of the CUDA backend on a machine without a GPU (2 cores, a few minutes):
+#   1. pinned nvcc wheels (requirements-cuda.txt) into a venv outside the sources (ignored folder),
+#   2. the link-time libcuda stub (scripts/make-cuda-stub.sh),
+#   3. `cargo build --features cuda` of the engine and of every test binary (`--no-run`: a
+#      --features cuda binary cannot start without libcuda.so.1, so nothing here runs one),
+#      plus the kernels crate's own tests (no driver call: PTX embedded, allocator buckets),
+#   4. ptxas -arch=sm_90 on every PTX the build embedded, so GPU code cannot rot unnoticed,
+#   5. a summary.
+# Environment: CUDA_VENV (default .venv-cuda), CARGO_TARGET_DIR (default target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+START=$(date +%s)
+VENV=${CUDA_VENV:-$ROOT/.venv-cuda}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TERM_COLOR=never
+
+step() { echo "== [$(( $(date +%s) - START ))s] $*"; }
+
+step "nvcc wheels (pinned) in $VENV"
+if [ ! -x "$VENV/bin/python3" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-cuda.txt
+CU13=$("$VENV/bin/python3" -c 'import nvidia.cu13 as m; print(list(m.__path__)[0])')
+export NVCC="$CU13/bin/nvcc"
+PTXAS="$CU13/bin/ptxas"
+"$NVCC" --version | tail -1
+
+step "libcuda link stub"
+export CUDA_STUB_DIR=${CUDA_STUB_DIR:-$CARGO_TARGET_DIR/cuda-stub}
+bash scripts/make-cuda-stub.sh
+export CUDA_LIBRARY_PATH=$CUDA_STUB_DIR   # the directory above lib64 (cust_raw's rule)
+
+step "cargo build -p engine --features cuda"
+cargo build -p engine --features cuda
+
+step "cargo test -p segnet-tests --features cuda --no-run (build only)"
+cargo test -p segnet-tests --features cuda --no-run
+
+step "cargo test -p kernels --features cuda (host-only tests: no driver call)"
+cargo test -p kernels --features cuda
+
+step "ptxas -arch=sm_90 on every embedded PTX"
+# Keep only the newest build dir's PTX (stale OUT_DIRs of older builds may linger).
+NEWEST=$(ls -td "$CARGO_TARGET_DIR"/debug/build/kernels-*/out 2>/dev/null | while read -r d; do [ -n "$(ls "$d"/*.ptx 2>/dev/null)" ] && echo "$d" && break; done)
+mapfile -t PTX < <(ls "$NEWEST"/*.ptx | sort)
+expected=$(ls kernels/cuda/*.cu | wc -l)
+fail=0
+printf '%-16s %-8s %-8s %8s %s\n' module isa target kernels "ptxas sm_90"
+for f in "${PTX[@]}"; do
+  name=$(basename "$f" .ptx)
+  isa=$(awk '/^\.version/{print $2; exit}' "$f")
+  tgt=$(awk '/^\.target/{print $2; exit}' "$f")
+  n=$(grep -c '^\.visible \.entry' "$f" || true)
+  if out=$("$PTXAS" -arch=sm_90 -O3 "$f" -o /dev/null 2>&1); then
+    res=ok
+  else
+    res=FAIL; fail=1; echo "$out"
+  fi
+  printf '%-16s %-8s %-8s %8s %s\n' "$name" "$isa" "$tgt" "$n" "$res"
+done
+if [ "${#PTX[@]}" -ne "$expected" ]; then
+  echo "expected $expected PTX files (one per kernels/cuda/*.cu), found ${#PTX[@]} in $NEWEST"; fail=1
+fi
+
+step "summary"
+echo "nvcc: $NVCC"
+echo "PTX modules checked: ${#PTX[@]} (kernels/cuda/*.cu: $expected), ptxas sm_90: $([ $fail = 0 ] && echo all ok || echo FAILED)"
+echo "total: $(( $(date +%s) - START ))s"
+exit $fail

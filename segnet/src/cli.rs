@@ -1,0 +1,265 @@
+//! The command line: `segnet train | eval | predict | data | experiment | bench`.
+
+use crate::config::{LossMode, Stage};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// DeepLabV3+ with pixel-wise contrastive pretraining, trained from scratch on the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "segnet", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train: with no arguments, the embedded default (synthetic data, contrastive + fine-tune).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: confusion matrix, per-class IoU, mIoU, pixel accuracy.
+    Eval(EvalArgs),
+    /// Write label PNGs (with the palette) and colour overlays for images.
+    Predict(PredictArgs),
+    /// Make, import and inspect data packs.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Experiments that compare recipes on the same data and budget.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+    /// Time a training step or the contrastive loss on random data.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// TOML config file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training pack (default: embedded synthetic data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation pack.
+    #[arg(long)]
+    pub val_data: Option<PathBuf>,
+    /// Number of labeled training images (the rest are treated as unlabeled).
+    #[arg(long)]
+    pub labeled: Option<usize>,
+    /// Stages in order, e.g. `contrastive,finetune` or `ce-only` or `contrastive,finetune,pseudo`.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Option<Vec<Stage>>,
+    /// Backbone: resnet18 | resnet34 | resnet50 | resnet101.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Channel width multiplier.
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// Output stride (8 or 16).
+    #[arg(long)]
+    pub output_stride: Option<usize>,
+    /// Square crop size.
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Steps of every stage in `--stages`.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Master seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Contrastive loss pairing.
+    #[arg(long)]
+    pub loss_mode: Option<LossMode>,
+    /// Use the SupCon denominator.
+    #[arg(long)]
+    pub supcon: bool,
+    /// Compute the contrastive loss at the decoder's full (stride 4) resolution.
+    #[arg(long)]
+    pub full_res_loss: bool,
+    /// Run directory (default: runs/<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Resume from a checkpoint written by an earlier run (its config is used).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bars (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Pack to evaluate on (default: the synthetic validation split of the checkpoint's run).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Checkpoint to use.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images (PNG or JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PackKind {
+    Voc,
+    Cityscapes,
+    Folder,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Import a dataset folder into a pack.
+    Pack(PackArgs),
+    /// Write the synthetic dataset as a pack.
+    Synth(SynthArgs),
+    /// Describe a pack (and verify every record's checksum with --verify).
+    Info {
+        /// The pack.
+        pack: PathBuf,
+        /// Read and check every record.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PackArgs {
+    /// Dataset kind.
+    pub kind: PackKind,
+    /// Dataset root (VOCdevkit or VOC2012; the Cityscapes root; for `folder`, the images folder).
+    pub root: PathBuf,
+    /// Split name (VOC: train/val/trainval or a list name; Cityscapes: train/val/test).
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Output pack file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// VOC: use SegmentationClassAug (grey labels) instead of SegmentationClass.
+    #[arg(long)]
+    pub aug: bool,
+    /// Cityscapes: `train-ids` (map label ids to the 19 train ids) or `identity`.
+    #[arg(long, default_value = "train-ids")]
+    pub label_map: String,
+    /// Folder: the masks folder (default: ROOT/../masks).
+    #[arg(long)]
+    pub masks: Option<PathBuf>,
+    /// Folder: class names, comma separated (their count is the class count).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Output pack file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 200)]
+    pub images: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Generator seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExperimentCommand {
+    /// CE-only vs contrastive + fine-tune at several labeled counts, same data and budget.
+    LabelEfficiency(LabelEfficiencyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LabelEfficiencyArgs {
+    /// Labeled-image counts to compare.
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
+    pub labeled: Vec<usize>,
+    /// Seeds per setting (results are averaged).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Base training options (config, data, steps, ...).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Median time and peak memory of one training step on random data.
+    Step(BenchStepArgs),
+    /// The fused contrastive loss on random unit features.
+    Loss(BenchLossArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchStepArgs {
+    #[arg(long, default_value = "resnet50")]
+    pub backbone: String,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 257)]
+    pub crop: usize,
+    #[arg(long, value_enum, default_value = "finetune")]
+    pub stage: Stage,
+    #[arg(long, default_value_t = 16)]
+    pub output_stride: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    #[arg(long, default_value_t = 21)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchLossArgs {
+    #[arg(long, default_value_t = 65)]
+    pub size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 21)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}

@@ -1,0 +1,198 @@
+//! What each subcommand does.
+
+use crate::cli::{Command, ExperimentCommand, LabelEfficiencyArgs, TrainArgs};
+use crate::config::{Stage, TrainConfig};
+use crate::train::{self, RunOptions};
+use crate::{bench, data_cmd, evaluate, predict, run_dir};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Dispatch a parsed command.
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Train(a) => train_cmd(a),
+        Command::Eval(a) => {
+            check_device(&a.device)?;
+            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json)
+        }
+        Command::Predict(a) => predict::run(&a.checkpoint, &a.images, &a.out),
+        Command::Data(d) => data_cmd::run(d),
+        Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => label_efficiency(a),
+        Command::Bench(b) => bench::run(b),
+    }
+}
+
+/// Only the CPU backend is wired into the trainer in this build.
+pub fn check_device(device: &str) -> Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        "cuda" => bail!(
+            "--device cuda: this build has no CUDA training path (build with `--features cuda` on a machine with the CUDA toolkit; see README)"
+        ),
+        other => bail!("--device: unknown device {other:?} (expected cpu or cuda)"),
+    }
+}
+
+/// Build rayon's global pool (once per process).
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}
+
+/// The config of a `train` invocation: defaults, then the TOML file, then flags.
+pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("--config {}: cannot read", p.display()))?;
+            TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    if let Some(v) = &a.data {
+        cfg.data = Some(v.clone());
+    }
+    if let Some(v) = &a.val_data {
+        cfg.val_data = Some(v.clone());
+    }
+    if let Some(v) = a.labeled {
+        cfg.labeled = Some(v);
+    }
+    if let Some(v) = &a.stages {
+        cfg.stages = v.clone();
+    }
+    if let Some(v) = &a.backbone {
+        cfg.model.backbone = v.clone();
+    }
+    if let Some(v) = a.width {
+        cfg.model.width = v;
+    }
+    if let Some(v) = a.output_stride {
+        cfg.model.output_stride = v;
+    }
+    if let Some(v) = a.crop {
+        cfg.crop = v;
+    }
+    if let Some(v) = a.batch {
+        cfg.batch = v;
+    }
+    if let Some(v) = a.steps {
+        for s in [Stage::Contrastive, Stage::Finetune, Stage::CeOnly, Stage::Pseudo] {
+            match s {
+                Stage::Contrastive => cfg.contrastive.steps = v,
+                Stage::Finetune => cfg.finetune.steps = v,
+                Stage::CeOnly => cfg.ce_only.steps = v,
+                Stage::Pseudo => cfg.pseudo.steps = v,
+            }
+        }
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = a.threads {
+        cfg.threads = v;
+    }
+    if let Some(v) = a.loss_mode {
+        cfg.loss.mode = v;
+    }
+    if a.supcon {
+        cfg.loss.supcon = true;
+    }
+    if a.full_res_loss {
+        cfg.loss.full_resolution = true;
+    }
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(cfg)
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    check_device(&a.device)?;
+    let (cfg, out) = match &a.resume {
+        Some(ck) => train::resume_config(ck)?,
+        None => (resolve_config(&a)?, a.out.clone().unwrap_or_else(run_dir::default_path)),
+    };
+    set_threads(cfg.threads);
+    let t0 = std::time::Instant::now();
+    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None })?;
+    if s.interrupted {
+        std::process::exit(130);
+    }
+    println!("\nvalidation after {} ({:.0} s):", cfg.stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(" -> "), t0.elapsed().as_secs_f64());
+    print!("{}", s.table);
+    println!("run directory: {} (config.toml, metrics.jsonl, curves.png, checkpoints/)", s.dir.display());
+    Ok(())
+}
+
+fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool) -> Result<()> {
+    let (mut net, mut cfg, names, _) = train::load_for_inference(ckpt)?;
+    cfg.val_data = data.cloned();
+    if data.is_none() && cfg.data.is_some() {
+        bail!("--data is required: the checkpoint was trained on a pack");
+    }
+    let val = match data {
+        Some(p) => std::sync::Arc::new(crate::data::Source::Pack(datasets::Pack::open(p)?)),
+        None => crate::data::open(&TrainConfig { data: None, val_data: None, ..cfg.clone() })?.1,
+    };
+    let classes = datasets::SampleSource::num_classes(&*val);
+    if classes != names.len() {
+        bail!("{}: has {classes} classes but the checkpoint's model predicts {}", data.map(|p| p.display().to_string()).unwrap_or_default(), names.len());
+    }
+    let cm = evaluate::evaluate(&mut net, &val)?;
+    let s = cm.scores();
+    if as_json {
+        let v = json!({
+            "checkpoint": ckpt, "miou": s.miou, "pixel_accuracy": s.pixel_accuracy, "pixels": s.pixels,
+            "iou": s.iou, "class_names": names, "confusion": cm.counts(), "classes": classes,
+            "protocol": "classes absent from both ground truth and predictions are left out of the mean",
+        });
+        println!("{v}");
+    } else {
+        println!("confusion matrix (rows: ground truth, columns: prediction):");
+        let c = cm.classes();
+        for g in 0..c {
+            let row: Vec<String> = (0..c).map(|p| format!("{:>9}", cm.counts()[g * c + p])).collect();
+            println!("{:<16}{}", names.get(g).map(String::as_str).unwrap_or(""), row.join(""));
+        }
+        println!();
+        print!("{}", cm.table(&names));
+    }
+    Ok(())
+}
+
+fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
+    let base = resolve_config(&a.train)?;
+    set_threads(base.threads);
+    let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
+    let mut rows = Vec::new();
+    println!("{:>8} {:>6} {:>12} {:>22} {:>8}", "labeled", "seed", "CE-only mIoU", "contrastive+FT mIoU", "delta");
+    for &n in &a.labeled {
+        for seed in 0..a.seeds {
+            let mut scores = Vec::new();
+            for recipe in ["ce-only", "contrastive-finetune"] {
+                let mut cfg = base.clone();
+                cfg.labeled = Some(n);
+                cfg.seed = base.seed + seed;
+                if recipe == "ce-only" {
+                    cfg.stages = vec![Stage::CeOnly];
+                    // Same budget: as many steps as both stages of the other recipe together.
+                    cfg.ce_only.steps = base.contrastive.steps + base.finetune.steps;
+                } else {
+                    cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
+                }
+                let dir = out.join(format!("n{n}-s{seed}-{recipe}"));
+                let s = train::run(&cfg, &RunOptions { out: dir, resume: None, quiet: true, stop_after: None })?;
+                if s.interrupted {
+                    std::process::exit(130);
+                }
+                scores.push(s.scores.map(|s| s.miou).unwrap_or(f64::NAN));
+            }
+            println!("{:>8} {:>6} {:>12.2} {:>22.2} {:>+8.2}", n, seed, scores[0] * 100.0, scores[1] * 100.0, (scores[1] - scores[0]) * 100.0);
+            rows.push(json!({ "labeled": n, "seed": seed, "ce_only_miou": scores[0], "contrastive_finetune_miou": scores[1] }));
+        }
+    }
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("label_efficiency.json"), serde_json::to_string_pretty(&rows)?)?;
+    println!("results: {}", out.join("label_efficiency.json").display());
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The training run: stages in order (contrastive pretraining, fine-tuning, the CE-only
+//! baseline, pseudo-label retraining), with evaluation, metrics, checkpoints and resume.
+//!
+//! Reproducibility: every random choice derives from the config's seed and the position in the
+//! run: the model's initialisation from (seed, stage), the batch order and augmentation from
+//! (seed, stage, epoch, index) in the loader, dropout from (seed, stage, step). Checkpoints hold
+//! the weights, batch-norm buffers, SGD momentum and the step, so a resumed run repeats the
+//! uninterrupted one exactly (on the CPU, same thread count).
+
+mod pseudo;
+mod stage;
+
+use crate::config::{Stage, TrainConfig};
+use crate::data::{self, Source};
+use crate::evaluate::evaluate;
+use crate::metrics::Scores;
+use crate::net::{self, Net};
+use crate::run_dir::RunDir;
+use anyhow::{bail, Context, Result};
+use datasets::{choose_labeled, SampleSource};
+use engine::Rng;
+use nn::{load_checkpoint, read_checkpoint};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use stage::StageEnd;
+
+/// Set by the Ctrl-C handler; the step loop checks it, saves a checkpoint and stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Options that are not part of the run's config.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run directory.
+    pub out: PathBuf,
+    /// Resume from this checkpoint.
+    pub resume: Option<PathBuf>,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Stop (with a checkpoint, as Ctrl-C would) after this many steps of this invocation.
+    pub stop_after: Option<usize>,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Scores on the validation set after the last stage (None if the run was interrupted).
+    pub scores: Option<Scores>,
+    /// The printable table.
+    pub table: String,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// How the run ended.
+    pub interrupted: bool,
+}
+
+/// A seed for one purpose, derived from the master seed.
+pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
+    let mut h = seed ^ 0x6A09_E667_F3BC_C908;
+    for &p in parts {
+        h = (h ^ p).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
+    }
+    h
+}
+
+/// Where a resumed run picks up.
+struct ResumePoint {
+    stage_index: usize,
+    step: usize,
+    path: PathBuf,
+}
+
+fn read_resume(path: &Path) -> Result<(TrainConfig, ResumePoint)> {
+    let data = read_checkpoint(path)?;
+    let cfg = TrainConfig::from_toml(&data.meta.config)
+        .map_err(|e| anyhow::anyhow!("{}: the checkpoint's run config does not parse: {e}", path.display()))?;
+    let get = |k: &str| -> Result<usize> {
+        data.meta
+            .extra
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{}: not a segnet training checkpoint (no {k:?} in its metadata)", path.display()))
+    };
+    Ok((cfg, ResumePoint { stage_index: get("stage_index")?, step: get("stage_step")?, path: path.to_path_buf() }))
+}
+
+/// Resolve a resumed run's config and directory (the checkpoint's own).
+pub fn resume_config(path: &Path) -> Result<(TrainConfig, PathBuf)> {
+    let (cfg, _) = read_resume(path)?;
+    let dir = path
+        .parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{}: cannot find its run directory", path.display()))?;
+    Ok((cfg, dir))
+}
+
+/// Run every stage of `cfg`.
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    cfg.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let resume = match &opts.resume {
+        Some(p) => Some(read_resume(p)?.1),
+        None => None,
+    };
+    let (train, val) = data::open(cfg)?;
+    let classes = train.num_classes();
+    let class_names = train.class_names();
+    let spec = net::spec(cfg, classes)?;
+
+    let mut dir = RunDir::open(&opts.out)?;
+    dir.write("config.toml", &cfg.to_toml())?;
+
+    // The labeled subset: chosen once from the seed, recorded in the run.
+    let candidates = train.labeled_indices()?;
+    let n_labeled = cfg.labeled.unwrap_or(candidates.len()).min(candidates.len());
+    let subset = choose_labeled(train.len(), &candidates, n_labeled, derive_seed(cfg.seed, &[1]))?;
+    dir.write(
+        "subset.json",
+        &serde_json::to_string_pretty(&json!({ "labeled": subset.labeled, "unlabeled": subset.unlabeled }))?,
+    )?;
+    if !opts.quiet {
+        eprintln!(
+            "segnet: {} training images ({} labeled), {} validation images, {} classes; run directory {}",
+            train.len(),
+            subset.labeled.len(),
+            val.len(),
+            classes,
+            opts.out.display()
+        );
+    }
+
+    let mut ctx = stage::StageCtx {
+        cfg,
+        dir: &mut dir,
+        val: val.clone(),
+        quiet: opts.quiet,
+        budget: opts.stop_after,
+        global_offset: 0,
+    };
+    let mut current: Option<Net> = None;
+    let mut last_final: Option<PathBuf> = None;
+    for (si, &stage) in cfg.stages.iter().enumerate() {
+        let steps = cfg.stage(stage).steps;
+        if let Some(r) = &resume {
+            if si < r.stage_index {
+                // Finished before the checkpoint: its final weights are on disk.
+                ctx.global_offset += steps;
+                last_final = Some(ctx.dir.checkpoint(&format!("{}-final", stage.name())));
+                continue;
+            }
+        }
+        let mut init_rng = Rng::new(derive_seed(cfg.seed, &[2, si as u64]));
+        let mut net = Net::new(&spec, stage == Stage::Contrastive, &mut init_rng)?;
+        match stage {
+            Stage::Contrastive | Stage::CeOnly => {}
+            Stage::Finetune | Stage::Pseudo => {
+                // Start from the previous stage's weights: the projection head (if any) is left
+                // out, the classifier starts fresh when coming from the contrastive stage.
+                if let Some(prev) = current.take() {
+                    let path = last_final.clone().context("internal: no previous checkpoint")?;
+                    drop(prev);
+                    let (_, report) = load_checkpoint(&path, &mut net, None, false)?;
+                    if !opts.quiet {
+                        eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
+                    }
+                } else if let Some(path) = &last_final {
+                    let (_, report) = load_checkpoint(path, &mut net, None, false)?;
+                    if !opts.quiet {
+                        eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
+                    }
+                } else if !opts.quiet {
+                    eprintln!("segnet: {} has no earlier stage to start from: training from scratch", stage.name());
+                }
+            }
+        }
+        let (source, indices): (Arc<Source>, Vec<usize>) = if stage == Stage::Pseudo {
+            let pseudo = pseudo::pseudo_label(&mut net, &train, &subset.labeled, &subset.unlabeled, cfg, opts.quiet)?;
+            ctx.dir.log(json!({ "stage": "pseudo", "global_step": ctx.global_offset, "pseudo": pseudo.stats }))?;
+            let n = pseudo.source.len();
+            (Arc::new(pseudo.source), (0..n).collect())
+        } else {
+            (train.clone(), subset.labeled.clone())
+        };
+        let resume_here = resume.as_ref().filter(|r| r.stage_index == si).map(|r| (r.path.as_path(), r.step));
+        let end = stage::train_stage(&mut ctx, si, stage, &mut net, source, indices, resume_here)?;
+        ctx.global_offset += steps;
+        match end {
+            StageEnd::Finished(path) => {
+                last_final = Some(path);
+                current = Some(net);
+            }
+            StageEnd::Stopped(path) => {
+                eprintln!("segnet: stopped; resume with: segnet train --resume {}", path.display());
+                return Ok(RunSummary { scores: None, table: String::new(), dir: opts.out.clone(), interrupted: true });
+            }
+        }
+    }
+    // Final evaluation of the last network that can classify.
+    let mut net = match current {
+        Some(n) if n.projection.is_none() => n,
+        _ => {
+            let last = cfg.stages.last().copied();
+            if last == Some(Stage::Contrastive) {
+                bail!("the run ended with the contrastive stage, which has no classifier: add `finetune` to --stages to get a segmentation model");
+            }
+            let mut n = Net::new(&spec, false, &mut Rng::new(0))?;
+            let path = last_final.context("no final checkpoint")?;
+            load_checkpoint(&path, &mut n, None, true)?;
+            n
+        }
+    };
+    let cm = evaluate(&mut net, &val)?;
+    let scores = cm.scores();
+    let table = cm.table(&class_names);
+    dir.write("final_scores.json", &serde_json::to_string_pretty(&scores)?)?;
+    dir.plot()?;
+    Ok(RunSummary { scores: Some(scores), table, dir: opts.out.clone(), interrupted: false })
+}
+
+/// Check a stage-1-capable checkpoint's architecture matches `cfg` (used by eval/predict).
+pub fn load_for_inference(path: &Path) -> Result<(Net, TrainConfig, Vec<String>, Option<Vec<[u8; 3]>>)> {
+    let data = read_checkpoint(path)?;
+    let cfg = TrainConfig::from_toml(&data.meta.config)
+        .map_err(|e| anyhow::anyhow!("{}: the checkpoint's run config does not parse: {e}", path.display()))?;
+    let classes: usize = data
+        .meta
+        .extra
+        .get("classes")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{}: not a segnet checkpoint (no class count in its metadata)", path.display()))?;
+    let names: Vec<String> = data
+        .meta
+        .extra
+        .get("class_names")
+        .map(|s| s.split('\u{1f}').map(String::from).collect())
+        .unwrap_or_else(|| (0..classes).map(|k| format!("class {k}")).collect());
+    let palette = data.meta.extra.get("palette").map(|s| {
+        s.split(';')
+            .filter_map(|c| {
+                let v: Vec<u8> = c.split(',').filter_map(|x| x.parse().ok()).collect();
+                (v.len() == 3).then(|| [v[0], v[1], v[2]])
+            })
+            .collect()
+    });
+    let spec = net::spec(&cfg, classes)?;
+    let mut n = Net::new(&spec, false, &mut Rng::new(0))?;
+    let (_, report) = load_checkpoint(path, &mut n, None, false)?;
+    if !report.missing.is_empty() || !report.mismatched.is_empty() {
+        bail!("{}: does not fit the model its config describes: {}", path.display(), report);
+    }
+    if data.meta.extra.get("stage").map(String::as_str) == Some("contrastive") {
+        bail!("{}: a contrastive-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint", path.display());
+    }
+    Ok((n, cfg, names, palette))
+}

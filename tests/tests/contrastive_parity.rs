@@ -1,0 +1,273 @@
+//! The fused pixel contrastive loss against the naive `N x N` reference
+//! (`segnet_tests::contrastive_ref`): loss and full gradient, every mode and form, with ignore pixels,
+//! single-pixel classes, images without a valid pixel and all-invalid batches; f32 at 65x65 against
+//! f64; stability for unnormalised features; determinism across thread counts; bad input.
+
+use engine::ops::contrastive::{batch_sample, cross_image_partners};
+use engine::ops::{self, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
+use engine::{DType, Error, LabelMap, Rng, Tape, Tensor};
+use segnet_tests::contrastive_ref::{random_features, reference, reference_pair, ContrastCase, RefOut};
+use segnet_tests::{arbitrary_via_rng, property, Case};
+
+const MODES: [ContrastiveMode; 3] = [ContrastiveMode::WithinImage, ContrastiveMode::CrossImage, ContrastiveMode::Batch];
+const FORMS: [ContrastiveForm; 2] = [ContrastiveForm::PerPositive, ContrastiveForm::SupCon];
+
+/// Loss and gradient of the fused op.
+fn fused(f: &Tensor, labels: &LabelMap, cfg: &ContrastiveConfig) -> (f64, Vec<f64>) {
+    let tape = Tape::new();
+    let x = tape.watch(f);
+    let loss = ops::pixel_contrastive_loss(&x, labels, cfg).unwrap();
+    let v = loss.item().unwrap();
+    let g = tape.backward(&loss).unwrap();
+    (v, g.get(&x).map(|t| t.to_vec_f64().unwrap()).unwrap_or_else(|| vec![0.0; f.numel()]))
+}
+
+/// `|a - b| <= rtol * scale` elementwise, with `scale` the largest reference magnitude (or 1e-300).
+fn compare(what: &str, got: (f64, &[f64]), want: &RefOut, rtol: f64) -> Result<(), String> {
+    let (loss, grad) = got;
+    if (loss - want.loss).abs() > rtol * want.loss.abs().max(1e-300) {
+        return Err(format!("{what}: loss {loss:.15e} vs reference {:.15e}", want.loss));
+    }
+    let scale = want.grad.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    for (k, (a, b)) in grad.iter().zip(&want.grad).enumerate() {
+        if (a - b).abs() > rtol * scale {
+            return Err(format!("{what}: grad[{k}] {a:.15e} vs reference {b:.15e} (scale {scale:.3e})"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+struct Medium(ContrastCase);
+impl Case for Medium {
+    fn from_rng(rng: &mut Rng) -> Self {
+        Medium(ContrastCase::draw(rng, 3, 8, 8, 4))
+    }
+    fn smaller(&self) -> Vec<Self> {
+        self.0.smaller().into_iter().map(Medium).collect()
+    }
+}
+arbitrary_via_rng!(Medium);
+
+fn check_case(c: &ContrastCase, labels: &LabelMap) -> Result<(), String> {
+    let fv = c.features();
+    let f = Tensor::from_f64_vec(fv.clone(), vec![c.b, c.d, c.h, c.w], DType::F64);
+    let got = fused(&f, labels, &c.cfg);
+    let want = reference(&fv, c.b, c.d, c.h * c.w, &labels.data, &c.cfg);
+    compare(&format!("{:?} {:?}", c.cfg.mode, c.cfg.form), (got.0, &got.1), &want, 1e-10)
+}
+
+#[test]
+fn fused_matches_naive_on_random_cases() {
+    property("contrastive_parity_random", 80, |c: &Medium| check_case(&c.0, &c.0.labels()));
+}
+
+#[test]
+fn fused_matches_naive_with_singletons_empty_images_and_ignore() {
+    let mut rng = Rng::new(11);
+    for mode in MODES {
+        for form in FORMS {
+            for normalised in [true, false] {
+                let mut c = ContrastCase::draw(&mut rng, 3, 6, 6, 4);
+                (c.b, c.d, c.h, c.w, c.classes, c.ignore_p, c.normalised) = (3, 4, 5, 4, 4, 0.25, normalised);
+                (c.cfg.mode, c.cfg.form, c.cfg.classes, c.cfg.max_pixels) = (mode, form, 4, 23);
+                let mut labels = c.labels();
+                let hw = c.h * c.w;
+                // Image 1 has no valid pixel; in image 0 class 3 has exactly one pixel.
+                labels.data[hw..2 * hw].fill(255);
+                for v in &mut labels.data[..hw] {
+                    if *v == 3 {
+                        *v = 0;
+                    }
+                }
+                labels.data[5] = 3;
+                // Image 2: only singleton classes (so SupCon has no anchor there).
+                labels.data[2 * hw..3 * hw].fill(255);
+                labels.data[2 * hw] = 0;
+                labels.data[2 * hw + 7] = 1;
+                check_case(&c, &labels).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn all_invalid_gives_zero_loss_and_zero_gradient() {
+    for mode in MODES {
+        for form in FORMS {
+            let cfg = ContrastiveConfig { mode, form, classes: 3, ..Default::default() };
+            let f = Tensor::from_f64_vec(random_features(2, 3, 12, true, 1), vec![2, 3, 3, 4], DType::F64);
+            let labels = LabelMap::new(2, 3, 4, vec![255; 24]).unwrap();
+            let (loss, grad) = fused(&f, &labels, &cfg);
+            assert_eq!(loss, 0.0, "{mode:?} {form:?}");
+            assert!(grad.iter().all(|&g| g == 0.0), "{mode:?} {form:?}");
+            // SupCon with every class a singleton also has no anchor.
+            let labels = LabelMap::new(2, 3, 4, (0..24).map(|i| if i % 12 < 3 { i as u8 % 12 } else { 255 }).collect())
+                .unwrap();
+            if form == ContrastiveForm::SupCon && mode == ContrastiveMode::WithinImage {
+                let (loss, grad) = fused(&f, &labels, &cfg);
+                assert_eq!(loss, 0.0);
+                assert!(grad.iter().all(|&g| g == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn pair_matches_naive() {
+    property("contrastive_parity_pair", 40, |c: &Medium| {
+        let c = &c.0;
+        let la = c.labels();
+        let mut o = c.clone();
+        o.seed ^= 0xabc;
+        let lb = o.labels();
+        let hw = c.h * c.w;
+        let (fa, fb) = (c.features(), random_features(c.b, c.d, hw, c.normalised, o.seed));
+        let ta = Tensor::from_f64_vec(fa.clone(), vec![c.b, c.d, c.h, c.w], DType::F64);
+        let tb = Tensor::from_f64_vec(fb.clone(), vec![c.b, c.d, c.h, c.w], DType::F64);
+        let tape = Tape::new();
+        let (xa, xb) = (tape.watch(&ta), tape.watch(&tb));
+        let loss = ops::pixel_contrastive_loss_pair(&xa, &la, &xb, &lb, &c.cfg).unwrap();
+        let v = loss.item().unwrap();
+        let g = tape.backward(&loss).unwrap();
+        let mut grad = g.get(&xa).unwrap().to_vec_f64().unwrap();
+        grad.extend(g.get(&xb).unwrap().to_vec_f64().unwrap());
+        let want = reference_pair(&fa, &fb, c.b, c.d, hw, &la.data, &lb.data, &c.cfg);
+        compare("pair", (v, &grad), &want, 1e-10)
+    });
+}
+
+/// Blob-like labels: `classes` vertical bands with some ignore pixels, like resized segmentation maps.
+fn band_labels(b: usize, h: usize, w: usize, classes: usize, seed: u64) -> LabelMap {
+    let mut rng = Rng::new(seed);
+    let data = (0..b * h * w)
+        .map(|i| {
+            let (img, x) = (i / (h * w), i % w);
+            if rng.uniform() < 0.05 {
+                255
+            } else {
+                ((x * classes / w + img) % classes) as u8
+            }
+        })
+        .collect();
+    LabelMap::new(b, h, w, data).unwrap()
+}
+
+#[test]
+fn f32_fused_matches_f64_naive_at_65x65() {
+    let (b, d, h, w) = (2, 32, 65, 65);
+    let fv = random_features(b, d, h * w, true, 3);
+    let labels = band_labels(b, h, w, 5, 4);
+    for form in FORMS {
+        let cfg = ContrastiveConfig { classes: 5, form, ..Default::default() };
+        let f32t = Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F32);
+        let (loss, grad) = fused(&f32t, &labels, &cfg);
+        // The reference sees the f32-rounded inputs, so only the arithmetic differs.
+        let rounded: Vec<f64> = fv.iter().map(|&v| v as f32 as f64).collect();
+        let want = reference(&rounded, b, d, h * w, &labels.data, &cfg);
+        // f32 scores carry ~1e-6 relative error and sums over ~4000 terms; 2e-5 of the largest
+        // gradient entry and 1e-5 of the loss are well inside what f32 should reach.
+        compare(&format!("f32 {form:?}"), (loss, &grad), &want, 2e-5).unwrap();
+    }
+}
+
+#[test]
+fn unnormalised_large_scores_stay_finite_and_agree() {
+    // Features of norm ~40 with tau 0.07: scores up to ~2e4, far beyond exp's range.
+    let (b, d, h, w) = (2, 8, 9, 7);
+    let fv: Vec<f64> = random_features(b, d, h * w, true, 9).into_iter().map(|v| 40.0 * v).collect();
+    let labels = band_labels(b, h, w, 3, 2);
+    for form in FORMS {
+        for mode in MODES {
+            let cfg = ContrastiveConfig { classes: 3, form, mode, ..Default::default() };
+            let (l64, g64) = fused(&Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F64), &labels, &cfg);
+            let (l32, g32) = fused(&Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F32), &labels, &cfg);
+            assert!(l64.is_finite() && l32.is_finite() && g32.iter().all(|g| g.is_finite()), "{form:?} {mode:?}");
+            assert!(l64 > 100.0, "scores this large give a large loss: {l64}");
+            let rel = (l32 - l64).abs() / l64;
+            assert!(rel < 1e-4, "{form:?} {mode:?}: f32 loss {l32} vs f64 {l64}");
+            let scale = g64.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = g32.iter().zip(&g64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-3 * scale, "{form:?} {mode:?}: gradient error {err} of scale {scale}");
+        }
+    }
+}
+
+#[test]
+fn results_are_bit_identical_across_thread_counts() {
+    let (b, d, h, w) = (2, 16, 17, 13);
+    let f = Tensor::from_f64_vec(random_features(b, d, h * w, true, 5), vec![b, d, h, w], DType::F32);
+    let labels = band_labels(b, h, w, 4, 6);
+    for mode in MODES {
+        let cfg = ContrastiveConfig { classes: 4, mode, max_pixels: 300, ..Default::default() };
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| fused(&f, &labels, &cfg))
+        };
+        let (l1, g1) = run(1);
+        let (l3, g3) = run(3);
+        assert_eq!(l1.to_bits(), l3.to_bits(), "{mode:?}");
+        assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()), "{mode:?}");
+    }
+}
+
+#[test]
+fn batch_sample_and_partners_are_as_documented() {
+    let labels = band_labels(3, 10, 10, 4, 1);
+    let valid = labels.data.iter().filter(|&&l| l != 255).count();
+    let all = batch_sample(&labels, 255, 10_000, 1);
+    assert_eq!(all.len(), valid);
+    let s = batch_sample(&labels, 255, 50, 1);
+    assert_eq!(s.len(), 50);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+    assert!(s.iter().all(|&g| labels.data[g as usize] != 255));
+    assert_eq!(s, batch_sample(&labels, 255, 50, 1));
+    assert_ne!(s, batch_sample(&labels, 255, 50, 2));
+    for b in 2..9 {
+        let p = cross_image_partners(b, b as u64);
+        let mut q = p.clone();
+        q.sort();
+        assert_eq!(q, (0..b).collect::<Vec<_>>());
+        assert!(p.iter().enumerate().all(|(i, &j)| i != j), "derangement {p:?}");
+    }
+    assert_eq!(cross_image_partners(1, 3), vec![0]);
+}
+
+#[test]
+fn cross_image_with_one_image_equals_within_image() {
+    let f = Tensor::from_f64_vec(random_features(1, 4, 30, true, 2), vec![1, 4, 5, 6], DType::F64);
+    let labels = band_labels(1, 5, 6, 3, 3);
+    for form in FORMS {
+        let within = ContrastiveConfig { classes: 3, form, ..Default::default() };
+        let cross = ContrastiveConfig { mode: ContrastiveMode::CrossImage, ..within.clone() };
+        assert_eq!(fused(&f, &labels, &within), fused(&f, &labels, &cross));
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let f = Tensor::from_f64_vec(random_features(2, 3, 12, true, 1), vec![2, 3, 3, 4], DType::F64);
+    let labels = LabelMap::new(2, 3, 4, vec![0; 24]).unwrap();
+    let cfg = ContrastiveConfig { classes: 3, ..Default::default() };
+    let err = |r: engine::Result<Tensor>| r.expect_err("should fail");
+    let e = err(ops::pixel_contrastive_loss(&f, &LabelMap::new(2, 4, 3, vec![0; 24]).unwrap(), &cfg));
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("[2, 3, 3, 4]"), "{e}");
+    let e = err(ops::pixel_contrastive_loss(&f.reshape(&[2, 3, 12]).unwrap(), &labels, &cfg));
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let mut bad = labels.clone();
+    bad.data[7] = 3;
+    let e = err(ops::pixel_contrastive_loss(&f, &bad, &cfg));
+    assert!(matches!(e, Error::Invalid { .. }) && e.to_string().contains("label 3"), "{e}");
+    for tau in [0.0, -0.1, f64::NAN] {
+        let e = err(ops::pixel_contrastive_loss(&f, &labels, &ContrastiveConfig { tau, ..cfg.clone() }));
+        assert!(matches!(e, Error::Invalid { .. }) && e.to_string().contains("tau"), "{e}");
+    }
+    let e = err(ops::pixel_contrastive_loss(&Tensor::zeros(vec![2, 0, 3, 4], DType::F64), &labels, &cfg));
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    let batch = ContrastiveConfig { mode: ContrastiveMode::Batch, max_pixels: 0, ..cfg.clone() };
+    assert!(matches!(err(ops::pixel_contrastive_loss(&f, &labels, &batch)), Error::Invalid { .. }));
+    let g = Tensor::from_f64_vec(random_features(2, 3, 12, true, 1), vec![2, 3, 4, 3], DType::F64);
+    let l2 = LabelMap::new(2, 4, 3, vec![0; 24]).unwrap();
+    assert!(matches!(err(ops::pixel_contrastive_loss_pair(&f, &labels, &g, &l2, &cfg)), Error::Shape { .. }));
+    let h = f.to_dtype(DType::F32).unwrap();
+    assert!(matches!(err(ops::pixel_contrastive_loss_pair(&f, &labels, &h, &labels, &cfg)), Error::DType { .. }));
+}

@@ -1,0 +1,509 @@
+//! CUDA against CPU on the same random inputs (feature `cuda`).
+//!
+//! Every test first opens `cuda:0`; when no device can be initialised it prints
+//! `skipped: <reason>` and returns, so the suite passes on a machine that has libcuda but no GPU.
+//! (A `--features cuda` test binary needs `libcuda.so.1` just to start; CI therefore only builds it
+//! with `--no-run`, and scripts/run-gpu-bundle.sh runs it on the GPU machine.)
+//!
+//! * engine level (ops dispatched on `Device::Cuda(0)`): elementwise with broadcasting, unary maps,
+//!   sums/means, matmul (batched, shared B), permute/concat/split, and every gradient through the
+//!   tape (`loss = sum(out * R)`), compared with the same graph on the CPU in f32;
+//! * kernel level (`kernels::cuda` wrappers against `kernels::cpu` on the same slices) for the
+//!   families the engine dispatches in a second phase: conv2d (stride, padding, dilation, groups),
+//!   max/global-average pool, batch norm, bilinear resize (both align_corners), L2 normalise,
+//!   log-softmax, cross-entropy with ignore, and the fused contrastive loss (both forms, partners).
+//!
+//! Tolerances are for f32: `|gpu - cpu| <= atol + rtol |cpu|` with rtol 1e-4 (2e-3 for long
+//! reductions / GEMMs whose summation order differs, 2e-2 for TF32).
+#![cfg(feature = "cuda")]
+
+use engine::{ops, DType, Device, Rng, Tape, Tensor};
+use kernels::cpu;
+use kernels::cuda::{self as kc, CudaBuf, CudaDevice};
+
+fn gpu() -> Option<&'static CudaDevice> {
+    match kc::device_count() {
+        Ok(0) => {
+            println!("skipped: no CUDA device");
+            None
+        }
+        Ok(_) => match kc::device(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                println!("skipped: cannot open cuda:0: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            println!("skipped: CUDA driver unavailable: {e}");
+            None
+        }
+    }
+}
+
+macro_rules! require_gpu {
+    () => {
+        match gpu() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let tol = atol + rtol * w.abs();
+        assert!(
+            !(err > tol) && g.is_nan() == w.is_nan(),
+            "{what}: element {i}: cuda {g} vs cpu {w} (|err| {err} > {tol})"
+        );
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    println!("{what}: max |err| {:.3e} at {} ({} elements)", worst.1, worst.0, got.len());
+}
+
+fn randv(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+fn rand_t(dims: &[usize], rng: &mut Rng) -> Tensor {
+    Tensor::randn(dims.to_vec(), 1.0, DType::F32, rng)
+}
+
+fn positive_t(dims: &[usize], rng: &mut Rng) -> Tensor {
+    Tensor::rand_uniform(dims.to_vec(), 0.5, 2.0, DType::F32, rng)
+}
+
+fn cuda(t: &Tensor) -> Tensor {
+    t.to_device(Device::Cuda(0)).expect("host to device copy")
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().expect("device to host copy")
+}
+
+/// Run `f` on CPU copies and on CUDA copies of `inputs`, compare outputs and the gradients of
+/// `sum(out * R)` with respect to every input.
+fn parity<F>(name: &str, inputs: &[Tensor], rtol: f32, f: F)
+where
+    F: Fn(&[Tensor]) -> engine::Result<Tensor>,
+{
+    let run = |dev: Device| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let tape = Tape::new();
+        let xs: Vec<Tensor> = inputs.iter().map(|t| tape.watch(&t.to_device(dev).unwrap())).collect();
+        let out = f(&xs).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
+        assert_eq!(out.device(), dev, "{name}: output device");
+        let mut rng = Rng::new(99);
+        let r = Tensor::randn(out.dims().to_vec(), 1.0, DType::F32, &mut rng).to_device(dev).unwrap();
+        let loss = ops::sum_all(&ops::mul(&out, &r).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap_or_else(|e| panic!("{name} backward on {dev}: {e}"));
+        let gs = xs.iter().map(|x| grads.get(x).map(host).unwrap_or_default()).collect();
+        (host(&out), gs)
+    };
+    let (yc, gc) = run(Device::Cpu);
+    let (yg, gg) = run(Device::Cuda(0));
+    assert_close(&format!("{name} forward"), &yg, &yc, rtol, 1e-5);
+    for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
+        assert_close(&format!("{name} d input {i}"), a, b, rtol, 1e-5);
+    }
+}
+
+#[test]
+fn device_copies_round_trip_f32_and_f64() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(1);
+    for dt in [DType::F32, DType::F64] {
+        let t = Tensor::randn(vec![3, 5, 7], 1.0, dt, &mut rng);
+        let g = t.to_device(Device::Cuda(0)).unwrap();
+        assert_eq!((g.device(), g.dtype()), (Device::Cuda(0), dt));
+        assert_eq!(g.to_vec_f64().unwrap(), t.to_vec_f64().unwrap(), "{dt:?} round trip is exact");
+    }
+}
+
+#[test]
+fn f64_ops_on_cuda_are_a_clear_error() {
+    let _dev = require_gpu!();
+    let t = Tensor::ones(vec![4], DType::F64).to_device(Device::Cuda(0)).unwrap();
+    let e = ops::exp(&t).unwrap_err().to_string();
+    assert!(e.contains("f32"), "{e}");
+    let c = Tensor::ones(vec![4], DType::F32);
+    let e = ops::add(&c, &Tensor::ones(vec![4], DType::F32).to_device(Device::Cuda(0)).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("device"), "{e}");
+}
+
+#[test]
+fn elementwise_binary_with_broadcasting() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(2);
+    for (a, b) in [
+        (vec![2, 3, 4, 5], vec![2, 3, 4, 5]),
+        (vec![2, 3, 4, 5], vec![3, 1, 5]),
+        (vec![4, 1], vec![1, 6]),
+        (vec![7], vec![]),
+    ] {
+        let (x, y, yp) = (rand_t(&a, &mut rng), rand_t(&b, &mut rng), positive_t(&b, &mut rng));
+        parity("add", &[x.clone(), y.clone()], 1e-5, |t| ops::add(&t[0], &t[1]));
+        parity("sub", &[x.clone(), y.clone()], 1e-5, |t| ops::sub(&t[0], &t[1]));
+        parity("mul", &[x.clone(), y.clone()], 1e-5, |t| ops::mul(&t[0], &t[1]));
+        parity("div", &[x.clone(), yp], 1e-4, |t| ops::div(&t[0], &t[1]));
+    }
+}
+
+#[test]
+fn elementwise_unary() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(3);
+    let x = rand_t(&[3, 17, 33], &mut rng);
+    let p = positive_t(&[3, 17, 33], &mut rng);
+    parity("neg", &[x.clone()], 1e-6, |t| ops::neg(&t[0]));
+    parity("exp", &[x.clone()], 1e-5, |t| ops::exp(&t[0]));
+    parity("log", &[p.clone()], 1e-5, |t| ops::log(&t[0]));
+    parity("sqrt", &[p], 1e-5, |t| ops::sqrt(&t[0]));
+    parity("relu", &[x.clone()], 1e-6, |t| ops::relu(&t[0]));
+    parity("affine", &[x], 1e-5, |t| ops::affine(&t[0], -1.5, 0.25));
+}
+
+#[test]
+fn sums_and_means_over_axis_sets() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(4);
+    let x = rand_t(&[3, 4, 50, 7], &mut rng);
+    for axes in [vec![0], vec![1], vec![3], vec![0, 2], vec![1, 2, 3], vec![0, 1, 2, 3]] {
+        for keep in [false, true] {
+            let a = axes.clone();
+            parity("sum", &[x.clone()], 2e-4, move |t| ops::sum(&t[0], &a, keep));
+            let a = axes.clone();
+            parity("mean", &[x.clone()], 2e-4, move |t| ops::mean(&t[0], &a, keep));
+        }
+    }
+    let big = rand_t(&[300_000], &mut rng);
+    parity("sum_all", &[big], 1e-3, |t| ops::sum_all(&t[0]));
+}
+
+#[test]
+fn matmul_batched_shared_and_edges() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(5);
+    for (a, b) in [
+        (vec![1, 1], vec![1, 1]),
+        (vec![65, 33], vec![33, 70]),
+        (vec![3, 17, 130], vec![3, 130, 9]),
+        (vec![2, 4, 40, 64], vec![64, 48]),
+    ] {
+        let (x, y) = (rand_t(&a, &mut rng), rand_t(&b, &mut rng));
+        parity("matmul", &[x, y], 2e-3, |t| ops::matmul(&t[0], &t[1]));
+    }
+}
+
+#[test]
+fn matmul_tf32_path() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(6);
+    let (x, y) = (rand_t(&[2, 96, 200], &mut rng), rand_t(&[2, 200, 80], &mut rng));
+    kc::set_tf32(true);
+    let got = host(&ops::matmul(&cuda(&x), &cuda(&y)).unwrap());
+    kc::set_tf32(false);
+    let want = host(&ops::matmul(&x, &y).unwrap());
+    // TF32 keeps 10 mantissa bits: about 1e-3 relative per product, k = 200 terms of size ~1.
+    assert_close("matmul tf32", &got, &want, 2e-2, 0.15);
+}
+
+#[test]
+fn shape_ops() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(7);
+    let x = rand_t(&[2, 3, 4, 5], &mut rng);
+    parity("permute", &[x.clone()], 0.0, |t| ops::permute(&t[0], &[2, 0, 3, 1]));
+    parity("transpose", &[x.clone()], 0.0, |t| ops::transpose(&t[0], 1, 3));
+    parity("reshape", &[x.clone()], 0.0, |t| ops::reshape(&t[0], &[6, 20]));
+    let y = rand_t(&[2, 5, 4, 5], &mut rng);
+    parity("concat", &[x.clone(), y], 0.0, |t| ops::concat(&[&t[0], &t[1]], 1));
+    parity("split", &[x], 0.0, |t| {
+        let p = ops::split(&t[0], &[1, 3], 2)?;
+        ops::add(&ops::mul(&p[0], &p[0])?, &ops::sum(&p[1], &[2], true)?)
+    });
+}
+
+// ---- kernel level: kernels::cuda against kernels::cpu on the same slices ----
+
+fn up(dev: &'static CudaDevice, v: &[f32]) -> CudaBuf {
+    dev.upload(v).unwrap()
+}
+fn down(b: &CudaBuf, n: usize) -> Vec<f32> {
+    b.to_vec::<f32>(n).unwrap()
+}
+
+#[test]
+fn conv2d_forward_and_gradients() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(8);
+    let cases = [
+        // n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups
+        (2, 3, 9, 11, 4, 3, 3, [1, 1], [1, 1], [1, 1], 1),
+        (1, 4, 13, 10, 6, 3, 2, [2, 1], [2, 0], [2, 3], 2),
+        (2, 6, 8, 8, 6, 3, 3, [1, 1], [2, 2], [2, 2], 6),
+        (3, 5, 7, 6, 7, 1, 1, [1, 1], [0, 0], [1, 1], 1),
+        (1, 8, 17, 17, 4, 5, 5, [3, 2], [2, 1], [1, 1], 4),
+    ];
+    for (n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in cases {
+        let g = cpu::conv::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups };
+        let (oh, ow) = g.out_hw().unwrap();
+        let x = randv(n * c_in * h * w, &mut rng);
+        let wt = randv(c_out * (c_in / groups) * kh * kw, &mut rng);
+        let b = randv(c_out, &mut rng);
+        let gy = randv(n * c_out * oh * ow, &mut rng);
+        let mut y = vec![0.0; gy.len()];
+        cpu::conv::conv2d_forward(&g, &x, &wt, Some(&b), &mut y);
+        let (dx_, dw_, db_) =
+            (dev.alloc(x.len() * 4).unwrap(), dev.alloc(wt.len() * 4).unwrap(), dev.alloc(c_out * 4).unwrap());
+        let (mut dx_, mut dw_, mut db_) = (dx_, dw_, db_);
+        let (xd, wd, bd, gyd) = (up(dev, &x), up(dev, &wt), up(dev, &b), up(dev, &gy));
+        let mut yd = dev.alloc(y.len() * 4).unwrap();
+        kc::conv::conv2d_forward(&g, &xd, &wd, Some(&bd), &mut yd).unwrap();
+        assert_close(&format!("conv2d fwd {g:?}"), &down(&yd, y.len()), &y, 2e-3, 1e-4);
+        let mut dx = vec![0.0; x.len()];
+        cpu::conv::conv2d_backward_input(&g, &wt, &gy, &mut dx);
+        kc::conv::conv2d_backward_input(&g, &wd, &gyd, &mut dx_).unwrap();
+        assert_close("conv2d dx", &down(&dx_, dx.len()), &dx, 2e-3, 1e-4);
+        let mut dw = vec![0.0; wt.len()];
+        cpu::conv::conv2d_backward_weight(&g, &x, &gy, &mut dw);
+        kc::conv::conv2d_backward_weight(&g, &xd, &gyd, &mut dw_).unwrap();
+        assert_close("conv2d dw", &down(&dw_, dw.len()), &dw, 2e-3, 1e-3);
+        let mut db = vec![0.0; c_out];
+        cpu::conv::conv2d_backward_bias(&g, &gy, &mut db);
+        kc::conv::conv2d_backward_bias(&g, &gyd, &mut db_).unwrap();
+        assert_close("conv2d db", &down(&db_, c_out), &db, 2e-3, 1e-3);
+    }
+}
+
+#[test]
+fn pools_forward_and_backward() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(9);
+    for (planes, h, w, kernel, stride, padding) in
+        [(6, 9, 10, [3, 3], [2, 2], [1, 1]), (4, 8, 8, [2, 2], [2, 2], [0, 0]), (3, 7, 5, [3, 2], [1, 2], [1, 0])]
+    {
+        let g = cpu::pool::Pool2dGeom { planes, h, w, kernel, stride, padding };
+        let (oh, ow) = g.out_hw().unwrap();
+        let x = randv(planes * h * w, &mut rng);
+        let gy = randv(planes * oh * ow, &mut rng);
+        let (mut y, mut am) = (vec![0.0; gy.len()], vec![0u32; gy.len()]);
+        cpu::pool::max_pool2d_forward(&g, &x, &mut y, &mut am);
+        let mut dx = vec![0.0; x.len()];
+        cpu::pool::max_pool2d_backward(&g, &am, &gy, &mut dx);
+        let (xd, gyd) = (up(dev, &x), up(dev, &gy));
+        let (mut yd, mut amd, mut dxd) =
+            (dev.alloc(y.len() * 4).unwrap(), dev.alloc(am.len() * 4).unwrap(), dev.alloc(x.len() * 4).unwrap());
+        kc::pool::max_pool2d_forward(&g, &xd, &mut yd, &mut amd).unwrap();
+        assert_close("max_pool2d fwd", &down(&yd, y.len()), &y, 0.0, 0.0);
+        assert_eq!(amd.to_vec::<u32>(am.len()).unwrap(), am, "max_pool2d argmax");
+        kc::pool::max_pool2d_backward(&g, &amd, &gyd, &mut dxd).unwrap();
+        assert_close("max_pool2d bwd", &down(&dxd, dx.len()), &dx, 1e-6, 1e-6);
+        let (mut gap, mut gapd) = (vec![0.0; planes], dev.alloc(planes * 4).unwrap());
+        cpu::pool::global_avg_pool_forward(h * w, &x, &mut gap);
+        kc::pool::global_avg_pool_forward(planes, h * w, &xd, &mut gapd).unwrap();
+        assert_close("global_avg_pool fwd", &down(&gapd, planes), &gap, 1e-4, 1e-6);
+        let (mut dgap, mut dgapd) = (vec![0.0; x.len()], dev.alloc(x.len() * 4).unwrap());
+        let gp = &gy[..planes];
+        cpu::pool::global_avg_pool_backward(h * w, gp, &mut dgap);
+        kc::pool::global_avg_pool_backward(planes, h * w, &up(dev, gp), &mut dgapd).unwrap();
+        assert_close("global_avg_pool bwd", &down(&dgapd, x.len()), &dgap, 1e-6, 1e-7);
+    }
+}
+
+#[test]
+fn batch_norm_train_eval_and_backward() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(10);
+    let d = cpu::batchnorm::BnDims { n: 3, c: 5, hw: 77 };
+    let total = d.n * d.c * d.hw;
+    let x: Vec<f32> = randv(total, &mut rng).iter().map(|v| 2.0 * v + 0.5).collect();
+    let (w, b, g) = (randv(d.c, &mut rng), randv(d.c, &mut rng), randv(total, &mut rng));
+    let eps = 1e-5f32;
+    let mut y = vec![0.0; total];
+    let stats = cpu::batchnorm::bn_train_forward(&x, d, Some(&w), Some(&b), eps, &mut y);
+    let (xd, wd, bd, gd) = (up(dev, &x), up(dev, &w), up(dev, &b), up(dev, &g));
+    let c4 = d.c * 4;
+    let (mut mean, mut var) = (dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap());
+    let (mut inv, mut scale, mut shift) = (dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap());
+    kc::batchnorm::bn_stats(&xd, d, &mut mean, &mut var).unwrap();
+    kc::batchnorm::bn_scale_shift(d.c, eps, &mean, &var, Some(&wd), Some(&bd), &mut inv, &mut scale, &mut shift)
+        .unwrap();
+    let mut yd = dev.alloc(total * 4).unwrap();
+    kc::batchnorm::bn_apply(&xd, d, &scale, &shift, &mut yd).unwrap();
+    assert_close("bn mean", &down(&mean, d.c), &stats.iter().map(|s| s.0).collect::<Vec<_>>(), 1e-4, 1e-5);
+    assert_close("bn var", &down(&var, d.c), &stats.iter().map(|s| s.1).collect::<Vec<_>>(), 1e-4, 1e-5);
+    assert_close("bn train fwd", &down(&yd, total), &y, 1e-4, 1e-4);
+    // Running statistics: momentum 0.1 from (0, 1).
+    let (mut rm, mut rv) = (up(dev, &vec![0.0; d.c]), up(dev, &vec![1.0; d.c]));
+    kc::batchnorm::bn_running_update(d, 0.1, &mean, &var, &mut rm, &mut rv).unwrap();
+    let m = d.per_channel() as f32;
+    let want_rv: Vec<f32> = stats.iter().map(|s| 0.9 + 0.1 * s.1 * m / (m - 1.0)).collect();
+    assert_close("bn running var", &down(&rv, d.c), &want_rv, 1e-4, 1e-6);
+    assert_close("bn running mean", &down(&rm, d.c), &stats.iter().map(|s| 0.1 * s.0).collect::<Vec<_>>(), 1e-4, 1e-6);
+    // Backward in both modes.
+    let inv_h: Vec<f32> = stats.iter().map(|s| 1.0 / (s.1 + eps).sqrt()).collect();
+    let mean_h: Vec<f32> = stats.iter().map(|s| s.0).collect();
+    for mode in [cpu::batchnorm::BnMode::Train, cpu::batchnorm::BnMode::Eval] {
+        let mut dx = vec![0.0; total];
+        let sums = cpu::batchnorm::bn_backward(&g, &x, d, &mean_h, &inv_h, Some(&w), mode, Some(&mut dx));
+        let (mut sg, mut sgx, mut dxd) =
+            (dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap(), dev.alloc(total * 4).unwrap());
+        kc::batchnorm::bn_backward(&gd, &xd, d, &mean, &inv, Some(&wd), mode, &mut sg, &mut sgx, Some(&mut dxd))
+            .unwrap();
+        assert_close("bn db", &down(&sg, d.c), &sums.iter().map(|s| s.0).collect::<Vec<_>>(), 1e-3, 1e-4);
+        assert_close("bn dw", &down(&sgx, d.c), &sums.iter().map(|s| s.1).collect::<Vec<_>>(), 1e-3, 1e-4);
+        assert_close(&format!("bn dx {mode:?}"), &down(&dxd, total), &dx, 1e-3, 1e-4);
+    }
+}
+
+#[test]
+fn bilinear_both_align_conventions() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(11);
+    for (ih, iw, oh, ow) in [(5, 7, 13, 17), (33, 33, 129, 129), (16, 12, 7, 5), (1, 4, 3, 9)] {
+        for align in [false, true] {
+            let d = cpu::resize::ResizeDims { planes: 3, ih, iw, oh, ow };
+            let (th, tw) =
+                (cpu::resize::linear_taps::<f32>(ih, oh, align), cpu::resize::linear_taps::<f32>(iw, ow, align));
+            let x = randv(3 * ih * iw, &mut rng);
+            let g = randv(3 * oh * ow, &mut rng);
+            let (mut y, mut dx) = (vec![0.0; g.len()], vec![0.0; x.len()]);
+            cpu::resize::bilinear_forward(&x, d, &th, &tw, &mut y);
+            cpu::resize::bilinear_backward(&g, d, &th, &tw, &mut dx);
+            let (mut yd, mut dxd) = (dev.alloc(y.len() * 4).unwrap(), dev.alloc(x.len() * 4).unwrap());
+            kc::resize::bilinear_forward(d, align, &up(dev, &x), &mut yd).unwrap();
+            kc::resize::bilinear_backward(d, align, &up(dev, &g), &mut dxd).unwrap();
+            assert_close(&format!("bilinear fwd {d:?} {align}"), &down(&yd, y.len()), &y, 1e-5, 1e-6);
+            assert_close(&format!("bilinear bwd {d:?} {align}"), &down(&dxd, x.len()), &dx, 1e-4, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn l2_normalize_log_softmax_cross_entropy() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(12);
+    let cd = cpu::softmax::ChannelDims { n: 2, c: 7, s: 45 };
+    let (len, px) = (cd.n * cd.c * cd.s, cd.n * cd.s);
+    let mut x = randv(len, &mut rng);
+    x[3] = 0.0; // keep a column tiny is not needed: norms stay well above eps
+    let g = randv(len, &mut rng);
+    let (xd, gd) = (up(dev, &x), up(dev, &g));
+    // L2 normalise.
+    let eps = 1e-12f32;
+    let (mut norm, mut y, mut gy, mut dx) = (vec![0.0; px], vec![0.0; len], vec![0.0; px], vec![0.0; len]);
+    cpu::softmax::channel_l2_norm(&x, cd, &mut norm);
+    cpu::softmax::l2_normalize_forward(&x, &norm, eps, cd, &mut y);
+    cpu::softmax::channel_dot(&g, &y, cd, &mut gy);
+    cpu::softmax::l2_normalize_backward(&g, &y, &norm, &gy, eps, cd, &mut dx);
+    let (mut yd, mut nd, mut dxd) =
+        (dev.alloc(len * 4).unwrap(), dev.alloc(px * 4).unwrap(), dev.alloc(len * 4).unwrap());
+    kc::normalize::l2_normalize_forward(cd.n, cd.c, cd.s, eps, &xd, &mut yd, &mut nd).unwrap();
+    kc::normalize::l2_normalize_backward(cd.n, cd.c, cd.s, eps, &gd, &yd, &nd, &mut dxd).unwrap();
+    assert_close("l2_normalize fwd", &down(&yd, len), &y, 1e-5, 1e-6);
+    assert_close("l2_normalize bwd", &down(&dxd, len), &dx, 1e-4, 1e-5);
+    // Log-softmax.
+    let (mut lse, mut ls, mut gsum, mut dls) = (vec![0.0; px], vec![0.0; len], vec![0.0; px], vec![0.0; len]);
+    cpu::softmax::channel_logsumexp(&x, cd, &mut lse);
+    cpu::softmax::log_softmax_forward(&x, &lse, cd, &mut ls);
+    cpu::softmax::channel_sum(&g, cd, &mut gsum);
+    cpu::softmax::log_softmax_backward(&g, &ls, &gsum, cd, &mut dls);
+    let (mut lsd, mut dlsd) = (dev.alloc(len * 4).unwrap(), dev.alloc(len * 4).unwrap());
+    kc::softmax::log_softmax_forward(cd.n, cd.c, cd.s, &xd, &mut lsd).unwrap();
+    kc::softmax::log_softmax_backward(cd.n, cd.c, cd.s, &gd, &lsd, &mut dlsd).unwrap();
+    assert_close("log_softmax fwd", &down(&lsd, len), &ls, 1e-5, 1e-5);
+    assert_close("log_softmax bwd", &down(&dlsd, len), &dls, 1e-4, 1e-5);
+    // Cross-entropy with ignored pixels.
+    let labels: Vec<u8> = (0..px).map(|i| if i % 5 == 0 { 255 } else { (rng.below(cd.c)) as u8 }).collect();
+    let (sum, count) = cpu::softmax::cross_entropy_sum(&x, &lse, &labels, 255, cd);
+    let ld = dev.upload(&labels).unwrap();
+    let (mut lossd, mut lsed) = (dev.alloc(px * 4).unwrap(), dev.alloc(px * 4).unwrap());
+    kc::softmax::cross_entropy_forward(cd.n, cd.c, cd.s, 255, &xd, &ld, &mut lossd, &mut lsed).unwrap();
+    let gpu_sum: f64 = down(&lossd, px).iter().map(|&v| v as f64).sum();
+    assert!((gpu_sum - sum).abs() <= 1e-4 * sum.abs() + 1e-4, "cross_entropy sum: cuda {gpu_sum} vs cpu {sum}");
+    let scale = 1.0 / count as f32;
+    let mut dce = vec![0.0; len];
+    cpu::softmax::cross_entropy_backward(&x, &lse, &labels, 255, scale, cd, &mut dce);
+    let mut dced = dev.alloc(len * 4).unwrap();
+    kc::softmax::cross_entropy_backward(cd.n, cd.c, cd.s, 255, scale, &xd, &ld, &lsed, &mut dced).unwrap();
+    assert_close("cross_entropy bwd", &down(&dced, len), &dce, 1e-4, 1e-7);
+}
+
+#[test]
+fn dropout_mask_and_fill() {
+    let dev = require_gpu!();
+    let mut rng = Rng::new(13);
+    let x = randv(1000, &mut rng);
+    let keep: Vec<u8> = (0..1000).map(|_| (rng.uniform() < 0.7) as u8).collect();
+    let mut y = dev.alloc(4000).unwrap();
+    kc::elementwise::mask_scale(&up(dev, &x), &dev.upload(&keep).unwrap(), &mut y, 1000, 1.0 / 0.7).unwrap();
+    let want: Vec<f32> = x.iter().zip(&keep).map(|(&v, &k)| if k == 1 { v * (1.0 / 0.7f32) } else { 0.0 }).collect();
+    assert_close("dropout", &down(&y, 1000), &want, 1e-6, 0.0);
+    kc::elementwise::fill(&mut y, 1000, 2.5).unwrap();
+    assert!(down(&y, 1000).iter().all(|&v| v == 2.5));
+}
+
+#[test]
+fn contrastive_loss_both_forms_with_partners() {
+    use cpu::contrastive::{backward, forward, Bag, Form, Problem};
+    let dev = require_gpu!();
+    let mut rng = Rng::new(14);
+    let (images, d, hw) = (3usize, 24usize, 150usize);
+    // Unit-normalised features [images, d, hw].
+    let mut f = randv(images * d * hw, &mut rng);
+    for img in 0..images {
+        for p in 0..hw {
+            let n: f32 = (0..d).map(|k| f[(img * d + k) * hw + p].powi(2)).sum::<f32>().sqrt();
+            (0..d).for_each(|k| f[(img * d + k) * hw + p] /= n);
+        }
+    }
+    let labels: Vec<u8> =
+        (0..images * hw).map(|_| if rng.uniform() < 0.1 { 255 } else { rng.below(4) as u8 }).collect();
+    let bag_of = |img: usize, partner: Option<usize>| {
+        let items = (0..hw)
+            .filter(|&p| labels[img * hw + p] != 255)
+            .map(|p| (labels[img * hw + p], (img * hw + p) as u32))
+            .collect();
+        Bag::from_pixels(items, partner)
+    };
+    let within: Vec<Bag> = (0..images).map(|i| bag_of(i, None)).collect();
+    let cross: Vec<Bag> = (0..images).map(|i| bag_of(i, Some((i + 1) % images))).collect();
+    let fd = up(dev, &f);
+    for (bags, name) in [(&within, "within"), (&cross, "cross")] {
+        for form in [Form::PerPositive, Form::SupCon] {
+            let p = Problem { feats: &f, d, hw, bags, inv_tau: 1.0 / 0.07f32, form };
+            let fwd = forward(&p);
+            let mut grad = vec![0.0; f.len()];
+            backward(&p, &fwd, 1.0, &mut grad);
+            let (loss, saved) = kc::contrastive::forward(&fd, d, hw, bags, 1.0 / 0.07, form).unwrap();
+            let mut gd = dev.alloc_zeros::<f32>(f.len()).unwrap();
+            kc::contrastive::backward(&fd, &saved, 1.0, &mut gd).unwrap();
+            assert!(
+                (loss - fwd.loss).abs() <= 1e-4 * fwd.loss.abs() + 1e-5,
+                "contrastive {name} {form:?} loss: cuda {loss} vs cpu {}",
+                fwd.loss
+            );
+            let gmax = grad.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_close(&format!("contrastive {name} {form:?} grad"), &down(&gd, f.len()), &grad, 2e-3, 1e-3 * gmax);
+        }
+    }
+}
+
+#[test]
+fn allocator_reuses_buffers() {
+    let dev = require_gpu!();
+    let before = dev.pool_stats();
+    for _ in 0..10 {
+        let _b = dev.alloc(3 << 20).unwrap();
+    }
+    let after = dev.pool_stats();
+    assert!(after.driver_allocs - before.driver_allocs <= 1, "{before:?} -> {after:?}");
+    assert!(after.cache_hits - before.cache_hits >= 9, "{before:?} -> {after:?}");
+}
