@@ -4,7 +4,7 @@
 use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
 use crate::config::{Stage, TrainConfig};
-use crate::net::{self, contrastive_grid, Net};
+use crate::net::{self, contrastive_grid};
 use crate::train::derive_seed;
 use anyhow::{bail, Result};
 use engine::ops::{self, ContrastiveConfig};
@@ -63,7 +63,7 @@ fn step(a: BenchStepArgs) -> Result<()> {
     let spec = net::spec(&cfg, a.classes)?;
     let mut rng = Rng::new(1);
     let contrastive = a.stage == Stage::Contrastive;
-    let mut net = Net::new(&spec, contrastive, &mut rng)?;
+    let mut net = net::new_net(&spec, contrastive, &mut rng)?;
     let mut opt = Sgd::new(SgdConfig { weight_decay: 1e-4, ..SgdConfig::default() })?;
     let sched = LrSchedule::cosine(0.01, 1000)?;
     let x = Tensor::randn(vec![a.batch, 3, a.crop, a.crop], 1.0, DType::F32, &mut rng);
@@ -74,12 +74,12 @@ fn step(a: BenchStepArgs) -> Result<()> {
         let mut ctx = Ctx::train(Rng::new(derive_seed(0, &[it as u64])));
         let loss = if contrastive {
             let g = contrastive_grid(a.crop);
-            let z = net.embed(&x, Some([g, g]), &mut ctx)?;
+            let z = net::embed(&mut net, &x, Some([g, g]), &mut ctx)?;
             let lab = ops::resize_nearest_labels(&labels, [g, g])?;
             let c = ContrastiveConfig { classes: a.classes, ..ContrastiveConfig::default() };
             ops::pixel_contrastive_loss(&z, &lab, &c)?
         } else {
-            ops::cross_entropy(&net.logits(&x, &mut ctx)?, &labels, 255)?
+            ops::cross_entropy(&net::logits(&mut net, &x, &mut ctx)?, &labels, 255)?
         };
         let grads = ctx.backward(&loss)?;
         opt.step(&mut net, &grads, sched.lr(it as u64))?;

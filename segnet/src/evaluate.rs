@@ -22,7 +22,7 @@ pub fn evaluate(net: &mut Net, source: &Arc<Source>) -> Result<ConfusionMatrix> 
     for b in loader.epoch(0) {
         let b = b?;
         let x = Tensor::from_vec(b.images, b.image_shape.to_vec())?;
-        let logits = net.logits(&x, &mut Ctx::eval())?;
+        let logits = crate::net::logits(net, &x, &mut Ctx::eval())?;
         let pred = argmax(&logits)?;
         cm.update(&pred, &b.labels, ignore).map_err(|e| anyhow::anyhow!("evaluation: {e}"))?;
     }

@@ -1,31 +1,18 @@
-//! The network a run trains: DeepLabV3+ plus, in the contrastive stage, the projection head.
+//! The network a run trains, and the small helpers the stages share.
 //!
-//! State names: the DeepLabV3+ names at the top level (`backbone.*`, `classifier.*`) and the head
-//! under `projection.*`, so a stage-1 checkpoint loads into the stage-2 model with `strict=false`
-//! (the projection head is left out, the 1x1 classifier starts fresh).
+//! A contrastive-stage network is [`DeepLabV3Plus::for_pretraining`] (projection head, no
+//! classifier); every other stage uses [`DeepLabV3Plus::new`]. A stage-1 checkpoint loads into the
+//! stage-2 model with `strict=false`: `projection.*` is left out and the 1x1 classifier starts
+//! fresh.
 
 use crate::config::TrainConfig;
 use crate::model::{DeepLabV3Plus, ModelSpec};
 use anyhow::Result;
 use engine::{ops, Rng, Tensor};
-use nn::{Ctx, Layer, Module, ProjectionHead, Visitor};
+use nn::{Ctx, Layer};
 
-/// DeepLabV3+ with an optional projection head.
-pub struct Net {
-    /// The segmentation network.
-    pub deeplab: DeepLabV3Plus,
-    /// Stage 1 only: three 1x1 convs + L2 normalisation on the decoder features.
-    pub projection: Option<ProjectionHead>,
-}
-
-impl Module for Net {
-    fn visit(&mut self, v: &mut Visitor<'_>) {
-        self.deeplab.visit(v);
-        if let Some(p) = &mut self.projection {
-            v.child("projection", p);
-        }
-    }
-}
+/// The trained network.
+pub type Net = DeepLabV3Plus;
 
 /// The model shape a run's config asks for.
 pub fn spec(cfg: &TrainConfig, classes: usize) -> Result<ModelSpec> {
@@ -33,42 +20,33 @@ pub fn spec(cfg: &TrainConfig, classes: usize) -> Result<ModelSpec> {
     Ok(ModelSpec::from_config(&m.backbone, m.width, m.output_stride, m.head_channels, m.aspp_rates, classes)?)
 }
 
-impl Net {
-    /// A freshly initialised network (seeded).
-    pub fn new(spec: &ModelSpec, with_projection: bool, rng: &mut Rng) -> Result<Net> {
-        let deeplab = DeepLabV3Plus::new(spec, rng)?;
-        let projection = if with_projection {
-            let c = deeplab.feature_channels();
-            Some(ProjectionHead::new(c, c, c, rng)?)
-        } else {
-            None
-        };
-        Ok(Net { deeplab, projection })
-    }
+/// A freshly initialised network (seeded): with the projection head for the contrastive stage,
+/// with the classifier otherwise.
+pub fn new_net(spec: &ModelSpec, contrastive: bool, rng: &mut Rng) -> Result<Net> {
+    Ok(if contrastive { DeepLabV3Plus::for_pretraining(spec, rng)? } else { DeepLabV3Plus::new(spec, rng)? })
+}
 
-    /// Per-pixel class scores at the input resolution.
-    pub fn logits(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        Ok(self.deeplab.forward(x, ctx)?)
-    }
+/// Per-pixel class scores at the input resolution.
+pub fn logits(net: &mut Net, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    Ok(net.forward(x, ctx)?)
+}
 
-    /// Unit-normalised embeddings for the contrastive loss: decoder features (stride 4),
-    /// bilinearly resized to `size` (align_corners=true, as the official code) unless `None`,
-    /// then the projection head.
-    pub fn embed(&mut self, x: &Tensor, size: Option<[usize; 2]>, ctx: &mut Ctx) -> Result<Tensor> {
-        let f = self.deeplab.features(x, ctx)?;
-        let f = match size {
-            Some(s) if s != [f.dim(2), f.dim(3)] => ops::resize_bilinear(&f, s, true)?,
-            _ => f,
-        };
-        let head = self.projection.as_mut().ok_or_else(|| anyhow::anyhow!("this network has no projection head"))?;
-        Ok(head.forward(&f, ctx)?)
-    }
+/// Unit-normalised embeddings for the contrastive loss: decoder features (stride 4), bilinearly
+/// resized to `size` (align_corners=true, as the official code) unless `None`, then the
+/// projection head (which ends with the L2 normalisation).
+pub fn embed(net: &mut Net, x: &Tensor, size: Option<[usize; 2]>, ctx: &mut Ctx) -> Result<Tensor> {
+    let f = net.features(x, ctx)?;
+    let f = match size {
+        Some(s) if s != [f.dim(2), f.dim(3)] => ops::resize_bilinear(&f, s, true)?,
+        _ => f,
+    };
+    Ok(net.project(&f, ctx)?)
 }
 
 /// The loss grid of the contrastive stage: about 1/8 of the crop, `(crop - 1) / 8 + 1`
 /// (65 for a 513 crop, as DeepLab's stride-8 grid).
 pub fn contrastive_grid(crop: usize) -> usize {
-    (crop - 1) / 8 + 1
+    (crop.max(1) - 1) / 8 + 1
 }
 
 /// Per-pixel argmax over channels of `[B, C, H, W]` logits.

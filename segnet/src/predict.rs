@@ -1,6 +1,6 @@
 //! `segnet predict`: label PNGs (indexed colour with the dataset's palette) and colour overlays.
 
-use crate::net::argmax;
+use crate::net::{argmax, logits};
 use crate::train::load_for_inference;
 use anyhow::{Context, Result};
 use datasets::import::decode::decode_rgb;
@@ -38,7 +38,7 @@ pub fn run(ckpt: &Path, images: &[PathBuf], out: &Path) -> Result<()> {
         let s = SampleRef { name: Cow::Borrowed(""), height: h, width: w, image: &rgb, label: None };
         let a = augment(&s, &AugmentConfig::eval(), &mut DRng::new(0))?;
         let x = Tensor::from_vec(a.image, vec![1, 3, h, w])?;
-        let pred = argmax(&net.logits(&x, &mut Ctx::eval())?)?;
+        let pred = argmax(&logits(&mut net, &x, &mut Ctx::eval())?)?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         write_png(&out.join(format!("{stem}_label.png")), w, h, png::ColorType::Indexed, &pred, Some(&palette))?;
         let mut overlay = rgb.clone();

@@ -134,13 +134,8 @@ impl ModelSpec {
         aspp_rates: Option<[usize; 3]>,
         classes: usize,
     ) -> nn::Result<ModelSpec> {
-        let spec = ModelSpec {
-            width,
-            output_stride,
-            head_channels,
-            aspp_rates,
-            ..ModelSpec::new(backbone.parse()?, classes)
-        };
+        let spec =
+            ModelSpec { width, output_stride, head_channels, aspp_rates, ..ModelSpec::new(backbone.parse()?, classes) };
         spec.validate()?;
         Ok(spec)
     }

@@ -40,7 +40,8 @@ fn tiny_spec(os: usize) -> ModelSpec {
 fn make_divisible_rounds_like_mobilenet() {
     assert_eq!(make_divisible(16.0, 8, 8), 16);
     assert_eq!(make_divisible(12.0, 8, 8), 16); // 12 rounds half up
-    assert_eq!(make_divisible(11.9, 8, 8), 8);
+    assert_eq!(make_divisible(17.7, 8, 8), 16); // rounds down when that loses < 10%
+    assert_eq!(make_divisible(11.9, 8, 8), 16); // 8 would lose more than 10%
     assert_eq!(make_divisible(4.0, 8, 8), 8); // the floor of 8 channels
     assert_eq!(make_divisible(10.0, 8, 8), 16); // 8 would lose more than 10%
     assert_eq!(make_divisible(614.4, 8, 8), 616);
@@ -48,7 +49,10 @@ fn make_divisible_rounds_like_mobilenet() {
     assert_eq!(s.stage_planes(), [16, 32, 64, 128]);
     assert_eq!((s.head_width(), s.low_level_width()), (64, 16));
     let full = ModelSpec::new(Backbone::Resnet50, 21);
-    assert_eq!((full.head_width(), full.low_level_width(), full.backbone_out(), full.low_level_in()), (256, 48, 2048, 256));
+    assert_eq!(
+        (full.head_width(), full.low_level_width(), full.backbone_out(), full.low_level_in()),
+        (256, 48, 2048, 256)
+    );
 }
 
 #[test]
@@ -73,7 +77,10 @@ fn spec_rejects_bad_settings_and_picks_rates_by_stride() {
     assert_eq!(ModelSpec { output_stride: 8, ..ok.clone() }.rates(), [12, 24, 36]);
     assert_eq!(ModelSpec { aspp_rates: Some([1, 2, 3]), ..ok.clone() }.rates(), [1, 2, 3]);
     let s = ModelSpec::from_config("resnet34", 0.5, 8, 128, Some([2, 4, 6]), 5).unwrap();
-    assert_eq!((s.backbone, s.width, s.output_stride, s.head_channels, s.rates(), s.classes), (Backbone::Resnet34, 0.5, 8, 128, [2, 4, 6], 5));
+    assert_eq!(
+        (s.backbone, s.width, s.output_stride, s.head_channels, s.rates(), s.classes),
+        (Backbone::Resnet34, 0.5, 8, 128, [2, 4, 6], 5)
+    );
     assert!(ModelSpec::from_config("vgg16", 1.0, 16, 256, None, 5).is_err());
 }
 
@@ -88,12 +95,22 @@ fn dilation_replaces_stride_like_torchvision() {
     let os16 = ResNet::new(&spec, &mut rng).unwrap();
     assert_eq!(
         layout(&os16),
-        vec![vec![(1, 1); 3], [vec![(2, 1)], vec![(1, 1); 3]].concat(), [vec![(2, 1)], vec![(1, 1); 5]].concat(), vec![(1, 1), (1, 2), (1, 2)]]
+        vec![
+            vec![(1, 1); 3],
+            [vec![(2, 1)], vec![(1, 1); 3]].concat(),
+            [vec![(2, 1)], vec![(1, 1); 5]].concat(),
+            vec![(1, 1), (1, 2), (1, 2)]
+        ]
     );
     let os8 = ResNet::new(&ModelSpec { output_stride: 8, ..spec }, &mut rng).unwrap();
     assert_eq!(
         layout(&os8),
-        vec![vec![(1, 1); 3], [vec![(2, 1)], vec![(1, 1); 3]].concat(), [vec![(1, 1)], vec![(1, 2); 5]].concat(), vec![(1, 2), (1, 4), (1, 4)]]
+        vec![
+            vec![(1, 1); 3],
+            [vec![(2, 1)], vec![(1, 1); 3]].concat(),
+            [vec![(1, 1)], vec![(1, 2); 5]].concat(),
+            vec![(1, 2), (1, 4), (1, 4)]
+        ]
     );
 }
 
@@ -220,7 +237,14 @@ fn pretraining_and_segmentation_models_differ_only_in_their_ends() {
     assert_eq!(only_seg, ["classifier.classifier.6.bias", "classifier.classifier.6.weight"]);
     assert_eq!(
         only_pre,
-        ["projection.0.bias", "projection.0.weight", "projection.2.bias", "projection.2.weight", "projection.4.bias", "projection.4.weight"]
+        [
+            "projection.0.bias",
+            "projection.0.weight",
+            "projection.2.bias",
+            "projection.2.weight",
+            "projection.4.bias",
+            "projection.4.weight"
+        ]
     );
     assert_eq!(b["projection.0.weight"], [64, 64, 1, 1]);
     assert_eq!(b["projection.4.weight"], [64, 64, 1, 1]);
@@ -304,7 +328,13 @@ fn forward_backward_reaches_every_trainable_parameter() {
         let feats = net.features(&x, &mut ctx).unwrap();
         let logits = DeepLabV3Plus::upsample(&net.classify(&feats, &mut ctx).unwrap(), [32, 32]).unwrap();
         let emb = net.project(&feats, &mut ctx).unwrap();
-        let loss = logits.mul(&r_logits).unwrap().sum_all().unwrap().add(&emb.mul(&r_embed).unwrap().sum_all().unwrap()).unwrap();
+        let loss = logits
+            .mul(&r_logits)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .add(&emb.mul(&r_embed).unwrap().sum_all().unwrap())
+            .unwrap();
         let grads = ctx.backward(&loss).unwrap();
         let mut with_grad = 0;
         nn::for_each_param(&mut net, |name, p| {
@@ -315,7 +345,10 @@ fn forward_backward_reaches_every_trainable_parameter() {
             }
             let g = g.unwrap_or_else(|| panic!("{name}: no gradient")).to_vec_f64().unwrap();
             assert_eq!(g.len(), p.value.numel(), "{name}");
-            assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0), "{name}: gradient all zero or not finite");
+            assert!(
+                g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0),
+                "{name}: gradient all zero or not finite"
+            );
             with_grad += 1;
         });
         assert_eq!(with_grad, grads.len());

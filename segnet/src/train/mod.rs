@@ -153,7 +153,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
         let mut init_rng = Rng::new(derive_seed(cfg.seed, &[2, si as u64]));
-        let mut net = Net::new(&spec, stage == Stage::Contrastive, &mut init_rng)?;
+        let mut net = net::new_net(&spec, stage == Stage::Contrastive, &mut init_rng)?;
         match stage {
             Stage::Contrastive | Stage::CeOnly => {}
             Stage::Finetune | Stage::Pseudo => {
@@ -206,7 +206,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if last == Some(Stage::Contrastive) {
                 bail!("the run ended with the contrastive stage, which has no classifier: add `finetune` to --stages to get a segmentation model");
             }
-            let mut n = Net::new(&spec, false, &mut Rng::new(0))?;
+            let mut n = net::new_net(&spec, false, &mut Rng::new(0))?;
             let path = last_final.context("no final checkpoint")?;
             load_checkpoint(&path, &mut n, None, true)?;
             n
@@ -246,7 +246,7 @@ pub fn load_for_inference(path: &Path) -> Result<(Net, TrainConfig, Vec<String>,
             .collect()
     });
     let spec = net::spec(&cfg, classes)?;
-    let mut n = Net::new(&spec, false, &mut Rng::new(0))?;
+    let mut n = net::new_net(&spec, false, &mut Rng::new(0))?;
     let (_, report) = load_checkpoint(path, &mut n, None, false)?;
     if !report.missing.is_empty() || !report.mismatched.is_empty() {
         bail!("{}: does not fit the model its config describes: {}", path.display(), report);

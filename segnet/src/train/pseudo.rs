@@ -34,7 +34,7 @@ pub fn pseudo_label(net: &mut Net, train: &Source, labeled: &[usize], unlabeled:
         let s = train.sample(i)?;
         let a = augment(&s, &eval_aug, &mut DRng::new(0))?;
         let x = Tensor::from_vec(a.image, vec![1, 3, a.height, a.width])?;
-        let logits = net.logits(&x, &mut Ctx::eval())?;
+        let logits = crate::net::logits(net, &x, &mut Ctx::eval())?;
         let c = logits.dim(1);
         let hw = a.height * a.width;
         let v = logits.to_vec_f32()?;

@@ -64,12 +64,12 @@ pub fn stage_loss(net: &mut Net, stage: Stage, cfg: &TrainConfig, b: &Batch, cla
     match stage {
         Stage::Contrastive => {
             let size = if cfg.loss.full_resolution { None } else { Some([contrastive_grid(h), contrastive_grid(w)]) };
-            let z = net.embed(&x, size, ctx)?;
+            let z = crate::net::embed(net, &x, size, ctx)?;
             let lab = ops::resize_nearest_labels(&labels, [z.dim(2), z.dim(3)])?;
             Ok(ops::pixel_contrastive_loss(&z, &lab, &contrastive_config(cfg, classes, step))?)
         }
         _ => {
-            let logits = net.logits(&x, ctx)?;
+            let logits = crate::net::logits(net, &x, ctx)?;
             Ok(ops::cross_entropy(&logits, &labels, 255)?)
         }
     }
