@@ -2,6 +2,11 @@
 //! with a tape so fwd+bwd includes the autodiff bookkeeping.
 //! Run: `cargo bench -p segnet-benches --bench norm_resize`; PyTorch twin: benches/torch/norm_resize.py.
 //! Throughput is elements of the (larger) activation per iteration.
+//! Note: on the Firecracker VMs used here, first-touch page faults of fresh allocations are very
+//! slow (~8 us per 4 KiB page) and glibc returns blocks over 32 MiB to the OS on every free, so the
+//! 34 MiB bilinear output dominates the timing. Running both this and the PyTorch twin with
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184` isolates the
+//! kernels from the allocator.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::{ops, DType, Rng, Tape, Tensor};

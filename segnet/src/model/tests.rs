@@ -375,3 +375,39 @@ fn batch_norm_statistics_update_only_in_training() {
     assert!(counts.iter().all(|(_, c)| *c == 1), "{counts:?}");
     assert_ne!(state_values(&mut net), before);
 }
+
+// SCRATCH-PARITY (temporary, removed after the one-off PyTorch comparison)
+#[test]
+#[ignore]
+fn scratch_parity_dump() {
+    struct Io {
+        x: Tensor,
+        y: Tensor,
+        e: Tensor,
+    }
+    impl Module for Io {
+        fn visit(&mut self, v: &mut nn::Visitor<'_>) {
+            v.buffer("x", &mut self.x);
+            v.buffer("y", &mut self.y);
+            v.buffer("e", &mut self.e);
+        }
+    }
+    let dir = std::env::var("PARITY_DIR").unwrap();
+    for (tag, bb, os, width) in [("r50os16", Backbone::Resnet50, 16, 1.0), ("r50os8", Backbone::Resnet50, 8, 1.0), ("r101os16w", Backbone::Resnet101, 16, 1.0)] {
+        let spec = ModelSpec { output_stride: os, width, ..ModelSpec::new(bb, 5) };
+        let mut rng = Rng::new(7);
+        let mut net = DeepLabV3Plus::new(&spec, &mut rng).unwrap();
+        net.add_projection(&mut rng).unwrap();
+        let x = Tensor::randn([2, 3, 70, 61], 1.0, DType::F32, &mut rng);
+        // Make running statistics non-trivial.
+        for _ in 0..2 {
+            net.forward(&x, &mut Ctx::train(Rng::new(1))).unwrap();
+        }
+        let mut ctx = Ctx::eval();
+        let y = net.forward(&x, &mut ctx).unwrap();
+        let f = net.features(&x, &mut ctx).unwrap();
+        let e = net.project(&f, &mut ctx).unwrap();
+        nn::save_checkpoint(format!("{dir}/{tag}_model.safetensors"), &mut net, None, &Default::default()).unwrap();
+        nn::save_checkpoint(format!("{dir}/{tag}_io.safetensors"), &mut Io { x, y, e }, None, &Default::default()).unwrap();
+    }
+}

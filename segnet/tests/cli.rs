@@ -1,0 +1,168 @@
+//! End to end through the `segnet` binary on a tiny synthetic setup: train (both stages), eval,
+//! predict, data commands, resume, and the errors bad input must get.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY: &str = r#"
+labeled = 12
+crop = 32
+batch = 4
+eval_every = 4
+checkpoint_every = 2
+seed = 3
+[model]
+backbone = "resnet18"
+width = 0.125
+output_stride = 8
+head_channels = 64
+aspp_rates = [1, 2, 3]
+[contrastive]
+steps = 4
+lr = 0.05
+[finetune]
+steps = 4
+lr = 0.05
+[ce_only]
+steps = 4
+lr = 0.05
+[pseudo]
+steps = 2
+lr = 0.01
+[synth]
+train_images = 16
+val_images = 8
+size = 32
+seed = 5
+"#;
+
+fn segnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segnet")).args(args).output().expect("run segnet")
+}
+
+fn ok(o: &Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "segnet failed ({:?})\nstdout:\n{out}\nstderr:\n{err}", o.status);
+    out.into_owned()
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a failure, got success; stderr: {err}");
+    assert!(err.contains(needle), "error should mention {needle:?}, got: {err}");
+    assert!(!err.contains("panicked"), "bad input must not panic: {err}");
+}
+
+fn tiny_config(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, TINY).unwrap();
+    p
+}
+
+#[test]
+fn train_eval_predict_on_tiny_synthetic_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path());
+    let run = tmp.path().join("run");
+    let out = ok(&segnet(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet"]));
+    assert!(out.contains("mIoU"), "{out}");
+    for f in ["config.toml", "metrics.jsonl", "curves.png", "subset.json", "final_scores.json"] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let ckpt = run.join("checkpoints/finetune-final.safetensors");
+    assert!(ckpt.is_file());
+    assert!(run.join("checkpoints/contrastive-final.safetensors").is_file());
+    // metrics: 8 loss records plus evaluations
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 8);
+    assert!(metrics.lines().any(|l| l.contains("\"miou\"")));
+
+    let ev = ok(&segnet(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--json"]));
+    let v: serde_json::Value = serde_json::from_str(ev.trim()).unwrap();
+    let miou = v["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou));
+    let final_scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final_scores.json")).unwrap()).unwrap();
+    assert!((final_scores["miou"].as_f64().unwrap() - miou).abs() < 1e-12, "eval must reproduce the run's score");
+
+    // predict on an image written by `data synth` + a folder export is overkill; write a PNG here.
+    let img = tmp.path().join("img.png");
+    let mut rgb = vec![0u8; 32 * 32 * 3];
+    for (i, v) in rgb.iter_mut().enumerate() {
+        *v = (i * 37 % 251) as u8;
+    }
+    let f = std::fs::File::create(&img).unwrap();
+    let mut enc = png::Encoder::new(f, 32, 32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.write_header().unwrap().write_image_data(&rgb).unwrap();
+    let pred = tmp.path().join("pred");
+    ok(&segnet(&["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out", pred.to_str().unwrap(), img.to_str().unwrap()]));
+    assert!(pred.join("img_label.png").is_file() && pred.join("img_overlay.png").is_file());
+
+    // A contrastive checkpoint has no classifier: a clear error.
+    let c1 = run.join("checkpoints/contrastive-final.safetensors");
+    fails_with(&segnet(&["eval", "--checkpoint", c1.to_str().unwrap()]), "classifier");
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    use segnet::config::TrainConfig;
+    use segnet::train::{run, RunOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::from_toml(TINY).unwrap();
+    let a = tmp.path().join("a");
+    run(&cfg, &RunOptions { out: a.clone(), quiet: true, ..Default::default() }).unwrap();
+    let b = tmp.path().join("b");
+    // Stop after 3 steps (inside stage 1), then after 3 more (inside stage 2), then finish.
+    let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, stop_after: Some(3), ..Default::default() }).unwrap();
+    assert!(s.interrupted);
+    let ck = b.join("checkpoints/contrastive-last.safetensors");
+    let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: Some(3) }).unwrap();
+    assert!(s.interrupted);
+    let ck = b.join("checkpoints/finetune-last.safetensors");
+    run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: None }).unwrap();
+    for name in ["contrastive-final", "finetune-final"] {
+        let x = nn::read_checkpoint(a.join(format!("checkpoints/{name}.safetensors"))).unwrap();
+        let y = nn::read_checkpoint(b.join(format!("checkpoints/{name}.safetensors"))).unwrap();
+        assert_eq!(x.model.len(), y.model.len());
+        for (k, v) in &x.model {
+            let w = &y.model[k];
+            assert_eq!(format!("{v:?}"), format!("{w:?}"), "{name}: {k} differs after resume");
+            if let (nn::StateValue::Float(p), nn::StateValue::Float(q)) = (v, w) {
+                assert_eq!(p.to_vec_f64().unwrap(), q.to_vec_f64().unwrap(), "{name}: {k} differs after resume");
+            }
+        }
+    }
+}
+
+#[test]
+fn data_commands_and_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("s.pack");
+    ok(&segnet(&["data", "synth", "-o", pack.to_str().unwrap(), "--images", "6", "--size", "32"]));
+    let info = ok(&segnet(&["data", "info", pack.to_str().unwrap(), "--verify"]));
+    assert!(info.contains("records    6"), "{info}");
+
+    fails_with(&segnet(&["train", "--bogus-flag"]), "bogus");
+    fails_with(&segnet(&["train", "--backbone", "vgg16"]), "backbone");
+    fails_with(&segnet(&["train", "--data", "/nonexistent.pack", "--val-data", "/nonexistent.pack"]), "nonexistent.pack");
+    fails_with(&segnet(&["train", "--data", pack.to_str().unwrap()]), "--val-data");
+    fails_with(&segnet(&["eval", "--checkpoint", pack.to_str().unwrap()]), "s.pack");
+    fails_with(&segnet(&["data", "info", tmp.path().join("missing.pack").to_str().unwrap()]), "missing.pack");
+    fails_with(&segnet(&["train", "--device", "tpu"]), "device");
+    let garbage = tmp.path().join("garbage.png");
+    std::fs::write(&garbage, b"not a png").unwrap();
+    let cfg = tiny_config(tmp.path());
+    let run = tmp.path().join("r");
+    ok(&segnet(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet", "--stages", "ce-only"]));
+    let ck = run.join("checkpoints/ce-only-final.safetensors");
+    fails_with(
+        &segnet(&["predict", "--checkpoint", ck.to_str().unwrap(), "--out", tmp.path().join("p").to_str().unwrap(), garbage.to_str().unwrap()]),
+        "garbage.png",
+    );
+    // A pack whose class count disagrees with the model.
+    let three = tmp.path().join("three.pack");
+    let sc = datasets::SynthConfig { num_images: 4, height: 32, width: 32, num_classes: 3, ..Default::default() };
+    datasets::synth_pack(&three, &sc).unwrap();
+    fails_with(&segnet(&["eval", "--checkpoint", ck.to_str().unwrap(), "--data", three.to_str().unwrap()]), "classes");
+}
