@@ -2,9 +2,9 @@
 # CI check of the CUDA backend on a machine without a GPU (2 cores, a few minutes):
 #   1. pinned nvcc wheels (requirements-cuda.txt) into a venv outside the sources (ignored folder),
 #   2. the link-time libcuda stub (scripts/make-cuda-stub.sh),
-#   3. `cargo build --features cuda` of the engine and of every test binary (`--no-run`: a
-#      --features cuda binary cannot start without libcuda.so.1, so nothing here runs one),
-#      plus the kernels crate's own tests (no driver call: PTX embedded, allocator buckets),
+#   3. the engine and every test binary built with `--features cuda` (`--no-run`: a binary that
+#      calls the driver cannot start without libcuda.so.1, so nothing here runs one), plus the
+#      kernels crate's own unit tests, which never call the driver (PTX embedded, buckets),
 #   4. ptxas -arch=sm_90 on every PTX the build embedded, so GPU code cannot rot unnoticed,
 #   5. a summary.
 # Environment: CUDA_VENV (default .venv-cuda), CARGO_TARGET_DIR (default target).
@@ -33,14 +33,13 @@ export CUDA_STUB_DIR=${CUDA_STUB_DIR:-$CARGO_TARGET_DIR/cuda-stub}
 bash scripts/make-cuda-stub.sh
 export CUDA_LIBRARY_PATH=$CUDA_STUB_DIR   # the directory above lib64 (cust_raw's rule)
 
-step "cargo build -p engine --features cuda"
-cargo build -p engine --features cuda
+# One build in the test profile covers the engine, the kernels and every test binary with the
+# feature (a separate `cargo build` would compile the dependencies a second time, in the dev profile).
+step "cargo test -p segnet-tests -p kernels --features cuda --no-run (build only)"
+cargo test -p segnet-tests -p kernels --features segnet-tests/cuda,kernels/cuda --no-run
 
-step "cargo test -p segnet-tests --features cuda --no-run (build only)"
-cargo test -p segnet-tests --features cuda --no-run
-
-step "cargo test -p kernels --features cuda (host-only tests: no driver call)"
-cargo test -p kernels --features cuda
+step "cargo test -p kernels --features cuda --lib (host-only tests: no driver call)"
+cargo test -p kernels --features cuda --lib
 
 step "ptxas -arch=sm_90 on every embedded PTX"
 # Keep only the newest build dir's PTX (stale OUT_DIRs of older builds may linger).

@@ -258,8 +258,10 @@ impl TrainConfig {
         if self.crop < 16 {
             return Err(format!("crop must be at least 16 pixels, got {}", self.crop));
         }
-        if self.batch == 0 {
-            return Err("batch must be at least 1".into());
+        if self.batch < 2 {
+            // Batch norm in training mode (the ASPP pooling branch sees one value per channel per
+            // image) needs at least two images, as in PyTorch.
+            return Err(format!("batch must be at least 2 (batch norm needs two values per channel), got {}", self.batch));
         }
         if self.stages.is_empty() {
             return Err("stages: at least one stage is needed".into());

@@ -67,7 +67,10 @@ pub fn reference_pair(
     let feats: Vec<f64> = fa.iter().chain(fb).copied().collect();
     let labels: Vec<u8> = la.iter().chain(lb).copied().collect();
     let bags: Vec<RefBag> = (0..2 * b)
-        .map(|i| RefBag { own: valid(&labels, cfg.ignore, i, hw), partner: valid(&labels, cfg.ignore, (i + b) % (2 * b), hw) })
+        .map(|i| RefBag {
+            own: valid(&labels, cfg.ignore, i, hw),
+            partner: valid(&labels, cfg.ignore, (i + b) % (2 * b), hw),
+        })
         .collect();
     evaluate(&feats, d, hw, &labels, &bags, cfg)
 }

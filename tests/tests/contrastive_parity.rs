@@ -102,8 +102,8 @@ fn all_invalid_gives_zero_loss_and_zero_gradient() {
             assert_eq!(loss, 0.0, "{mode:?} {form:?}");
             assert!(grad.iter().all(|&g| g == 0.0), "{mode:?} {form:?}");
             // SupCon with every class a singleton also has no anchor.
-            let labels = LabelMap::new(2, 3, 4, (0..24).map(|i| if i % 12 < 3 { i as u8 % 12 } else { 255 }).collect())
-                .unwrap();
+            let labels =
+                LabelMap::new(2, 3, 4, (0..24).map(|i| if i % 12 < 3 { i as u8 % 12 } else { 255 }).collect()).unwrap();
             if form == ContrastiveForm::SupCon && mode == ContrastiveMode::WithinImage {
                 let (loss, grad) = fused(&f, &labels, &cfg);
                 assert_eq!(loss, 0.0);

@@ -151,12 +151,7 @@ pub fn pixel_contrastive_loss_pair(
     if features_a.dtype() != features_b.dtype() {
         return Err(Error::DType { op: OP_PAIR, lhs: features_a.dtype(), rhs: features_b.dtype() });
     }
-    let both = LabelMap {
-        n: 2 * b,
-        h,
-        w,
-        data: labels_a.data.iter().chain(&labels_b.data).copied().collect(),
-    };
+    let both = LabelMap { n: 2 * b, h, w, data: labels_a.data.iter().chain(&labels_b.data).copied().collect() };
     let partners: Vec<Option<usize>> = (0..2 * b).map(|i| Some((i + b) % (2 * b))).collect();
     let bags = image_bags(&both, cfg.ignore, &partners);
     let geo = Geometry { d, hw: h * w, inv_tau: 1.0 / cfg.tau, form: form_of(cfg.form) };
@@ -223,7 +218,13 @@ fn validate(op: &'static str, f: &Tensor, labels: &LabelMap, cfg: &ContrastiveCo
     if (labels.n, labels.h, labels.w) != (b, h, w) {
         return Err(Error::shape(
             op,
-            format!("features {} vs labels {}x{}x{}: batch and spatial sizes must match", f.shape(), labels.n, labels.h, labels.w),
+            format!(
+                "features {} vs labels {}x{}x{}: batch and spatial sizes must match",
+                f.shape(),
+                labels.n,
+                labels.h,
+                labels.w
+            ),
         ));
     }
     if !(cfg.tau > 0.0 && cfg.tau.is_finite()) {

@@ -353,15 +353,21 @@ fn lanes_fold<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T, g: impl Fn(T) -
 }
 
 fn max_of<T: Float>(x: &[T]) -> T {
-    lanes_fold(x, T::NEG_INFINITY, |a, b| a.max(b), |v| v)
+    // A compare-and-select (not `max`, whose NaN rules block vectorisation); scores are never NaN.
+    lanes_fold(x, T::NEG_INFINITY, |a, b| if b > a { b } else { a }, |v| v)
 }
 
 fn sum_of<T: Float>(x: &[T]) -> T {
     lanes_fold(x, T::ZERO, |a, b| a + b, |v| v)
 }
 
-fn sum_exp_shifted<T: FastMath>(x: &[T], m: T) -> T {
-    lanes_fold(x, T::ZERO, |a, b| a + b, |v| (v - m).exp_fast())
+/// `sum exp(x - m)`, overwriting `x` with the terms (a plain map loop vectorises; a fold does not).
+#[inline(always)]
+fn sum_exp_shifted_in_place<T: FastMath>(x: &mut [T], m: T) -> T {
+    for v in x.iter_mut() {
+        *v = (*v - m).exp_fast();
+    }
+    sum_of(x)
 }
 
 /// `sum softplus(l - s)` and `sum sig(l - s)` over `x`.
@@ -398,14 +404,115 @@ fn sigmoid<T: FastMath>(z: T) -> T {
     T::ONE / (T::ONE + (-z).exp_fast())
 }
 
-/// Log-sum-exp over several slices (`-inf` when all are empty).
-fn logsumexp<T: FastMath>(parts: &[&[T]]) -> T {
+/// Log-sum-exp over several slices (`-inf` when all are empty); the slices are overwritten.
+#[inline(always)]
+fn logsumexp_in_place<T: FastMath>(parts: &mut [&mut [T]]) -> T {
     let m = parts.iter().map(|p| max_of(p)).fold(T::NEG_INFINITY, |a, b| a.max(b));
     if m == T::NEG_INFINITY {
         return m;
     }
-    let s: T = parts.iter().map(|p| sum_exp_shifted(p, m)).fold(T::ZERO, |a, b| a + b);
+    let s: T = parts.iter_mut().map(|p| sum_exp_shifted_in_place(p, m)).fold(T::ZERO, |a, b| a + b);
     m + s.ln()
+}
+
+/// One anchor's forward from its scores: own-bag row `srow` (self at `i`, class run `cs..ce`) and
+/// partner positives `prow`, both overwritten. Returns `(L_i, a, b)`: per-positive form
+/// `a = sum softplus(L_i - s_ij)`, `b = A_i`; SupCon `a = sum of positive scores`, `b = 0`.
+#[inline(always)]
+fn forward_row<T: FastMath>(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> (T, T, T) {
+    match form {
+        Form::PerPositive => {
+            let (head, rest) = srow.split_at_mut(cs);
+            let (pos, tail) = rest.split_at_mut(ce - cs);
+            let li = logsumexp_in_place(&mut [head, tail]);
+            let (sp1, sg1) = softplus_sigmoid_sums(pos, li);
+            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
+            (li, sp1 + sp2, sg1 + sg2)
+        }
+        Form::SupCon => {
+            let pos_sum = sum_of(&srow[cs..ce]) - srow[i] + sum_of(prow);
+            let (head, rest) = srow.split_at_mut(i);
+            let li = logsumexp_in_place(&mut [head, &mut rest[1..], prow]);
+            (li, pos_sum, T::ZERO)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_row_avx2<T: FastMath>(
+    form: Form,
+    srow: &mut [T],
+    prow: &mut [T],
+    i: usize,
+    cs: usize,
+    ce: usize,
+) -> (T, T, T) {
+    forward_row(form, srow, prow, i, cs, ce)
+}
+
+/// True when the AVX2 + FMA versions of the row loops may run (checked once, cached by std).
+#[inline(always)]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn forward_row_dispatch<T: FastMath>(
+    form: Form,
+    srow: &mut [T],
+    prow: &mut [T],
+    i: usize,
+    cs: usize,
+    ce: usize,
+) -> (T, T, T) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports the enabled features.
+        return unsafe { forward_row_avx2(form, srow, prow, i, cs, ce) };
+    }
+    forward_row(form, srow, prow, i, cs, ce)
+}
+
+/// One row of `G = dS + dS^T` in place over the own-bag scores of anchor `i` (class run `cs..ce`).
+#[inline(always)]
+fn grad_row<T: FastMath>(form: Form, g: &mut [T], i: usize, cs: usize, ce: usize, st: &BagState<T>) {
+    let (li, cpi, cei) = (st.l[i], st.c_pos[i], st.c_exp[i]);
+    match form {
+        Form::PerPositive => {
+            neg_pair_grad(&mut g[..cs], li, cei, &st.l[..cs], &st.c_exp[..cs]);
+            neg_pair_grad(&mut g[ce..], li, cei, &st.l[ce..], &st.c_exp[ce..]);
+            pos_pair_grad(&mut g[cs..ce], li, cpi, &st.l[cs..ce], &st.c_pos[cs..ce]);
+        }
+        Form::SupCon => {
+            neg_pair_grad(g, li, cei, &st.l, &st.c_exp);
+            for (v, &cpj) in g[cs..ce].iter_mut().zip(&st.c_pos[cs..ce]) {
+                *v -= cpi + cpj;
+            }
+            g[i] = T::ZERO;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_row_avx2<T: FastMath>(form: Form, g: &mut [T], i: usize, cs: usize, ce: usize, st: &BagState<T>) {
+    grad_row(form, g, i, cs, ce, st)
+}
+
+fn grad_row_dispatch<T: FastMath>(form: Form, g: &mut [T], i: usize, cs: usize, ce: usize, st: &BagState<T>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports the enabled features.
+        return unsafe { grad_row_avx2(form, g, i, cs, ce, st) };
+    }
+    grad_row(form, g, i, cs, ce, st)
 }
 
 /// Scratch reused by one rayon job across strips.
@@ -466,7 +573,8 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
             resize(&mut scr.s, rows * n);
             gemm_abt(p.inv_tau, &x[r0 * d..r1 * d], rows, &x, n, d, &mut scr.s);
             let mut loss = 0.0;
-            let (mut ls, mut cps, mut ces) = (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
+            let (mut ls, mut cps, mut ces) =
+                (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
             for (run, a, b) in runs_in(bag, r0, r1) {
                 let (ps, pe) = partner_rows(p.bags, bag, run.class);
                 let plen = pe - ps;
@@ -477,8 +585,8 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                 }
                 let npos = positives(p.form, run, plen);
                 for i in a..b {
-                    let srow = &scr.s[(i - r0) * n..(i - r0 + 1) * n];
-                    let prow = &scr.sp[(i - a) * plen..(i - a + 1) * plen];
+                    let srow = &mut scr.s[(i - r0) * n..(i - r0 + 1) * n];
+                    let prow = &mut scr.sp[(i - a) * plen..(i - a + 1) * plen];
                     if npos == 0 {
                         ls.push(inf);
                         cps.push(T::ZERO);
@@ -486,23 +594,16 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                         continue;
                     }
                     let wi = T::from_f64(w_bag / npos as f64);
+                    let (li, x1, x2) = forward_row_dispatch(p.form, srow, prow, i, run.start, run.end);
+                    ls.push(li);
+                    cps.push(wi);
                     match p.form {
                         Form::PerPositive => {
-                            let li = logsumexp(&[&srow[..run.start], &srow[run.end..]]);
-                            let (sp1, sg1) = softplus_sigmoid_sums(&srow[run.start..run.end], li);
-                            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
-                            loss += (w_bag / npos as f64) * (sp1 + sp2).to_f64();
-                            ls.push(li);
-                            cps.push(wi);
-                            ces.push(wi * (sg1 + sg2));
+                            loss += (w_bag / npos as f64) * x1.to_f64();
+                            ces.push(wi * x2);
                         }
                         Form::SupCon => {
-                            let li = logsumexp(&[&srow[..i], &srow[i + 1..], prow]);
-                            let own = sum_of(&srow[run.start..run.end]) - srow[i];
-                            let pos_sum = own + sum_of(prow);
-                            loss += w_bag * (li.to_f64() - pos_sum.to_f64() / npos as f64);
-                            ls.push(li);
-                            cps.push(wi);
+                            loss += w_bag * (li.to_f64() - x1.to_f64() / npos as f64);
                             ces.push(T::from_f64(w_bag));
                         }
                     }
@@ -570,23 +671,7 @@ fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, sca
         // G = dS + dS^T over the strip, in place.
         for (run, a, bb) in runs_in(bag, r0, r1) {
             for i in a..bb {
-                let g = &mut scr.s[(i - r0) * n..(i - r0 + 1) * n];
-                let (li, cpi, cei) = (st.l[i], st.c_pos[i], st.c_exp[i]);
-                let (cs, ce) = (run.start, run.end);
-                match form {
-                    Form::PerPositive => {
-                        neg_pair_grad(&mut g[..cs], li, cei, &st.l[..cs], &st.c_exp[..cs]);
-                        neg_pair_grad(&mut g[ce..], li, cei, &st.l[ce..], &st.c_exp[ce..]);
-                        pos_pair_grad(&mut g[cs..ce], li, cpi, &st.l[cs..ce], &st.c_pos[cs..ce]);
-                    }
-                    Form::SupCon => {
-                        neg_pair_grad(g, li, cei, &st.l, &st.c_exp);
-                        for (v, &cpj) in g[cs..ce].iter_mut().zip(&st.c_pos[cs..ce]) {
-                            *v -= cpi + cpj;
-                        }
-                        g[i] = T::ZERO;
-                    }
-                }
+                grad_row_dispatch(form, &mut scr.s[(i - r0) * n..(i - r0 + 1) * n], i, run.start, run.end, st);
             }
         }
         gemm_ab(p.inv_tau, &scr.s, rows, n, &x, d, T::ZERO, &mut scr.dx);
@@ -736,5 +821,61 @@ mod tests {
             y *= 1.37;
         }
         assert!(worst < 4e-7, "ln err {worst}");
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::time::Instant;
+
+    fn min_time(mut f: impl FnMut(), reps: usize) -> f64 {
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// `cargo test -p kernels --release --lib timing -- --ignored --nocapture`: one strip's parts.
+    #[test]
+    #[ignore]
+    fn strip_parts() {
+        let (n, d, rows) = (4225, 256, STRIP_ROWS);
+        let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) / 8.0).collect();
+        let mut s = vec![0.0f32; rows * n];
+        let mut dx = vec![0.0f32; rows * d];
+        let t_gemm = min_time(|| gemm_abt(14.0, &x[..rows * d], rows, &x, n, d, &mut s), 20);
+        let l = vec![3.0f32; n];
+        let ce = vec![1e-6f32; n];
+        let mut row = s[..n].to_vec();
+        let t_lse = min_time(
+            || {
+                std::hint::black_box(forward_row_dispatch::<f32>(Form::PerPositive, &mut row, &mut [], 0, 0, n / 5));
+            },
+            200,
+        ) * rows as f64;
+        let t_sps = min_time(
+            || {
+                std::hint::black_box(softplus_sigmoid_sums::<f32>(&s[..n], 3.0));
+            },
+            200,
+        ) * rows as f64;
+        let mut g = s[..n].to_vec();
+        let st = BagState { l: l.clone(), c_pos: ce.clone(), c_exp: ce.clone() };
+        let t_neg = min_time(|| grad_row_dispatch(Form::PerPositive, &mut g, 0, 0, n / 5, &st), 200) * rows as f64;
+        let t_pos = min_time(|| grad_row_dispatch(Form::SupCon, &mut g, 0, 0, n / 5, &st), 200) * rows as f64;
+        let t_gemm2 = min_time(|| gemm_ab(14.0, &s, rows, n, &x, d, 0.0, &mut dx), 20);
+        let gf = 2.0 * (rows * n * d) as f64 * 1e-9;
+        println!(
+            "strip {rows}x{n}x{d}: gemm S {:.2} ms ({:.1} GFLOP/s), gemm GX {:.2} ms ({:.1} GFLOP/s)",
+            t_gemm * 1e3,
+            gf / t_gemm,
+            t_gemm2 * 1e3,
+            gf / t_gemm2
+        );
+        println!("  per strip: forward rows {:.2} ms, softplus+sigmoid (all) {:.2} ms, grad rows {:.2} ms, supcon grad rows {:.2} ms", t_lse * 1e3, t_sps * 1e3, t_neg * 1e3, t_pos * 1e3);
     }
 }

@@ -14,9 +14,10 @@
 //! for 8. A dilated stage drops its stride and multiplies the running dilation by it; its *first*
 //! block still uses the previous dilation (its 1x1 downsample has stride 1), the later blocks the
 //! new one. So at OS16 layer4 runs at dilation 2 (first block 1); at OS8 layer3 at 2 (first block
-//! 1) and layer4 at 4 (first block 2). torchvision's BasicBlock refuses dilation; here every 3x3
-//! conv of a basic block uses the block's dilation (padding = dilation keeps the size), which is
-//! what ResNet-18/34 DeepLab ports do.
+//! 1) and layer4 at 4 (first block 2).
+//!
+//! torchvision's BasicBlock refuses dilation; here every 3x3 conv of a basic block uses the block's
+//! dilation (padding = dilation keeps the size), which is what ResNet-18/34 DeepLab ports do.
 //!
 //! Initialisation as torchvision: convs `kaiming_normal_(fan_out, relu)` ([`Conv2d`]'s default), BN
 //! weight 1 and bias 0, no zero-init of the last BN.
