@@ -185,12 +185,18 @@ def compare_checkpoint(model, path):
         for k in f.keys():
             ours[k] = tuple(f.get_slice(k).get_shape())
     theirs = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    ours_params = {k: v for k, v in ours.items() if k in theirs or k.endswith(("weight", "bias"))}
+    # Parameters only: BN running statistics and the optimiser's momentum buffers are not.
+    ours_params = {
+        k: v for k, v in ours.items()
+        if not k.startswith("optim.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
     missing = sorted(set(theirs) - set(ours_params))
     extra = sorted(set(ours_params) - set(theirs))
-    wrong = sorted(k for k in theirs if k in ours_params and ours_params[k] != theirs[k])
+    wrong = sorted(f"{k}: ours {ours_params[k]} torch {theirs[k]}" for k in theirs
+                   if k in ours_params and ours_params[k] != theirs[k])
     n_ours = sum(torch.Size(s).numel() for s in ours_params.values())
-    return {"checkpoint_params": n_ours, "missing_in_ckpt": missing, "extra_in_ckpt": extra, "shape_mismatch": wrong}
+    return {"checkpoint_params": n_ours, "missing_in_ckpt": missing[:10], "extra_in_ckpt": extra[:10],
+            "shape_mismatch": wrong[:10], "mismatches": len(missing) + len(extra) + len(wrong)}
 
 
 def main():

@@ -159,6 +159,24 @@ impl Default for SynthSettings {
     }
 }
 
+/// Data augmentation of the training stages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSettings {
+    /// Random scale range `[min, max]` (DeepLab: 0.5-2.0); equal values turn scaling off.
+    pub scale: [f64; 2],
+    /// Random left-right flips.
+    pub hflip: bool,
+    /// Colour distortion in the contrastive stage.
+    pub color: bool,
+}
+
+impl Default for AugmentSettings {
+    fn default() -> Self {
+        AugmentSettings { scale: [0.5, 2.0], hflip: true, color: true }
+    }
+}
+
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +217,8 @@ pub struct TrainConfig {
     pub pseudo_labels: PseudoSettings,
     /// Synthetic data settings.
     pub synth: SynthSettings,
+    /// Augmentation.
+    pub augment: AugmentSettings,
 }
 
 impl Default for TrainConfig {
@@ -222,6 +242,7 @@ impl Default for TrainConfig {
             loss: ContrastiveSettings::default(),
             pseudo_labels: PseudoSettings::default(),
             synth: SynthSettings::default(),
+            augment: AugmentSettings::default(),
         }
     }
 }
@@ -262,6 +283,10 @@ impl TrainConfig {
             // Batch norm in training mode (the ASPP pooling branch sees one value per channel per
             // image) needs at least two images, as in PyTorch.
             return Err(format!("batch must be at least 2 (batch norm needs two values per channel), got {}", self.batch));
+        }
+        let [lo, hi] = self.augment.scale;
+        if !(lo > 0.0 && hi >= lo && hi <= 8.0) {
+            return Err(format!("augment.scale must satisfy 0 < min <= max <= 8, got [{lo}, {hi}]"));
         }
         if self.stages.is_empty() {
             return Err("stages: at least one stage is needed".into());

@@ -113,7 +113,14 @@ pub fn train_stage(
             cfg.batch
         );
     }
-    let aug = if stage == Stage::Contrastive { AugmentConfig::contrastive(cfg.crop) } else { AugmentConfig::train(cfg.crop) };
+    let mut aug = if stage == Stage::Contrastive && cfg.augment.color {
+        AugmentConfig::contrastive(cfg.crop)
+    } else {
+        AugmentConfig::train(cfg.crop)
+    };
+    let [lo, hi] = cfg.augment.scale;
+    aug.scale = (lo != 1.0 || hi != 1.0).then_some((lo as f32, hi as f32));
+    aug.hflip = cfg.augment.hflip;
     let loader = Loader::new(source.clone(), Some(indices), LoaderConfig::train(cfg.batch, derive_seed(cfg.seed, &[3, si as u64]), aug))?;
     let bpe = loader.batches_per_epoch();
     let groups = ParamGroups { lr_mult: vec![], no_decay_norm_and_bias: true };
