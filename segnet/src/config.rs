@@ -248,9 +248,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Parse a TOML file; unknown keys are errors naming the key.
+    /// Parse a TOML file over the defaults: a key the file leaves out keeps the default *run*
+    /// value (so `[finetune] lr = 0.5` keeps the fine-tuning stage's default steps, not a generic
+    /// stage default). Unknown keys are errors naming the key.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let file: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut merged = toml::Table::try_from(TrainConfig::default()).map_err(|e| e.to_string())?;
+        merge(&mut merged, file);
+        merged.try_into().map_err(|e: toml::de::Error| e.to_string())
     }
     /// Serialise to TOML.
     pub fn to_toml(&self) -> String {
@@ -301,6 +306,18 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Overlay `over` onto `base`, recursing into tables (a table in `over` updates, not replaces).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 

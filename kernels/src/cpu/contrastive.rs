@@ -38,6 +38,11 @@
 //!
 //! Stabilisation: `L_i` uses the maximum over its own terms, so `exp(s - L_i) <= 1` for every term it
 //! sums; softplus and sigmoid are evaluated in their stable forms. Large, unnormalised scores are fine.
+//!
+//! Speed: candidates are class-sorted, so an anchor's negatives and positives are contiguous column
+//! ranges and the row loops are plain, branch-free slice loops (f32 `exp`/`ln` are polynomials that
+//! vectorise). The hot row loops are compiled twice, baseline and AVX2+FMA, picked at run time; a
+//! machine always takes the same path, so results still repeat bit for bit on it.
 
 use crate::Float;
 use rayon::prelude::*;
@@ -79,7 +84,7 @@ impl FastMath for f32 {
         p = p * r + 8.333_452e-3;
         p = p * r + 4.166_579_6e-2;
         p = p * r + 1.666_666_5e-1;
-        p = p * r + 5.000_000_1e-1;
+        p = p * r + 5e-1;
         let er = p * r * r + r + 1.0;
         let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
         let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
@@ -110,7 +115,7 @@ impl FastMath for f32 {
         y = y * x - 1.666_805_8e-1;
         y = y * x + 2.000_071_4e-1;
         y = y * x - 2.499_999_4e-1;
-        y = y * x + 3.333_333_1e-1;
+        y = y * x + 3.333_333e-1;
         y = y * x * z;
         let ef = e as f32;
         y += ef * -2.121_944_4e-4;
@@ -224,7 +229,7 @@ pub struct Forward<T> {
     pub states: Vec<BagState<T>>,
 }
 
-/// Positives of row `r` (in run `run`) of `bag` other than itself, in the given form's convention.
+/// `|P_i|` for an anchor of class run `run` with `partner_len` partner pixels of its class.
 fn positives(form: Form, run: &ClassRun, partner_len: usize) -> usize {
     let own = run.end - run.start;
     match form {
@@ -763,6 +768,7 @@ fn candidate_side_partner_grad<T: FastMath>(form: Form, g: &mut [T], l: &[T], cp
 
 /// Consistency of a problem: pixel ids in range and unique across bags, runs covering each bag,
 /// partners in range. Callers build bags with [`Bag::from_pixels`]; this guards the unsafe scatter.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
 fn check<T>(p: &Problem<'_, T>) {
     assert!(p.d > 0 && p.hw > 0 && p.feats.len() % (p.d * p.hw) == 0, "contrastive: feature buffer shape");
     let npx = p.feats.len() / p.d;
@@ -777,7 +783,10 @@ fn check<T>(p: &Problem<'_, T>) {
         assert!(bag.runs.windows(2).all(|w| w[0].class < w[1].class), "contrastive: runs ascending by class");
     }
     for (b, bag) in p.bags.iter().enumerate() {
-        assert!(bag.partner.map_or(true, |q| q < p.bags.len() && q != b), "contrastive: partner out of range or self");
+        assert!(
+            bag.partner.map(|q| q < p.bags.len() && q != b).unwrap_or(true),
+            "contrastive: partner out of range or self"
+        );
         for &g in &bag.pixels {
             let g = g as usize;
             assert!(g < npx && !seen[g], "contrastive: pixel {g} out of range or in two bags");

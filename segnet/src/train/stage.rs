@@ -154,9 +154,8 @@ pub fn train_stage(
         Ok(path)
     };
     let mut step = start;
-    let mut taken = 0usize;
     while step < sc_cfg.steps {
-        if INTERRUPTED.load(Ordering::SeqCst) || sc.budget.is_some_and(|b| taken >= b) {
+        if INTERRUPTED.load(Ordering::SeqCst) || sc.budget == Some(0) {
             let path = save(net, &opt, &format!("{}-last", stage.name()), step, sc.dir)?;
             pb.abandon_with_message("stopped");
             return Ok(StageEnd::Stopped(path));
@@ -180,7 +179,9 @@ pub fn train_stage(
         opt.step(net, &grads, lr)?;
         drop(grads);
         step += 1;
-        taken += 1;
+        if let Some(b) = sc.budget.as_mut() {
+            *b -= 1;
+        }
         let mut rec = RunDir::record(stage.name(), step, sc.global_offset + step);
         rec["loss"] = lv.into();
         rec["lr"] = lr.into();
