@@ -41,6 +41,20 @@ impl CudaStorage {
     pub fn buf(&self) -> &CudaBuf {
         &self.buf
     }
+
+    /// The f32 buffer for writing in place, copied first when another storage shares it (so a
+    /// tensor saved by a tape or cloned elsewhere keeps its values: copy-on-write, like
+    /// `Arc::make_mut` on the CPU side). The copy is queued on the device's one stream, so it is
+    /// ordered after every launch that produced or read the old data.
+    pub(crate) fn buf_mut(&mut self, op: &'static str) -> Result<&mut CudaBuf> {
+        if self.dtype != DType::F32 {
+            return Err(Error::Device { op, msg: "in-place updates on CUDA are f32 only".into() });
+        }
+        if Arc::get_mut(&mut self.buf).is_none() {
+            self.buf = Arc::new(self.buf.duplicate(self.len * 4)?);
+        }
+        Ok(Arc::get_mut(&mut self.buf).expect("the buffer was just made unique"))
+    }
 }
 
 impl From<CudaError> for Error {

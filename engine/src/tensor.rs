@@ -203,6 +203,17 @@ impl Tensor {
         }
     }
 
+    /// Update f32 device data in place with `f(buffer)` (a launch of `kernels::cuda`): the CUDA
+    /// counterpart of [`Tensor::update_cpu`], copy-on-write in the same way (the buffer is
+    /// duplicated first if any other tensor shares it). Used by batch norm's running statistics.
+    #[cfg(feature = "cuda")]
+    pub fn update_cuda(&mut self, f: impl FnOnce(&mut kernels::cuda::CudaBuf) -> Result<()>) -> Result<()> {
+        match Arc::make_mut(&mut self.storage) {
+            Storage::Cuda(c) => f(c.buf_mut("update")?),
+            Storage::Cpu(_) => Err(Error::Device { op: "update", msg: "expected a cuda tensor, got cpu".into() }),
+        }
+    }
+
     /// Replace this tensor's data by `other`'s (same shape; dtype is converted). Untracks it.
     pub fn assign(&mut self, other: &Tensor) -> Result<()> {
         if other.dims() != self.dims() {

@@ -24,7 +24,7 @@
 //! because batch norm updates its running statistics in training mode.
 
 use crate::{Ctx, Param, Result};
-use engine::{DType, Tensor};
+use engine::{DType, Device, Tensor};
 
 /// One entry of a module's state, handed to a [`Visitor`]'s callback.
 pub enum Slot<'a> {
@@ -191,6 +191,26 @@ pub fn convert_dtype<M: Module + ?Sized>(m: &mut M, dtype: DType) -> Result<()> 
             Slot::Count(_) => return,
         };
         result = t.to_dtype(dtype).map(|c| *t = c).map_err(Into::into);
+    });
+    result
+}
+
+/// Move every parameter and float buffer to `device` (e.g. `Device::Cuda(0)` before training on
+/// the GPU, `Device::Cpu` before saving a checkpoint by hand). Frozen flags, names and counters are
+/// unchanged; tensors already on `device` are kept as they are. Gradients and optimiser momentum
+/// live outside the model: the optimiser moves its buffers to each parameter's device as it steps.
+pub fn to_device<M: Module + ?Sized>(m: &mut M, device: Device) -> Result<()> {
+    let mut result = Ok(());
+    visit_all(m, |_, slot| {
+        if result.is_err() {
+            return;
+        }
+        let t = match slot {
+            Slot::Param(p) => &mut p.value,
+            Slot::Buffer(t) => t,
+            Slot::Count(_) => return,
+        };
+        result = t.to_device(device).map(|c| *t = c).map_err(Into::into);
     });
     result
 }

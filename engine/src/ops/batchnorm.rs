@@ -17,6 +17,13 @@
 //! recomputed on the fly. Saving `xhat` instead would cost a full extra write in the forward and a
 //! new `N C H W` buffer, while `x` is usually alive anyway. The kernels run one task per channel
 //! (see `kernels::cpu::batchnorm`), so results are deterministic for any thread count.
+//!
+//! On `Device::Cuda` (feature `cuda`, f32; `x`, the `[C]` vectors and the running statistics all
+//! on the device) the forward runs `kernels::cuda::batchnorm`: training
+//! `bn_stats -> bn_scale_shift -> bn_apply`, then `bn_running_update` writes the running
+//! statistics in place ([`Tensor::update_cuda`], copy-on-write); eval
+//! `bn_scale_shift(running stats) -> bn_apply`. The backward (`bn_backward`) gives `db = sum g`,
+//! `dw = sum g xhat` and `dx` in one pass per channel. Same saved tensors, on the device.
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
@@ -78,6 +85,10 @@ pub fn batch_norm2d(
             OP,
             format!("training needs more than one value per channel, input {} has {}", x.shape(), d.per_channel()),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        return on_cuda::forward(x, weight, bias, running_mean, running_var, training, momentum, eps, d);
     }
     with_dtype!(x.dtype(), T, forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d))
 }
@@ -165,6 +176,10 @@ impl Backward for BatchNormBackward {
         if g.dims() != self.x.dims() {
             return Err(Error::shape(OP, format!("gradient {} vs output {}", g.shape(), self.x.shape())));
         }
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            return on_cuda::backward(self, g, needs);
+        }
         let cshape = Shape(vec![self.d.c]);
         with_dtype!(g.dtype(), T, {
             let ws = self.weight.as_ref().map(|w| w.cpu_slice::<T>(OP)).transpose()?;
@@ -192,5 +207,102 @@ impl Backward for BatchNormBackward {
             }
             Ok(grads)
         })
+    }
+}
+
+/// The f32 CUDA path through `kernels::cuda::batchnorm`.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::{BatchNormBackward, OP};
+    use crate::cuda::{alloc, buf, wrap};
+    use crate::tape::record;
+    use crate::{Result, Tensor};
+    use kernels::cpu::batchnorm::{BnDims, BnMode};
+    use kernels::cuda::batchnorm as kc;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+        d: BnDims,
+    ) -> Result<Tensor> {
+        let xb = buf(x, OP)?;
+        let dev = xb.device();
+        let wb = weight.map(|w| buf(w, OP)).transpose()?;
+        let bb = bias.map(|b| buf(b, OP)).transpose()?;
+        let c = d.c;
+        let (mut invstd, mut scale, mut shift) = (alloc(dev, c)?, alloc(dev, c)?, alloc(dev, c)?);
+        let mut y = alloc(dev, x.numel())?;
+        let (mean, mode) = if training {
+            let (mut mean, mut var) = (alloc(dev, c)?, alloc(dev, c)?);
+            kc::bn_stats(xb, d, &mut mean, &mut var)?;
+            kc::bn_scale_shift(c, eps as f32, &mean, &var, wb, bb, &mut invstd, &mut scale, &mut shift)?;
+            kc::bn_apply(xb, d, &scale, &shift, &mut y)?;
+            // Both running vectors must be on this device before either is written.
+            buf(running_mean, OP)?;
+            buf(running_var, OP)?;
+            running_mean.update_cuda(|rm| {
+                running_var.update_cuda(|rv| Ok(kc::bn_running_update(d, momentum as f32, &mean, &var, rm, rv)?))
+            })?;
+            (wrap(mean, vec![c]), BnMode::Train)
+        } else {
+            let (rm, rv) = (buf(running_mean, OP)?, buf(running_var, OP)?);
+            kc::bn_scale_shift(c, eps as f32, rm, rv, wb, bb, &mut invstd, &mut scale, &mut shift)?;
+            kc::bn_apply(xb, d, &scale, &shift, &mut y)?;
+            // Shares the running mean's buffer: a later in-place update copies it first.
+            (running_mean.detach(), BnMode::Eval)
+        };
+        let out = wrap(y, x.dims().to_vec());
+        let mut inputs = vec![x];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        record(OP, &inputs, out, || {
+            Box::new(BatchNormBackward {
+                x: x.detach(),
+                weight: weight.map(Tensor::detach),
+                has_bias: bias.is_some(),
+                mean,
+                invstd: wrap(invstd, vec![c]),
+                mode,
+                d,
+            })
+        })
+    }
+
+    pub(super) fn backward(s: &BatchNormBackward, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let gb = buf(g, OP)?;
+        let dev = gb.device();
+        let c = s.d.c;
+        let wb = s.weight.as_ref().map(|w| buf(w, OP)).transpose()?;
+        let (mut sg, mut sgxhat) = (alloc(dev, c)?, alloc(dev, c)?);
+        let mut dx = if needs[0] { Some(alloc(dev, s.x.numel())?) } else { None };
+        kc::bn_backward(
+            gb,
+            buf(&s.x, OP)?,
+            s.d,
+            buf(&s.mean, OP)?,
+            buf(&s.invstd, OP)?,
+            wb,
+            s.mode,
+            &mut sg,
+            &mut sgxhat,
+            dx.as_mut(),
+        )?;
+        let mut grads = vec![dx.map(|v| wrap(v, s.x.dims().to_vec()))];
+        let mut k = 1;
+        if s.weight.is_some() {
+            grads.push(needs[k].then(|| wrap(sgxhat, vec![c])));
+            k += 1;
+        }
+        if s.has_bias {
+            grads.push(needs[k].then(|| wrap(sg, vec![c])));
+        }
+        Ok(grads)
     }
 }

@@ -18,6 +18,10 @@
 //! i.e. `dx = col2im(W^T G)` and `dw = G im2col(x)^T`, computed by the tiled kernels of
 //! `kernels::cpu::conv` (see there for the algorithm). Saved for backward: `x` and `w` (shared
 //! storage, no copy); the bias is not needed. Only the gradients the tape asks for are computed.
+//!
+//! On `Device::Cuda` (feature `cuda`, f32) the same geometry drives `kernels::cuda::conv`
+//! (im2col + batched SGEMM per image, col2im as a gather for `dx`, `db` by a reduction); the
+//! backward follows the device of the incoming gradient.
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
@@ -131,6 +135,10 @@ impl Backward for Conv2dBackward {
     }
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let geom = &self.geom;
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            return on_cuda::backward(self, g, needs);
+        }
         with_dtype!(g.dtype(), T, {
             let gs = g.cpu_slice::<T>(OP)?;
             let dx = if needs[0] {
@@ -172,6 +180,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
     let geom = geometry(x, w, b, &p)?;
     let (oh, ow) = geom.out_hw().expect("validated");
     let out_shape = Shape(vec![geom.n, geom.c_out, oh, ow]);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        let out = on_cuda::forward(&geom, x, w, b, out_shape.0)?;
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        return record(OP, &inputs, out, || {
+            Box::new(Conv2dBackward { x: x.detach(), w: w.detach(), has_bias: b.is_some(), geom })
+        });
+    }
     let out = with_dtype!(x.dtype(), T, {
         let mut y = vec![T::ZERO; out_shape.numel()];
         let bias = match b {
@@ -184,4 +201,59 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
     let mut inputs = vec![x, w];
     inputs.extend(b);
     record(OP, &inputs, out, || Box::new(Conv2dBackward { x: x.detach(), w: w.detach(), has_bias: b.is_some(), geom }))
+}
+
+/// The f32 CUDA path: the same math through `kernels::cuda::conv`, one new buffer per result.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::{Conv2dBackward, OP};
+    use crate::cuda::{alloc, buf, wrap};
+    use crate::{Result, Tensor};
+    use kernels::cpu::conv::Conv2dGeom;
+    use kernels::cuda::conv as kc;
+
+    pub(super) fn forward(
+        geom: &Conv2dGeom,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        out_dims: Vec<usize>,
+    ) -> Result<Tensor> {
+        let (xb, wb) = (buf(x, OP)?, buf(w, OP)?);
+        let bb = b.map(|b| buf(b, OP)).transpose()?;
+        let mut y = alloc(xb.device(), out_dims.iter().product())?;
+        kc::conv2d_forward(geom, xb, wb, bb, &mut y)?;
+        Ok(wrap(y, out_dims))
+    }
+
+    pub(super) fn backward(s: &Conv2dBackward, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let geom = &s.geom;
+        let gb = buf(g, OP)?;
+        let dev = gb.device();
+        let dx = if needs[0] {
+            let mut v = alloc(dev, s.x.numel())?;
+            kc::conv2d_backward_input(geom, buf(&s.w, OP)?, gb, &mut v)?;
+            Some(wrap(v, s.x.dims().to_vec()))
+        } else {
+            None
+        };
+        let dw = if needs[1] {
+            let mut v = alloc(dev, s.w.numel())?;
+            kc::conv2d_backward_weight(geom, buf(&s.x, OP)?, gb, &mut v)?;
+            Some(wrap(v, s.w.dims().to_vec()))
+        } else {
+            None
+        };
+        let mut out = vec![dx, dw];
+        if s.has_bias {
+            out.push(if needs[2] {
+                let mut v = alloc(dev, geom.c_out)?;
+                kc::conv2d_backward_bias(geom, gb, &mut v)?;
+                Some(wrap(v, vec![geom.c_out]))
+            } else {
+                None
+            });
+        }
+        Ok(out)
+    }
 }

@@ -10,6 +10,9 @@
 //! At `norm == eps` the norm branch is taken, like PyTorch's `clamp_min` backward (which passes
 //! the gradient where `input >= min`). Saved for backward: the output `y` (shared with the
 //! returned tensor) and the per-pixel norms (`N * prod(spatial)` values).
+//!
+//! On `Device::Cuda` (feature `cuda`, f32) forward and backward run `kernels::cuda::normalize`
+//! (one thread per pixel), saving the same `y` and norms on the device.
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
@@ -31,6 +34,17 @@ pub fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let d = channel_dims(OP, x)?;
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(Error::invalid(OP, format!("eps must be finite and >= 0, got {eps}")));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        use crate::cuda::{alloc, buf, wrap};
+        let xb = buf(x, OP)?;
+        let (mut y, mut norm) = (alloc(xb.device(), x.numel())?, alloc(xb.device(), d.pixels())?);
+        kernels::cuda::normalize::l2_normalize_forward(d.n, d.c, d.s, eps as f32, xb, &mut y, &mut norm)?;
+        let out = wrap(y, x.dims().to_vec());
+        let saved_y = out.clone();
+        let norm = wrap(norm, vec![d.pixels()]);
+        return record(OP, &[x], out, || Box::new(L2NormalizeBackward { y: saved_y, norm, eps, d }));
     }
     with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>(OP)?;
@@ -72,6 +86,15 @@ impl Backward for L2NormalizeBackward {
         }
         if g.dims() != self.y.dims() {
             return Err(Error::shape(OP, format!("gradient {} vs output {}", g.shape(), self.y.shape())));
+        }
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            use crate::cuda::{alloc, buf, wrap};
+            let (gb, d) = (buf(g, OP)?, self.d);
+            let mut dx = alloc(gb.device(), g.numel())?;
+            let (yb, nb) = (buf(&self.y, OP)?, buf(&self.norm, OP)?);
+            kernels::cuda::normalize::l2_normalize_backward(d.n, d.c, d.s, self.eps as f32, gb, yb, nb, &mut dx)?;
+            return Ok(vec![Some(wrap(dx, self.y.dims().to_vec()))]);
         }
         with_dtype!(g.dtype(), T, {
             let (gs, ys) = (g.cpu_slice::<T>(OP)?, self.y.cpu_slice::<T>(OP)?);

@@ -14,6 +14,9 @@
 //!
 //! **global_avg_pool2d**: `y[n, c, 0, 0] = (1 / HW) sum_{h, w} x[n, c, h, w]`, `dx = G / (HW)`
 //! broadcast over the plane. Saves nothing but the input shape.
+//!
+//! On `Device::Cuda` (feature `cuda`, f32) both run `kernels::cuda::pool` with the same geometry
+//! and argmax convention; the max-pool argmax then stays on the device (a `u32` buffer).
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
@@ -74,6 +77,13 @@ pub fn max_pool2d(x: &Tensor, kernel: [usize; 2], stride: [usize; 2], padding: [
         return Err(Error::invalid(OP, format!("planes of {d:?} are too large for u32 argmax indices")));
     }
     let out_shape = Shape(vec![d[0], d[1], oh, ow]);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        let (out, argmax) = on_cuda::max_pool_forward(&geom, x, out_shape.0)?;
+        return record(OP, &[x], out, || {
+            Box::new(on_cuda::MaxPoolBackward { argmax, geom, x_dims: x.dims().to_vec() })
+        });
+    }
     let mut argmax = vec![0u32; out_shape.numel()];
     let out = with_dtype!(x.dtype(), T, {
         let mut y = vec![T::ZERO; out_shape.numel()];
@@ -93,6 +103,10 @@ impl Backward for GlobalAvgPoolBackward {
     }
     fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let d = self.x_shape.dims();
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            return Ok(vec![Some(on_cuda::global_avg_pool_backward(g, d)?)]);
+        }
         with_dtype!(g.dtype(), T, {
             let mut dx = vec![T::ZERO; self.x_shape.numel()];
             global_avg_pool_backward(d[2] * d[3], g.cpu_slice::<T>("global_avg_pool2d")?, &mut dx);
@@ -110,10 +124,71 @@ pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
         return Err(Error::shape(OP, format!("input {d:?} has empty planes")));
     }
     let out_shape = Shape(vec![d[0], d[1], 1, 1]);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        let out = on_cuda::global_avg_pool_forward(x, out_shape.0)?;
+        return record(OP, &[x], out, || Box::new(GlobalAvgPoolBackward { x_shape: x.shape.clone() }));
+    }
     let out = with_dtype!(x.dtype(), T, {
         let mut y = vec![T::ZERO; out_shape.numel()];
         global_avg_pool_forward(d[2] * d[3], x.cpu_slice::<T>(OP)?, &mut y);
         Tensor::from_cpu(T::wrap(y), out_shape)
     });
     record(OP, &[x], out, || Box::new(GlobalAvgPoolBackward { x_shape: x.shape.clone() }))
+}
+
+/// The f32 CUDA paths through `kernels::cuda::pool`.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use crate::cuda::{alloc, buf, wrap};
+    use crate::{Backward, Result, Tensor};
+    use kernels::cpu::pool::Pool2dGeom;
+    use kernels::cuda::{pool as kc, CudaBuf};
+
+    /// `y` and the `u32` argmax buffer (index within the plane, one per output).
+    pub(super) fn max_pool_forward(g: &Pool2dGeom, x: &Tensor, out_dims: Vec<usize>) -> Result<(Tensor, CudaBuf)> {
+        let xb = buf(x, "max_pool2d")?;
+        let n_out = out_dims.iter().product::<usize>();
+        let (mut y, mut argmax) = (alloc(xb.device(), n_out)?, xb.device().alloc(n_out * 4)?);
+        kc::max_pool2d_forward(g, xb, &mut y, &mut argmax)?;
+        Ok((wrap(y, out_dims), argmax))
+    }
+
+    /// Saves the device argmax (4 bytes per output), not the input.
+    pub(super) struct MaxPoolBackward {
+        pub(super) argmax: CudaBuf,
+        pub(super) geom: Pool2dGeom,
+        pub(super) x_dims: Vec<usize>,
+    }
+
+    impl Backward for MaxPoolBackward {
+        fn name(&self) -> &'static str {
+            "max_pool2d"
+        }
+        fn saved_bytes(&self) -> usize {
+            self.argmax.bytes()
+        }
+        fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+            let gb = buf(g, "max_pool2d")?;
+            let mut dx = alloc(gb.device(), self.x_dims.iter().product())?;
+            kc::max_pool2d_backward(&self.geom, &self.argmax, gb, &mut dx)?;
+            Ok(vec![Some(wrap(dx, self.x_dims.clone()))])
+        }
+    }
+
+    pub(super) fn global_avg_pool_forward(x: &Tensor, out_dims: Vec<usize>) -> Result<Tensor> {
+        let xb = buf(x, "global_avg_pool2d")?;
+        let d = x.dims();
+        let mut y = alloc(xb.device(), d[0] * d[1])?;
+        kc::global_avg_pool_forward(d[0] * d[1], d[2] * d[3], xb, &mut y)?;
+        Ok(wrap(y, out_dims))
+    }
+
+    pub(super) fn global_avg_pool_backward(g: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
+        let gb = buf(g, "global_avg_pool2d")?;
+        let planes = x_dims[0] * x_dims[1];
+        let mut dx = alloc(gb.device(), planes * x_dims[2] * x_dims[3])?;
+        kc::global_avg_pool_backward(planes, x_dims[2] * x_dims[3], gb, &mut dx)?;
+        Ok(wrap(dx, x_dims.to_vec()))
+    }
 }

@@ -17,6 +17,10 @@
 //!
 //! **Nearest** (labels, no gradient): `src = min(floor(dst in / out), in - 1)` in f32, PyTorch's
 //! `mode="nearest"` rule (with its exact shortcuts for equal and doubled sizes).
+//!
+//! On `Device::Cuda` (feature `cuda`, f32) the bilinear forward and backward run
+//! `kernels::cuda::resize` with the same f32 taps (the backward as a deterministic gather).
+//! Label maps are host data, so the nearest resize always runs on the host.
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, LabelMap, Result, Shape, Tensor};
@@ -45,6 +49,16 @@ pub fn resize_bilinear(x: &Tensor, out_hw: [usize; 2], align_corners: bool) -> R
     check_sizes(OP, &format!("input {}", x.shape()), ih, iw, out_hw)?;
     let d = ResizeDims { planes: n * c, ih, iw, oh: out_hw[0], ow: out_hw[1] };
     let out_shape = Shape(vec![n, c, d.oh, d.ow]);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        let xb = crate::cuda::buf(x, OP)?;
+        let mut y = crate::cuda::alloc(xb.device(), out_shape.numel())?;
+        kernels::cuda::resize::bilinear_forward(d, align_corners, xb, &mut y)?;
+        let out = crate::cuda::wrap(y, out_shape.0);
+        return record(OP, &[x], out, || {
+            Box::new(ResizeBilinearBackward { d, align_corners, in_shape: x.shape().clone() })
+        });
+    }
     let out = with_dtype!(x.dtype(), T, {
         let (th, tw) = (linear_taps::<T>(ih, d.oh, align_corners), linear_taps::<T>(iw, d.ow, align_corners));
         let mut y = vec![T::ZERO; out_shape.numel()];
@@ -72,6 +86,13 @@ impl Backward for ResizeBilinearBackward {
         let d = self.d;
         if g.numel() != d.planes * d.oh * d.ow {
             return Err(Error::shape(OP, format!("gradient {} does not match output {}x{}", g.shape(), d.oh, d.ow)));
+        }
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(_) = g.device() {
+            let gb = crate::cuda::buf(g, OP)?;
+            let mut dx = crate::cuda::alloc(gb.device(), self.in_shape.numel())?;
+            kernels::cuda::resize::bilinear_backward(d, self.align_corners, gb, &mut dx)?;
+            return Ok(vec![Some(crate::cuda::wrap(dx, self.in_shape.dims().to_vec()))]);
         }
         with_dtype!(g.dtype(), T, {
             let th = linear_taps::<T>(d.ih, d.oh, self.align_corners);

@@ -11,9 +11,14 @@
 //! Momentum buffers are kept by parameter *name*, so they survive a checkpoint round trip and a
 //! rebuilt model. Parameters that are frozen or got no gradient are skipped (buffer untouched),
 //! as PyTorch skips parameters whose `.grad` is `None`.
+//!
+//! Parameters on the CPU are updated in place by one fused loop. Parameters on another device
+//! (CUDA) are updated with the same formulas written as untracked engine ops (`affine`, `add`,
+//! `sub`, each a device kernel), and the parameter and buffer are replaced by the results; a
+//! momentum buffer restored on the host is moved to the parameter's device first.
 
 use crate::{for_each_param, under_prefix, Error, Grads, Module, Param, ParamKind, Result};
-use engine::{with_dtype, Element, Tensor};
+use engine::{ops, with_dtype, Device, Element, Tensor};
 use std::collections::BTreeMap;
 
 /// Hyperparameters of [`Sgd`] (the learning rate comes from the schedule at each step).
@@ -167,6 +172,9 @@ fn update_param(
             format!("gradient of {name} has shape {} but the parameter {}", g.shape(), p.value.shape()),
         ));
     }
+    if p.value.device() != Device::Cpu {
+        return update_on_device(name, p, g, buffers, h);
+    }
     let dtype = p.value.dtype();
     if h.momentum == 0.0 {
         return with_dtype!(dtype, T, sgd_kernel::<T>(&mut p.value, g, None, h));
@@ -184,6 +192,40 @@ fn update_param(
     };
     with_dtype!(dtype, T, sgd_kernel::<T>(&mut p.value, g, Some((&mut buf, first)), h))?;
     buffers.insert(name.to_string(), buf);
+    Ok(())
+}
+
+/// The same update as [`sgd_kernel`] for a parameter off the CPU, as untracked engine ops on its
+/// device (new tensors; nothing is written in place, so a tensor still shared elsewhere is safe).
+fn update_on_device(
+    name: &str,
+    p: &mut Param,
+    g: &Tensor,
+    buffers: &mut BTreeMap<String, Tensor>,
+    h: &Hyper,
+) -> Result<()> {
+    let (dtype, device) = (p.value.dtype(), p.value.device());
+    let g = g.detach();
+    let mut d = if h.wd != 0.0 { ops::add(&g, &ops::affine(&p.value, h.wd, 0.0)?)? } else { g };
+    if h.momentum != 0.0 {
+        let buf = match buffers.remove(name) {
+            None => d.clone(),
+            Some(b) if b.dims() == p.value.dims() => {
+                let b = b.to_dtype(dtype)?.to_device(device)?;
+                ops::add(&ops::affine(&b, h.momentum, 0.0)?, &ops::affine(&d, 1.0 - h.dampening, 0.0)?)?
+            }
+            Some(b) => {
+                return Err(Error::config(
+                    "sgd",
+                    format!("momentum buffer of {name} has shape {} but the parameter {}", b.shape(), p.value.shape()),
+                ))
+            }
+        };
+        d = if h.nesterov { ops::add(&d, &ops::affine(&buf, h.momentum, 0.0)?)? } else { buf.clone() };
+        buffers.insert(name.to_string(), buf);
+    }
+    let updated = ops::sub(&p.value, &ops::affine(&d, h.lr, 0.0)?)?;
+    p.value.assign(&updated)?;
     Ok(())
 }
 
