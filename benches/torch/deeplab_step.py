@@ -22,7 +22,8 @@ State names follow segnet's checkpoints (`backbone.*`, `classifier.*`, `projecti
 One step = zero_grad + forward + loss + backward + optimizer.step; the median over `--iters`
 steps after `--warmup` is reported, with the process peak RSS (ru_maxrss, which includes the torch
 runtime itself). Prints one JSON line with `--json` (same keys as segnet's: median_step_s,
-peak_rss_mb, plus params); `--phases` adds median forward+loss / backward / optimizer times.
+peak_rss_mb, plus params and median_step_cpu_s, the CPU time of all threads per step);
+`--phases` adds the median forward+loss / backward / optimizer times.
 
     /work/venv-torch/bin/python benches/torch/deeplab_step.py --backbone resnet50 --batch 2 \\
         --crop 257 --stage finetune --threads 2 --warmup 2 --iters 5 --json
@@ -229,9 +230,9 @@ def main():
     grid = (a.crop - 1) // 8 + 1
     small = F.interpolate(labels[:, None].float(), size=(grid, grid), mode="nearest")[:, 0].long()
 
-    times, fwd, bwd, upd = [], [], [], []
+    times, cpu, fwd, bwd, upd = [], [], [], [], []
     for it in range(a.warmup + a.iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         if contrastive:
             loss = naive_contrastive_loss(model.embed(x, grid), small)
@@ -244,6 +245,7 @@ def main():
         t3 = time.perf_counter()
         if it >= a.warmup:
             times.append(t3 - t0)
+            cpu.append(time.process_time() - c0)
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
             upd.append(t3 - t2)
@@ -252,10 +254,12 @@ def main():
         "bench": "step", "impl": f"torch {torch.__version__}", "backbone": a.backbone, "stage": a.stage,
         "batch": a.batch, "crop": a.crop, "output_stride": 16, "threads": a.threads, "iters": a.iters,
         "median_step_s": statistics.median(times), "min_step_s": min(times), "peak_rss_mb": peak_rss_mb(),
+        "median_step_cpu_s": statistics.median(cpu),
         "params": params, "loss": loss.item(), "rss_after_import_mb": rss_import,
     }
     if a.phases:
-        out.update(fwd_loss_s=statistics.median(fwd), backward_s=statistics.median(bwd), optimizer_s=statistics.median(upd))
+        med = statistics.median
+        out.update(fwd_loss_s=med(fwd), backward_s=med(bwd), optimizer_s=med(upd))
     if a.compare_checkpoint:
         out["compare"] = compare_checkpoint(model, a.compare_checkpoint)
     print(json.dumps(out) if a.json else json.dumps(out, indent=2))

@@ -64,8 +64,8 @@ pub use layers::{
 };
 pub use loss::{CrossEntropyLoss, PixelContrastiveLoss};
 pub use module::{
-    convert_dtype, for_each_param, num_params, param_names, set_frozen, state_names, to_device, under_prefix, visit_all,
-    Layer, Module, Slot, Visitor,
+    convert_dtype, for_each_param, num_params, param_names, set_frozen, state_names, to_device, under_prefix,
+    visit_all, Layer, Module, Slot, Visitor,
 };
 pub use optim::{clip_grad_norm, grad_norm, Decay, LrSchedule, ParamGroups, Sgd, SgdConfig};
 pub use param::{Param, ParamId, ParamKind};

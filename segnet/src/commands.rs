@@ -165,6 +165,13 @@ fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
     set_threads(base.threads);
     let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
     let mut rows = Vec::new();
+    println!(
+        "same budget: CE-only {} steps vs contrastive {} + fine-tune {} steps; batch min({}, labeled)",
+        base.contrastive.steps + base.finetune.steps,
+        base.contrastive.steps,
+        base.finetune.steps,
+        base.batch
+    );
     println!("{:>8} {:>6} {:>12} {:>22} {:>8}", "labeled", "seed", "CE-only mIoU", "contrastive+FT mIoU", "delta");
     for &n in &a.labeled {
         for seed in 0..a.seeds {
@@ -173,6 +180,8 @@ fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                 let mut cfg = base.clone();
                 cfg.labeled = Some(n);
                 cfg.seed = base.seed + seed;
+                // With fewer labeled images than the batch, every step sees all of them once.
+                cfg.batch = base.batch.min(n.max(2));
                 if recipe == "ce-only" {
                     cfg.stages = vec![Stage::CeOnly];
                     // Same budget: as many steps as both stages of the other recipe together.

@@ -8,6 +8,15 @@
 //! * engine level (ops dispatched on `Device::Cuda(0)`): elementwise with broadcasting, unary maps,
 //!   sums/means, matmul (batched, shared B), permute/concat/split, and every gradient through the
 //!   tape (`loss = sum(out * R)`), compared with the same graph on the CPU in f32;
+//! * engine level, second phase: conv2d (stride, padding, dilation, groups, with and without
+//!   bias), max/global-average pool, batch norm (train and eval, running statistics updated in
+//!   place with copy-on-write), bilinear resize (both align_corners, up and down), L2 normalise,
+//!   log-softmax, cross-entropy with ignore (and all ignored), dropout (same seed, same mask);
+//! * nn on CUDA: SGD steps (plain, momentum + weight decay, Nesterov) and gradient clipping
+//!   against the CPU, and a small segmentation network (conv/BN/ReLU/max-pool/dilated grouped
+//!   conv/dropout/image pooling/1x1 head/bilinear upsampling/cross-entropy) moved with
+//!   `nn::to_device`: loss, every parameter gradient, and the parameters and running statistics
+//!   after a clipped SGD step;
 //! * kernel level (`kernels::cuda` wrappers against `kernels::cpu` on the same slices) for the
 //!   families the engine dispatches in a second phase: conv2d (stride, padding, dilation, groups),
 //!   max/global-average pool, batch norm, bilinear resize (both align_corners), L2 normalise,
@@ -94,6 +103,15 @@ fn parity<F>(name: &str, inputs: &[Tensor], rtol: f32, f: F)
 where
     F: Fn(&[Tensor]) -> engine::Result<Tensor>,
 {
+    parity_tol(name, inputs, rtol, 1e-5, f)
+}
+
+/// [`parity`] with an absolute tolerance `atol` (for results that are long sums, whose rounding
+/// error scales with the size of the terms rather than with the result).
+fn parity_tol<F>(name: &str, inputs: &[Tensor], rtol: f32, atol: f32, f: F)
+where
+    F: Fn(&[Tensor]) -> engine::Result<Tensor>,
+{
     let run = |dev: Device| -> (Vec<f32>, Vec<Vec<f32>>) {
         let tape = Tape::new();
         let xs: Vec<Tensor> = inputs.iter().map(|t| tape.watch(&t.to_device(dev).unwrap())).collect();
@@ -108,9 +126,9 @@ where
     };
     let (yc, gc) = run(Device::Cpu);
     let (yg, gg) = run(Device::Cuda(0));
-    assert_close(&format!("{name} forward"), &yg, &yc, rtol, 1e-5);
+    assert_close(&format!("{name} forward"), &yg, &yc, rtol, atol);
     for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
-        assert_close(&format!("{name} d input {i}"), a, b, rtol, 1e-5);
+        assert_close(&format!("{name} d input {i}"), a, b, rtol, atol);
     }
 }
 
@@ -228,6 +246,324 @@ fn shape_ops() {
         let p = ops::split(&t[0], &[1, 3], 2)?;
         ops::add(&ops::mul(&p[0], &p[0])?, &ops::sum(&p[1], &[2], true)?)
     });
+}
+
+// ---- engine level, second phase: the remaining op families dispatched on cuda:0 ----
+
+#[test]
+fn engine_conv2d_forward_and_gradients() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(20);
+    let cases = [
+        // x dims, c_out, kernel, stride, padding, dilation, groups, bias
+        ([2, 3, 9, 11], 4, [3, 3], [1, 1], [1, 1], [1, 1], 1, true),
+        ([1, 4, 13, 10], 6, [3, 2], [2, 1], [2, 0], [2, 3], 2, false),
+        ([2, 6, 8, 8], 6, [3, 3], [1, 1], [2, 2], [2, 2], 6, true),
+        ([3, 5, 7, 6], 7, [1, 1], [1, 1], [0, 0], [1, 1], 1, true),
+        ([1, 8, 17, 17], 4, [5, 5], [3, 2], [2, 1], [1, 1], 4, false),
+    ];
+    for (xd, c_out, k, stride, padding, dilation, groups, bias) in cases {
+        let x = rand_t(&xd, &mut rng);
+        let w = rand_t(&[c_out, xd[1] / groups, k[0], k[1]], &mut rng);
+        let b = rand_t(&[c_out], &mut rng);
+        let p = ops::Conv2dParams { stride, padding, dilation, groups };
+        let name = format!("conv2d {xd:?} w {:?} {p:?} bias {bias}", w.dims());
+        if bias {
+            parity_tol(&name, &[x, w, b], 2e-3, 1e-3, move |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), p));
+        } else {
+            parity_tol(&name, &[x, w], 2e-3, 1e-3, move |t| ops::conv2d(&t[0], &t[1], None, p));
+        }
+    }
+}
+
+#[test]
+fn engine_pools() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(21);
+    for (xd, kernel, stride, padding) in [
+        ([2, 3, 9, 10], [3, 3], [2, 2], [1, 1]),
+        ([1, 4, 8, 8], [2, 2], [2, 2], [0, 0]),
+        ([3, 1, 7, 5], [3, 2], [1, 2], [1, 0]),
+    ] {
+        let x = rand_t(&xd, &mut rng);
+        parity("max_pool2d", &[x.clone()], 1e-5, move |t| ops::max_pool2d(&t[0], kernel, stride, padding));
+        parity("global_avg_pool2d", &[x], 1e-4, |t| ops::global_avg_pool2d(&t[0]));
+    }
+}
+
+/// Batch norm on `dev`: output, gradients of `sum(y * R)` for (x, w, b), running mean and var.
+fn batch_norm_run(dev: Device, x: &Tensor, w: &Tensor, b: &Tensor, training: bool) -> [Vec<f32>; 6] {
+    let tape = Tape::new();
+    let xs: Vec<Tensor> = [x, w, b].iter().map(|t| tape.watch(&t.to_device(dev).unwrap())).collect();
+    let c = x.dim(1);
+    let stat = |f: fn(usize) -> f64| Tensor::from_f64_vec((0..c).map(f).collect(), vec![c], DType::F32);
+    let mut rm = stat(|i| 0.1 * i as f64 - 0.2).to_device(dev).unwrap();
+    let mut rv = stat(|i| 0.5 + 0.25 * i as f64).to_device(dev).unwrap();
+    let y = ops::batch_norm2d(&xs[0], Some(&xs[1]), Some(&xs[2]), &mut rm, &mut rv, training, 0.1, 1e-5).unwrap();
+    assert_eq!((y.device(), rm.device(), rv.device()), (dev, dev, dev), "batch_norm2d devices");
+    let r = Tensor::randn(y.dims().to_vec(), 1.0, DType::F32, &mut Rng::new(98)).to_device(dev).unwrap();
+    let grads = tape.backward(&ops::sum_all(&ops::mul(&y, &r).unwrap()).unwrap()).unwrap();
+    let g = |i: usize| host(grads.get(&xs[i]).expect("gradient"));
+    [host(&y), g(0), g(1), g(2), host(&rm), host(&rv)]
+}
+
+#[test]
+fn engine_batch_norm_train_eval_running_stats() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(22);
+    for xd in [[3, 5, 7, 11], [2, 4, 1, 1], [4, 16, 9, 9]] {
+        let x = Tensor::randn(xd.to_vec(), 2.0, DType::F32, &mut rng);
+        let x = ops::affine(&x, 1.0, 0.5).unwrap();
+        let (w, b) = (rand_t(&[xd[1]], &mut rng), rand_t(&[xd[1]], &mut rng));
+        for training in [true, false] {
+            let cpu = batch_norm_run(Device::Cpu, &x, &w, &b, training);
+            let gpu = batch_norm_run(Device::Cuda(0), &x, &w, &b, training);
+            let names = ["y", "dx", "dw", "db", "running_mean", "running_var"];
+            for ((name, g), c) in names.iter().zip(&gpu).zip(&cpu) {
+                // Per-channel sums: error relative to the largest entry (dx of a 2-value channel
+                // is zero up to rounding, hence the absolute floor).
+                let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert_close(&format!("batch_norm2d {xd:?} train {training} {name}"), g, c, 1e-3, 1e-4 * scale + 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_batch_norm_running_update_is_copy_on_write() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(23);
+    let x = cuda(&rand_t(&[2, 3, 4, 4], &mut rng));
+    let mut rm = cuda(&Tensor::zeros(vec![3], DType::F32));
+    let mut rv = cuda(&Tensor::ones(vec![3], DType::F32));
+    // A tape that saved the running mean (eval mode), then a training step that updates it.
+    let tape = Tape::new();
+    let xw = tape.watch(&x);
+    let y_eval = ops::batch_norm2d(&xw, None, None, &mut rm, &mut rv, false, 0.5, 1e-5).unwrap();
+    let (saved_mean, saved_var) = (rm.clone(), rv.clone());
+    ops::batch_norm2d(&x, None, None, &mut rm, &mut rv, true, 0.5, 1e-5).unwrap();
+    assert_eq!(host(&saved_mean), vec![0.0; 3], "a clone of the running mean was written through");
+    assert_eq!(host(&saved_var), vec![1.0; 3], "a clone of the running var was written through");
+    assert!(host(&rm).iter().any(|&v| v != 0.0), "running mean was not updated: {:?}", host(&rm));
+    // The eval backward still sees the old statistics: dx = g / sqrt(1 + eps).
+    let gx = tape.backward(&ops::sum_all(&y_eval).unwrap()).unwrap();
+    let want = 1.0 / (1.0f32 + 1e-5).sqrt();
+    assert_close("bn eval dx after update", &host(gx.get(&xw).unwrap()), &vec![want; x.numel()], 1e-6, 0.0);
+}
+
+#[test]
+fn engine_resize_bilinear_both_conventions() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(24);
+    for (xd, out) in
+        [([2, 3, 5, 7], [13, 17]), ([1, 2, 33, 33], [129, 129]), ([2, 2, 16, 12], [7, 5]), ([1, 1, 1, 4], [3, 9])]
+    {
+        let x = rand_t(&xd, &mut rng);
+        for align in [false, true] {
+            parity(&format!("resize_bilinear {xd:?} -> {out:?} align {align}"), &[x.clone()], 1e-4, move |t| {
+                ops::resize_bilinear(&t[0], out, align)
+            });
+        }
+    }
+}
+
+#[test]
+fn engine_l2_normalize_and_log_softmax() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(25);
+    for xd in [vec![2, 6, 5, 4], vec![4, 9], vec![1, 32, 3, 3]] {
+        let x = rand_t(&xd, &mut rng);
+        parity(&format!("l2_normalize {xd:?}"), &[x.clone()], 1e-4, |t| ops::l2_normalize(&t[0], 1e-12));
+        parity(&format!("log_softmax {xd:?}"), &[x], 1e-4, |t| ops::log_softmax(&t[0]));
+    }
+}
+
+#[test]
+fn engine_cross_entropy_with_ignore() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(26);
+    let (n, c, h, w) = (2, 5, 6, 7);
+    let x = Tensor::randn(vec![n, c, h, w], 3.0, DType::F32, &mut rng);
+    let data: Vec<u8> = (0..n * h * w).map(|i| if i % 4 == 0 { 255 } else { rng.below(c) as u8 }).collect();
+    let labels = engine::LabelMap::new(n, h, w, data).unwrap();
+    parity("cross_entropy", &[x.clone()], 1e-4, |t| ops::cross_entropy(&t[0], &labels, 255));
+    // Every pixel ignored: loss 0 and a zero gradient on both devices.
+    let none = engine::LabelMap::new(n, h, w, vec![255; n * h * w]).unwrap();
+    let tape = Tape::new();
+    let xg = tape.watch(&cuda(&x));
+    let loss = ops::cross_entropy(&xg, &none, 255).unwrap();
+    assert_eq!((loss.device(), loss.item().unwrap()), (Device::Cuda(0), 0.0));
+    let g = tape.backward(&loss).unwrap();
+    assert!(host(g.get(&xg).unwrap()).iter().all(|&v| v == 0.0), "all-ignored gradient is not zero");
+}
+
+#[test]
+fn engine_dropout_same_seed_same_mask() {
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(27);
+    let x = rand_t(&[3, 4, 17, 9], &mut rng);
+    // Each run draws its mask from a fresh generator with the same seed: identical masks.
+    parity("dropout", &[x.clone()], 0.0, |t| ops::dropout(&t[0], 0.3, true, &mut Rng::new(5)));
+    // The generator advances by the same amount on both devices.
+    let (mut a, mut b) = (Rng::new(6), Rng::new(6));
+    ops::dropout(&x, 0.5, true, &mut a).unwrap();
+    ops::dropout(&cuda(&x), 0.5, true, &mut b).unwrap();
+    assert_eq!(a.uniform(), b.uniform(), "dropout consumed a different number of draws on cuda");
+    let kept =
+        host(&ops::dropout(&cuda(&x), 0.5, true, &mut Rng::new(8)).unwrap()).iter().filter(|&&v| v != 0.0).count();
+    assert!(kept > x.numel() / 3 && kept < 2 * x.numel() / 3, "kept {kept} of {}", x.numel());
+}
+
+// ---- nn on CUDA: optimiser, clipping, a small network ----
+
+struct TwoParams {
+    w: nn::Param,
+    b: nn::Param,
+}
+
+impl nn::Module for TwoParams {
+    fn visit(&mut self, v: &mut nn::Visitor<'_>) {
+        v.param("w", &mut self.w);
+        v.param("b", &mut self.b);
+    }
+}
+
+fn two_params(rng: &mut Rng) -> TwoParams {
+    TwoParams {
+        w: nn::Param::new(rand_t(&[4, 3, 3, 3], rng), nn::ParamKind::Weight),
+        b: nn::Param::new(rand_t(&[4], rng), nn::ParamKind::Bias),
+    }
+}
+
+#[test]
+fn sgd_steps_and_clipping_match_the_cpu() {
+    let _dev = require_gpu!();
+    let configs = [
+        nn::SgdConfig { momentum: 0.0, ..Default::default() },
+        nn::SgdConfig { momentum: 0.9, weight_decay: 1e-2, dampening: 0.1, nesterov: false },
+        nn::SgdConfig { momentum: 0.9, weight_decay: 4e-5, dampening: 0.0, nesterov: true },
+    ];
+    for cfg in configs {
+        let groups = nn::ParamGroups { lr_mult: vec![("b".into(), 10.0)], no_decay_norm_and_bias: true };
+        let mut cpu_m = two_params(&mut Rng::new(30));
+        let mut gpu_m = two_params(&mut Rng::new(30));
+        nn::to_device(&mut gpu_m, Device::Cuda(0)).unwrap();
+        assert_eq!((gpu_m.w.value.device(), gpu_m.b.value.device()), (Device::Cuda(0), Device::Cuda(0)));
+        let mut cpu_opt = nn::Sgd::new(cfg).unwrap().with_groups(groups.clone());
+        let mut gpu_opt = nn::Sgd::new(cfg).unwrap().with_groups(groups);
+        let mut rng = Rng::new(31);
+        for step in 0..3 {
+            let (gw, gb) = (rand_t(&[4, 3, 3, 3], &mut rng), rand_t(&[4], &mut rng));
+            let (mut cg, mut gg) = (nn::Grads::new(), nn::Grads::new());
+            cg.insert(&cpu_m.w, gw.clone());
+            cg.insert(&cpu_m.b, gb.clone());
+            gg.insert(&gpu_m.w, cuda(&gw));
+            gg.insert(&gpu_m.b, cuda(&gb));
+            // Clip on step 1 only (max norm below the norm of 112 unit normals).
+            if step == 1 {
+                let (nc, ng) = (nn::clip_grad_norm(&mut cg, 2.0).unwrap(), nn::clip_grad_norm(&mut gg, 2.0).unwrap());
+                assert!((nc - ng).abs() <= 1e-5 * nc, "grad norm: cuda {ng} vs cpu {nc}");
+                let after = nn::grad_norm(&gg).unwrap();
+                assert!((after - 2.0).abs() < 1e-4, "clipped norm on cuda {after}");
+            }
+            assert_eq!(cpu_opt.step(&mut cpu_m, &cg, 0.05).unwrap(), gpu_opt.step(&mut gpu_m, &gg, 0.05).unwrap());
+            assert_eq!(gpu_m.w.value.device(), Device::Cuda(0), "the parameter left the device");
+            let what = format!("sgd {cfg:?} step {step}");
+            assert_close(&format!("{what} w"), &host(&gpu_m.w.value), &host(&cpu_m.w.value), 1e-5, 1e-6);
+            assert_close(&format!("{what} b"), &host(&gpu_m.b.value), &host(&cpu_m.b.value), 1e-5, 1e-6);
+            for (name, buf) in cpu_opt.momentum_buffers() {
+                let gbuf = &gpu_opt.momentum_buffers()[name];
+                assert_close(&format!("{what} momentum {name}"), &host(gbuf), &host(buf), 1e-5, 1e-6);
+            }
+        }
+    }
+}
+
+/// A small DeepLab-flavoured network: strided conv stem, BN, ReLU, max pool, a dilated grouped
+/// conv block, dropout, image pooling added back, a 1x1 classifier with bias.
+struct TinySeg {
+    trunk: nn::Sequential,
+    head: nn::Conv2d,
+}
+
+impl nn::Module for TinySeg {
+    fn visit(&mut self, v: &mut nn::Visitor<'_>) {
+        v.child("trunk", &mut self.trunk);
+        v.child("head", &mut self.head);
+    }
+}
+
+fn tiny_seg(classes: usize) -> TinySeg {
+    let mut rng = Rng::new(40);
+    let o = nn::ConvOptions::new();
+    let trunk = nn::Sequential::new()
+        .with(nn::Conv2d::with_options(3, 8, 3, o.stride(2).padding(1), &mut rng).unwrap())
+        .with(nn::BatchNorm2d::new(8))
+        .with(nn::ReLU)
+        .with(nn::MaxPool2d::new(3, 2, 1))
+        .with(nn::Conv2d::with_options(8, 8, 3, o.padding(2).dilation(2).groups(2), &mut rng).unwrap())
+        .with(nn::BatchNorm2d::new(8))
+        .with(nn::ReLU)
+        .with(nn::Dropout::new(0.2).unwrap());
+    let head = nn::Conv2d::with_options(8, classes, 1, o.bias(true), &mut rng).unwrap();
+    TinySeg { trunk, head }
+}
+
+/// One training step: loss, gradients by parameter name, then clip + SGD; returns the loss, the
+/// gradients and the state (parameters and buffers) after the step, all on the host.
+type Named = Vec<(String, Vec<f32>)>;
+
+fn tiny_seg_step(model: &mut TinySeg, x: &Tensor, labels: &engine::LabelMap) -> (f64, Named, Named) {
+    use nn::Layer;
+    let mut ctx = nn::Ctx::train(Rng::new(41));
+    let f = model.trunk.forward(x, &mut ctx).unwrap();
+    let f = ops::add(&f, &ops::global_avg_pool2d(&f).unwrap()).unwrap();
+    let logits = model.head.forward(&f, &mut ctx).unwrap();
+    let logits = ops::resize_bilinear(&logits, [x.dim(2), x.dim(3)], false).unwrap();
+    let loss = nn::CrossEntropyLoss::new(255).forward(&logits, labels).unwrap();
+    let value = loss.item().unwrap();
+    let mut grads = ctx.backward(&loss).unwrap();
+    let mut per_param = Vec::new();
+    nn::for_each_param(model, |name, p| {
+        per_param.push((name.to_string(), host(grads.get(p).expect("every parameter has a gradient"))))
+    });
+    nn::clip_grad_norm(&mut grads, 0.5).unwrap();
+    let mut opt = nn::Sgd::new(nn::SgdConfig { momentum: 0.9, weight_decay: 1e-4, ..Default::default() }).unwrap();
+    opt.step(model, &grads, 0.1).unwrap();
+    let mut state = Vec::new();
+    nn::visit_all(model, |name, slot| match slot {
+        nn::Slot::Param(p) => state.push((name.to_string(), host(&p.value))),
+        nn::Slot::Buffer(t) => state.push((name.to_string(), host(t))),
+        nn::Slot::Count(_) => {}
+    });
+    (value, per_param, state)
+}
+
+#[test]
+fn tiny_segmentation_network_step_matches_the_cpu() {
+    let _dev = require_gpu!();
+    let classes = 4;
+    let mut rng = Rng::new(42);
+    let (n, h, w) = (2, 32, 28);
+    let x = rand_t(&[n, 3, h, w], &mut rng);
+    let data: Vec<u8> = (0..n * h * w).map(|i| if i % 7 == 0 { 255 } else { rng.below(classes) as u8 }).collect();
+    let labels = engine::LabelMap::new(n, h, w, data).unwrap();
+    let mut cpu_model = tiny_seg(classes);
+    let mut gpu_model = tiny_seg(classes);
+    nn::to_device(&mut gpu_model, Device::Cuda(0)).unwrap();
+    let (lc, gc, sc) = tiny_seg_step(&mut cpu_model, &x, &labels);
+    let (lg, gg, sg) = tiny_seg_step(&mut gpu_model, &cuda(&x), &labels);
+    println!("tiny segnet loss: cuda {lg} cpu {lc}");
+    assert!((lc - lg).abs() <= 1e-4 * lc.abs(), "loss: cuda {lg} vs cpu {lc}");
+    assert_eq!(gg.len(), gc.len());
+    for ((name, g), (_, c)) in gg.iter().zip(&gc) {
+        let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(&format!("tiny segnet d {name}"), g, c, 5e-3, 2e-3 * scale);
+    }
+    assert_eq!(sg.len(), sc.len());
+    for ((name, g), (_, c)) in sg.iter().zip(&sc) {
+        assert_close(&format!("tiny segnet after step {name}"), g, c, 1e-4, 1e-5);
+    }
 }
 
 // ---- kernel level: kernels::cuda against kernels::cpu on the same slices ----
