@@ -1,9 +1,10 @@
 //! Where a tensor lives.
 
 /// A compute device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
     /// Host memory, rayon + matrixmultiply kernels.
+    #[default]
     Cpu,
     /// A CUDA device by ordinal (needs the `cuda` feature).
     Cuda(usize),

@@ -47,7 +47,7 @@ fn random_labels(b: usize, h: usize, w: usize, classes: usize, rng: &mut Rng) ->
 }
 
 fn step(a: BenchStepArgs) -> Result<()> {
-    check_device(&a.device)?;
+    let dev = check_device(&a.device)?;
     set_threads(a.threads);
     if a.iters == 0 {
         bail!("--iters must be at least 1");
@@ -64,9 +64,10 @@ fn step(a: BenchStepArgs) -> Result<()> {
     let mut rng = Rng::new(1);
     let contrastive = a.stage == Stage::Contrastive;
     let mut net = net::new_net(&spec, contrastive, &mut rng)?;
+    nn::to_device(&mut net, dev)?;
     let mut opt = Sgd::new(SgdConfig { weight_decay: 1e-4, ..SgdConfig::default() })?;
     let sched = LrSchedule::cosine(0.01, 1000)?;
-    let x = Tensor::randn(vec![a.batch, 3, a.crop, a.crop], 1.0, DType::F32, &mut rng);
+    let x = Tensor::randn(vec![a.batch, 3, a.crop, a.crop], 1.0, DType::F32, &mut rng).to_device(dev)?;
     let labels = random_labels(a.batch, a.crop, a.crop, a.classes, &mut rng);
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
@@ -102,14 +103,14 @@ fn step(a: BenchStepArgs) -> Result<()> {
 }
 
 fn loss(a: BenchLossArgs) -> Result<()> {
-    check_device(&a.device)?;
+    let dev = check_device(&a.device)?;
     set_threads(a.threads);
     if a.iters == 0 || a.size == 0 || a.dim == 0 || a.batch == 0 {
         bail!("--iters, --size, --dim and --batch must be at least 1");
     }
     let mut rng = Rng::new(3);
     let f = Tensor::randn(vec![a.batch, a.dim, a.size, a.size], 1.0, DType::F32, &mut rng);
-    let f = ops::l2_normalize(&f, 1e-12)?;
+    let f = ops::l2_normalize(&f.to_device(dev)?, 1e-12)?;
     let labels = random_labels(a.batch, a.size, a.size, a.classes, &mut rng);
     let cfg = ContrastiveConfig { classes: a.classes, ..ContrastiveConfig::default() };
     let rss_before = peak_rss_mb();

@@ -13,8 +13,8 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => {
-            check_device(&a.device)?;
-            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json)
+            let dev = check_device(&a.device)?;
+            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, dev)
         }
         Command::Predict(a) => predict::run(&a.checkpoint, &a.images, &a.out),
         Command::Data(d) => data_cmd::run(d),
@@ -23,15 +23,9 @@ pub fn run(cmd: Command) -> Result<()> {
     }
 }
 
-/// Only the CPU backend is wired into the trainer in this build.
-pub fn check_device(device: &str) -> Result<()> {
-    match device {
-        "cpu" => Ok(()),
-        "cuda" => bail!(
-            "--device cuda: this build has no CUDA training path (build with `--features cuda` on a machine with the CUDA toolkit; see README)"
-        ),
-        other => bail!("--device: unknown device {other:?} (expected cpu or cuda)"),
-    }
+/// Check a `--device` value (CUDA needs a `--features cuda` build).
+pub fn check_device(device: &str) -> Result<engine::Device> {
+    crate::net::parse_device(device)
 }
 
 /// Build rayon's global pool (once per process).
@@ -107,14 +101,14 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    check_device(&a.device)?;
+    let device = check_device(&a.device)?;
     let (cfg, out) = match &a.resume {
         Some(ck) => train::resume_config(ck)?,
         None => (resolve_config(&a)?, a.out.clone().unwrap_or_else(run_dir::default_path)),
     };
     set_threads(cfg.threads);
     let t0 = std::time::Instant::now();
-    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None })?;
+    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device })?;
     if s.interrupted {
         std::process::exit(130);
     }
@@ -124,8 +118,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool) -> Result<()> {
+fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool, dev: engine::Device) -> Result<()> {
     let (mut net, mut cfg, names, _) = train::load_for_inference(ckpt)?;
+    nn::to_device(&mut net, dev)?;
     cfg.val_data = data.cloned();
     if data.is_none() && cfg.data.is_some() {
         bail!("--data is required: the checkpoint was trained on a pack");
@@ -190,7 +185,8 @@ fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                     cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
                 }
                 let dir = out.join(format!("n{n}-s{seed}-{recipe}"));
-                let s = train::run(&cfg, &RunOptions { out: dir, resume: None, quiet: true, stop_after: None })?;
+                let opts = RunOptions { out: dir, quiet: true, device: check_device(&a.train.device)?, ..Default::default() };
+                let s = train::run(&cfg, &opts)?;
                 if s.interrupted {
                     std::process::exit(130);
                 }

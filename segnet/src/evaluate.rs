@@ -6,7 +6,6 @@ use crate::metrics::ConfusionMatrix;
 use crate::net::{argmax, Net};
 use anyhow::Result;
 use datasets::{Loader, LoaderConfig, SampleSource};
-use engine::Tensor;
 use nn::Ctx;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ pub fn evaluate(net: &mut Net, source: &Arc<Source>) -> Result<ConfusionMatrix> 
     let mut cm = ConfusionMatrix::new(classes);
     for b in loader.epoch(0) {
         let b = b?;
-        let x = Tensor::from_vec(b.images, b.image_shape.to_vec())?;
+        let x = crate::net::input(net, b.images, b.image_shape)?;
         let logits = crate::net::logits(net, &x, &mut Ctx::eval())?;
         let pred = argmax(&logits)?;
         cm.update(&pred, &b.labels, ignore).map_err(|e| anyhow::anyhow!("evaluation: {e}"))?;

@@ -8,7 +8,7 @@
 use crate::config::TrainConfig;
 use crate::model::{DeepLabV3Plus, ModelSpec};
 use anyhow::Result;
-use engine::{ops, Rng, Tensor};
+use engine::{ops, Device, Rng, Tensor};
 use nn::{Ctx, Layer};
 
 /// The trained network.
@@ -41,6 +41,34 @@ pub fn embed(net: &mut Net, x: &Tensor, size: Option<[usize; 2]>, ctx: &mut Ctx)
         _ => f,
     };
     Ok(net.project(&f, ctx)?)
+}
+
+/// The device the network's parameters live on.
+pub fn device_of(net: &mut Net) -> Device {
+    let mut d = Device::Cpu;
+    nn::for_each_param(net, |_, p| d = p.value.device());
+    d
+}
+
+/// A batch of images as an input tensor on the network's device.
+pub fn input(net: &mut Net, images: Vec<f32>, shape: [usize; 4]) -> Result<Tensor> {
+    let dev = device_of(net);
+    Ok(Tensor::from_vec(images, shape.to_vec())?.to_device(dev)?)
+}
+
+/// Parse a `--device` value. CUDA needs a build with `--features cuda`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "cuda:0" => {
+            if cfg!(feature = "cuda") {
+                Ok(Device::Cuda(0))
+            } else {
+                anyhow::bail!("--device cuda: this binary was built without CUDA support; rebuild with `cargo build --release -p segnet --features cuda` (see kernels/README.md)")
+            }
+        }
+        other => anyhow::bail!("--device: unknown device {other:?} (expected cpu or cuda)"),
+    }
 }
 
 /// The loss grid of the contrastive stage: about 1/8 of the crop, `(crop - 1) / 8 + 1`

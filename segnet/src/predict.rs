@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use datasets::import::decode::decode_rgb;
 use datasets::import::voc::voc_palette;
 use datasets::{augment, AugmentConfig, Rng as DRng, SampleRef};
-use engine::Tensor;
 use nn::Ctx;
 use std::borrow::Cow;
 use std::io::BufWriter;
@@ -37,7 +36,7 @@ pub fn run(ckpt: &Path, images: &[PathBuf], out: &Path) -> Result<()> {
         let (h, w, rgb) = decode_rgb(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let s = SampleRef { name: Cow::Borrowed(""), height: h, width: w, image: &rgb, label: None };
         let a = augment(&s, &AugmentConfig::eval(), &mut DRng::new(0))?;
-        let x = Tensor::from_vec(a.image, vec![1, 3, h, w])?;
+        let x = crate::net::input(&mut net, a.image, [1, 3, h, w])?;
         let pred = argmax(&logits(&mut net, &x, &mut Ctx::eval())?)?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         write_png(&out.join(format!("{stem}_label.png")), w, h, png::ColorType::Indexed, &pred, Some(&palette))?;

@@ -11,7 +11,9 @@
 //! * engine level, second phase: conv2d (stride, padding, dilation, groups, with and without
 //!   bias), max/global-average pool, batch norm (train and eval, running statistics updated in
 //!   place with copy-on-write), bilinear resize (both align_corners, up and down), L2 normalise,
-//!   log-softmax, cross-entropy with ignore (and all ignored), dropout (same seed, same mask);
+//!   log-softmax, cross-entropy with ignore (and all ignored), dropout (same seed, same mask), the
+//!   pixel contrastive loss (every mode x form, the two-view pair loss in both forms, all ignored,
+//!   the channel limit);
 //! * nn on CUDA: SGD steps (plain, momentum + weight decay, Nesterov) and gradient clipping
 //!   against the CPU, and a small segmentation network (conv/BN/ReLU/max-pool/dilated grouped
 //!   conv/dropout/image pooling/1x1 head/bilinear upsampling/cross-entropy) moved with
@@ -395,6 +397,126 @@ fn engine_cross_entropy_with_ignore() {
     assert_eq!((loss.device(), loss.item().unwrap()), (Device::Cuda(0), 0.0));
     let g = tape.backward(&loss).unwrap();
     assert!(host(g.get(&xg).unwrap()).iter().all(|&v| v == 0.0), "all-ignored gradient is not zero");
+}
+
+/// Unit-normalised f32 features `[b, d, h, w]` (normalised over `d`), as the projection head gives.
+fn unit_features(dims: [usize; 4], rng: &mut Rng) -> Tensor {
+    let [b, d, h, w] = dims;
+    let hw = h * w;
+    let mut f = randv(b * d * hw, rng);
+    for img in 0..b {
+        for p in 0..hw {
+            let n: f32 = (0..d).map(|k| f[(img * d + k) * hw + p].powi(2)).sum::<f32>().sqrt();
+            (0..d).for_each(|k| f[(img * d + k) * hw + p] /= n);
+        }
+    }
+    Tensor::from_vec(f, dims.to_vec()).unwrap()
+}
+
+/// Labels `b x h x w` over `classes` with about 10% ignored (255).
+fn contrastive_labels(b: usize, h: usize, w: usize, classes: usize, rng: &mut Rng) -> engine::LabelMap {
+    let data = (0..b * h * w).map(|_| if rng.uniform() < 0.1 { 255 } else { rng.below(classes) as u8 }).collect();
+    engine::LabelMap::new(b, h, w, data).unwrap()
+}
+
+/// Loss and the feature gradients of `f(features)` (a scalar) on `dev`, with `g = 1.7` seeded into
+/// the backward through `loss * 1.7` so the scale reaches the kernel.
+fn contrastive_run<F>(dev: Device, inputs: &[Tensor], f: &F) -> (f64, Vec<Vec<f32>>)
+where
+    F: Fn(&[Tensor]) -> engine::Result<Tensor>,
+{
+    let tape = Tape::new();
+    let xs: Vec<Tensor> = inputs.iter().map(|t| tape.watch(&t.to_device(dev).unwrap())).collect();
+    let loss = f(&xs).unwrap_or_else(|e| panic!("contrastive on {dev}: {e}"));
+    assert_eq!((loss.device(), loss.dims()), (dev, &[][..]), "loss: device and rank");
+    let scaled = ops::affine(&loss, 1.7, 0.0).unwrap();
+    let grads = tape.backward(&scaled).unwrap();
+    (loss.item().unwrap(), xs.iter().map(|x| host(grads.get(x).expect("feature gradient"))).collect())
+}
+
+/// Loss within `1e-4` relative and gradients within `2e-3` relative + `1e-3 max|grad|` (the kernel-level
+/// contrastive test's f32 tolerances: every gradient entry is a sum over the whole bag).
+fn contrastive_parity<F>(name: &str, inputs: &[Tensor], f: F)
+where
+    F: Fn(&[Tensor]) -> engine::Result<Tensor>,
+{
+    let (lc, gc) = contrastive_run(Device::Cpu, inputs, &f);
+    let (lg, gg) = contrastive_run(Device::Cuda(0), inputs, &f);
+    assert!(lc > 0.0, "{name}: the CPU loss is {lc}; the case tests nothing");
+    assert!((lg - lc).abs() <= 1e-4 * lc.abs() + 1e-5, "{name} loss: cuda {lg} vs cpu {lc}");
+    println!("{name} loss: cuda {lg} vs cpu {lc}");
+    for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
+        let gmax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(gmax > 0.0, "{name}: CPU gradient {i} is zero");
+        assert_close(&format!("{name} d features {i}"), a, b, 2e-3, 1e-3 * gmax);
+    }
+}
+
+#[test]
+fn engine_pixel_contrastive_loss_every_mode_and_form() {
+    use ops::{ContrastiveConfig, ContrastiveForm, ContrastiveMode};
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(28);
+    let dims = [3, 16, 9, 11];
+    let f = unit_features(dims, &mut rng);
+    let labels = contrastive_labels(dims[0], dims[2], dims[3], 4, &mut rng);
+    for mode in [ContrastiveMode::WithinImage, ContrastiveMode::CrossImage, ContrastiveMode::Batch] {
+        for form in [ContrastiveForm::PerPositive, ContrastiveForm::SupCon] {
+            // Batch mode samples 120 of about 267 valid pixels: the sample must agree across devices.
+            let cfg =
+                ContrastiveConfig { tau: 0.1, mode, form, classes: 4, max_pixels: 120, seed: 5, ..Default::default() };
+            contrastive_parity(&format!("pixel_contrastive_loss {mode:?} {form:?}"), &[f.clone()], |t| {
+                ops::pixel_contrastive_loss(&t[0], &labels, &cfg)
+            });
+        }
+    }
+}
+
+#[test]
+fn engine_pixel_contrastive_loss_pair_both_forms() {
+    use ops::{ContrastiveConfig, ContrastiveForm};
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(29);
+    let dims = [2, 12, 8, 10];
+    let (fa, fb) = (unit_features(dims, &mut rng), unit_features(dims, &mut rng));
+    let la = contrastive_labels(dims[0], dims[2], dims[3], 3, &mut rng);
+    let lb = contrastive_labels(dims[0], dims[2], dims[3], 3, &mut rng);
+    for form in [ContrastiveForm::PerPositive, ContrastiveForm::SupCon] {
+        let cfg = ContrastiveConfig { tau: 0.07, form, classes: 3, ..Default::default() };
+        contrastive_parity(&format!("pixel_contrastive_loss_pair {form:?}"), &[fa.clone(), fb.clone()], |t| {
+            ops::pixel_contrastive_loss_pair(&t[0], &la, &t[1], &lb, &cfg)
+        });
+    }
+}
+
+#[test]
+fn engine_pixel_contrastive_loss_edges() {
+    use ops::{ContrastiveConfig, ContrastiveForm};
+    let _dev = require_gpu!();
+    let mut rng = Rng::new(30);
+    let f = cuda(&unit_features([2, 8, 4, 5], &mut rng));
+    // Every pixel ignored: loss 0 and a zero gradient, both forms.
+    let none = engine::LabelMap::new(2, 4, 5, vec![255; 40]).unwrap();
+    for form in [ContrastiveForm::PerPositive, ContrastiveForm::SupCon] {
+        let cfg = ContrastiveConfig { form, classes: 2, ..Default::default() };
+        let tape = Tape::new();
+        let x = tape.watch(&f);
+        let loss = ops::pixel_contrastive_loss(&x, &none, &cfg).unwrap();
+        assert_eq!((loss.device(), loss.item().unwrap()), (Device::Cuda(0), 0.0));
+        let g = tape.backward(&loss).unwrap();
+        assert!(host(g.get(&x).unwrap()).iter().all(|&v| v == 0.0), "all-ignored gradient is not zero");
+    }
+    // Too many channels for the shared-memory tile: an error naming the limit, not a failed launch.
+    let d = kc::contrastive::MAX_CHANNELS + 1;
+    let wide = cuda(&Tensor::ones(vec![1, d, 1, 2], DType::F32));
+    let two = engine::LabelMap::new(1, 1, 2, vec![0, 1]).unwrap();
+    let cfg = ContrastiveConfig { classes: 2, ..Default::default() };
+    let err = ops::pixel_contrastive_loss(&wide, &two, &cfg).unwrap_err().to_string();
+    assert!(err.contains("channels") && err.contains(&kc::contrastive::MAX_CHANNELS.to_string()), "{err}");
+    // The two views on different devices.
+    let cpu_view = Tensor::ones(vec![2, 8, 4, 5], DType::F32);
+    let labels = contrastive_labels(2, 4, 5, 2, &mut rng);
+    assert!(ops::pixel_contrastive_loss_pair(&f, &labels, &cpu_view, &labels, &cfg).is_err());
 }
 
 #[test]

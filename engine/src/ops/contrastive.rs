@@ -36,6 +36,13 @@
 //! class) and three numbers per anchor (`L_i` and two weights): O(N). The backward recomputes the
 //! scores strip by strip and never holds an `N x N` matrix.
 //!
+//! On `Device::Cuda` (feature `cuda`, f32) the same bags drive `kernels::cuda::contrastive`: one block
+//! per anchor, the per-anchor state `(L_i, c_pos, c_exp)` kept on the device (O(N)), the per-anchor
+//! terms summed on the host in f64 (one read-back per bag); the backward reads the scalar `g` back and
+//! accumulates into a zeroed gradient. The pair loss lays the two views end to end on the device
+//! (`[2B, D, H, W]`, saved for the backward) and splits the gradient. The kernels stage a D-vector
+//! tile in shared memory, so at most `kernels::cuda::contrastive::MAX_CHANNELS` channels (5888).
+//!
 //! Errors: non-4-D features, `D == 0`, features and labels of different `B, H, W`, a label that is
 //! neither `< classes` nor `ignore`, `tau <= 0` (or not finite), `max_pixels == 0` in batch mode.
 
@@ -118,6 +125,10 @@ pub fn pixel_contrastive_loss(features: &Tensor, labels: &LabelMap, cfg: &Contra
             vec![Bag::from_pixels(ids.into_iter().map(|g| (labels.data[g as usize], g)).collect(), None)]
         }
     };
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = features.device() {
+        return on_cuda::single(features, d, hw, bags, cfg);
+    }
     let geo = Geometry { d, hw, inv_tau: 1.0 / cfg.tau, form: form_of(cfg.form) };
     with_dtype!(features.dtype(), T, {
         let fwd = kc::forward(&geo.problem(features.cpu_slice::<T>(OP)?, &bags));
@@ -151,9 +162,17 @@ pub fn pixel_contrastive_loss_pair(
     if features_a.dtype() != features_b.dtype() {
         return Err(Error::DType { op: OP_PAIR, lhs: features_a.dtype(), rhs: features_b.dtype() });
     }
+    if features_a.device() != features_b.device() {
+        let msg = format!("the two views are on {} and {}", features_a.device(), features_b.device());
+        return Err(Error::Device { op: OP_PAIR, msg });
+    }
     let both = LabelMap { n: 2 * b, h, w, data: labels_a.data.iter().chain(&labels_b.data).copied().collect() };
     let partners: Vec<Option<usize>> = (0..2 * b).map(|i| Some((i + b) % (2 * b))).collect();
     let bags = image_bags(&both, cfg.ignore, &partners);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = features_a.device() {
+        return on_cuda::pair(features_a, features_b, [b, d, h, w], bags, cfg);
+    }
     let geo = Geometry { d, hw: h * w, inv_tau: 1.0 / cfg.tau, form: form_of(cfg.form) };
     let src = Source::Pair(features_a.detach(), features_b.detach());
     with_dtype!(features_a.dtype(), T, {
@@ -327,5 +346,109 @@ impl<T: Element + FastMath> Backward for ContrastiveBackward<T> {
                 ]
             }
         })
+    }
+}
+
+/// The f32 CUDA path through `kernels::cuda::contrastive`, over the bags built above.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::{form_of, ContrastiveConfig, OP, OP_PAIR};
+    use crate::cuda::{buf, place, take, wrap};
+    use crate::tape::record;
+    use crate::{Backward, Error, Result, Tensor};
+    use kernels::cpu::contrastive::Bag;
+    use kernels::cuda::contrastive::{self as kc, Saved, MAX_CHANNELS};
+
+    /// A clear error before any upload: the kernels' shared-memory tile holds `MAX_CHANNELS` channels.
+    fn check_channels(op: &'static str, d: usize) -> Result<()> {
+        if d > MAX_CHANNELS {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{d} feature channels exceed the CUDA kernel's shared-memory tile (at most {MAX_CHANNELS}); \
+                     project to fewer channels or compute the loss on the CPU"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loss of `feats` (`[images, D, H, W]` on the device) over `bags`, and the saved state.
+    fn run(
+        op: &'static str,
+        feats: &Tensor,
+        d: usize,
+        hw: usize,
+        bags: &[Bag],
+        cfg: &ContrastiveConfig,
+    ) -> Result<(Tensor, Saved)> {
+        check_channels(op, d)?;
+        let fb = buf(feats, op)?;
+        let (loss, saved) = kc::forward(fb, d, hw, bags, (1.0 / cfg.tau) as f32, form_of(cfg.form))?;
+        Ok((wrap(fb.device().upload(&[loss as f32])?, vec![]), saved))
+    }
+
+    pub(super) fn single(
+        features: &Tensor,
+        d: usize,
+        hw: usize,
+        bags: Vec<Bag>,
+        cfg: &ContrastiveConfig,
+    ) -> Result<Tensor> {
+        let (out, saved) = run(OP, features, d, hw, &bags, cfg)?;
+        record(OP, &[features], out, || Box::new(ContrastiveBackward { feats: features.detach(), saved, split: None }))
+    }
+
+    pub(super) fn pair(
+        features_a: &Tensor,
+        features_b: &Tensor,
+        [b, d, h, w]: [usize; 4],
+        bags: Vec<Bag>,
+        cfg: &ContrastiveConfig,
+    ) -> Result<Tensor> {
+        check_channels(OP_PAIR, d)?;
+        let both = place(OP_PAIR, &[2 * b, d, h, w], 0, &[(features_a, 0), (features_b, b)])?;
+        let (out, saved) = run(OP_PAIR, &both, d, h * w, &bags, cfg)?;
+        record(OP_PAIR, &[features_a, features_b], out, || {
+            Box::new(ContrastiveBackward { feats: both, saved, split: Some(b) })
+        })
+    }
+
+    /// Saves the features the bags index into (the input itself, shared, or the two views laid end
+    /// to end, `split` = images per view) and the device-side bags and per-anchor state.
+    struct ContrastiveBackward {
+        feats: Tensor,
+        saved: Saved,
+        split: Option<usize>,
+    }
+
+    impl Backward for ContrastiveBackward {
+        fn name(&self) -> &'static str {
+            match self.split {
+                None => OP,
+                Some(_) => OP_PAIR,
+            }
+        }
+        fn saved_bytes(&self) -> usize {
+            self.feats.nbytes() + self.saved.bytes()
+        }
+        fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+            if !needs.iter().any(|&n| n) {
+                return Ok(vec![None; needs.len()]);
+            }
+            let op = self.name();
+            let fb = buf(&self.feats, op)?;
+            let scale = g.item()? as f32;
+            let mut grad = fb.device().alloc_zeros::<f32>(self.feats.numel())?;
+            kc::backward(fb, &self.saved, scale, &mut grad)?;
+            let grad = wrap(grad, self.feats.dims().to_vec());
+            Ok(match self.split {
+                None => vec![Some(grad)],
+                Some(b) => vec![
+                    needs[0].then(|| take(op, &grad, 0, 0, b)).transpose()?,
+                    needs[1].then(|| take(op, &grad, 0, b, b)).transpose()?,
+                ],
+            })
+        }
     }
 }

@@ -83,6 +83,14 @@ fn shared_bwd(d: usize) -> u32 {
     ((2 * d + 2 * BLOCK as usize) * 4) as u32
 }
 
+/// Dynamic shared memory a launch may use without opting in (`cuFuncSetAttribute`), on every GPU.
+const SHARED_LIMIT: usize = 48 * 1024;
+
+/// The most channels the kernels take: the backward stages two D-vectors plus a 256-candidate
+/// chunk (`8 D + 2048` bytes) in the default 48 KiB of dynamic shared memory (the forward needs
+/// only `4 D`, so the backward is the binding one).
+pub const MAX_CHANNELS: usize = (SHARED_LIMIT - 2 * BLOCK as usize * 4) / 8;
+
 /// Loss and saved state. `feats` is `[images, d, hw]` f32.
 pub fn forward(
     feats: &CudaBuf,
@@ -93,11 +101,13 @@ pub fn forward(
     form: Form,
 ) -> CudaResult<(f64, Saved)> {
     let dev: &'static CudaDevice = same_device("pixel_contrastive_loss", &[feats])?;
-    if d * 4 > 40 * 1024 {
+    if d > MAX_CHANNELS {
         return Err(CudaError::invalid(format!(
-            "pixel_contrastive_loss: {d} channels exceed the kernels' shared-memory tile"
+            "pixel_contrastive_loss: {d} channels exceed the kernels' shared-memory tile (at most {MAX_CHANNELS})"
         )));
     }
+    // The backward keeps candidate offsets in `int`.
+    i32_of(feats.bytes() / 4, "pixel_contrastive_loss: feature elements")?;
     for b in bags {
         if let Some(p) = b.partner {
             if p >= bags.len() {

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (with a checkpoint, as Ctrl-C would) after this many steps of this invocation.
     pub stop_after: Option<usize>,
+    /// Where to train.
+    pub device: engine::Device,
 }
 
 /// What a finished run reports.
@@ -176,6 +178,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 }
             }
         }
+        nn::to_device(&mut net, opts.device)?;
         let (source, indices): (Arc<Source>, Vec<usize>) = if stage == Stage::Pseudo {
             let pseudo = pseudo::pseudo_label(&mut net, &train, &subset.labeled, &subset.unlabeled, cfg, opts.quiet)?;
             ctx.dir.log(json!({ "stage": "pseudo", "global_step": ctx.global_offset, "pseudo": pseudo.stats }))?;
@@ -209,6 +212,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let mut n = net::new_net(&spec, false, &mut Rng::new(0))?;
             let path = last_final.context("no final checkpoint")?;
             load_checkpoint(&path, &mut n, None, true)?;
+            nn::to_device(&mut n, opts.device)?;
             n
         }
     };

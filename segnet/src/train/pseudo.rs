@@ -7,7 +7,6 @@ use crate::data::Source;
 use crate::net::Net;
 use anyhow::Result;
 use datasets::{augment, AugmentConfig, MemoryDataset, Rng as DRng, Sample, SampleSource};
-use engine::Tensor;
 use nn::Ctx;
 use serde_json::{json, Value};
 
@@ -33,7 +32,7 @@ pub fn pseudo_label(net: &mut Net, train: &Source, labeled: &[usize], unlabeled:
     for &i in unlabeled {
         let s = train.sample(i)?;
         let a = augment(&s, &eval_aug, &mut DRng::new(0))?;
-        let x = Tensor::from_vec(a.image, vec![1, 3, a.height, a.width])?;
+        let x = crate::net::input(net, a.image, [1, 3, a.height, a.width])?;
         let logits = crate::net::logits(net, &x, &mut Ctx::eval())?;
         let c = logits.dim(1);
         let hw = a.height * a.width;

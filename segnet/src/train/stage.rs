@@ -58,7 +58,7 @@ pub fn contrastive_config(cfg: &TrainConfig, classes: usize, step: usize) -> Con
 
 /// The loss of one batch for `stage`.
 pub fn stage_loss(net: &mut Net, stage: Stage, cfg: &TrainConfig, b: &Batch, classes: usize, step: usize, ctx: &mut Ctx) -> Result<Tensor> {
-    let x = Tensor::from_vec(b.images.clone(), b.image_shape.to_vec())?;
+    let x = crate::net::input(net, b.images.clone(), b.image_shape)?;
     let [n, h, w] = b.label_shape;
     let labels = LabelMap::new(n, h, w, b.labels.clone())?;
     match stage {
