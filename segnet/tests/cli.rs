@@ -117,10 +117,10 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, stop_after: Some(3), ..Default::default() }).unwrap();
     assert!(s.interrupted);
     let ck = b.join("checkpoints/contrastive-last.safetensors");
-    let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: Some(3) }).unwrap();
+    let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: Some(3), ..Default::default() }).unwrap();
     assert!(s.interrupted);
     let ck = b.join("checkpoints/finetune-last.safetensors");
-    run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: None }).unwrap();
+    run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), ..Default::default() }).unwrap();
     for name in ["contrastive-final", "finetune-final"] {
         let x = nn::read_checkpoint(a.join(format!("checkpoints/{name}.safetensors"))).unwrap();
         let y = nn::read_checkpoint(b.join(format!("checkpoints/{name}.safetensors"))).unwrap();
