@@ -35,8 +35,8 @@ export CUDA_LIBRARY_PATH=$CUDA_STUB_DIR   # the directory above lib64 (cust_raw'
 
 # One build in the test profile covers the engine, the kernels and every test binary with the
 # feature (a separate `cargo build` would compile the dependencies a second time, in the dev profile).
-step "cargo test -p segnet-tests -p kernels --features cuda --no-run (build only)"
-cargo test -p segnet-tests -p kernels --features segnet-tests/cuda,kernels/cuda --no-run
+step "cargo test -p segnet-tests -p kernels -p segnet --features cuda --no-run (build only; includes the segnet binary with --device cuda)"
+cargo test -p segnet-tests -p kernels -p segnet --features segnet-tests/cuda,kernels/cuda,segnet/cuda --no-run
 
 step "cargo test -p kernels --features cuda --lib (host-only tests: no driver call)"
 cargo test -p kernels --features cuda --lib

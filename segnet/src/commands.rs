@@ -112,7 +112,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if s.interrupted {
         std::process::exit(130);
     }
-    println!("\nvalidation after {} ({:.0} s):", cfg.stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(" -> "), t0.elapsed().as_secs_f64());
+    println!(
+        "\nvalidation after {} ({:.0} s):",
+        cfg.stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(" -> "),
+        t0.elapsed().as_secs_f64()
+    );
     print!("{}", s.table);
     println!("run directory: {} (config.toml, metrics.jsonl, curves.png, checkpoints/)", s.dir.display());
     Ok(())
@@ -131,7 +135,11 @@ fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool, dev: engi
     };
     let classes = datasets::SampleSource::num_classes(&*val);
     if classes != names.len() {
-        bail!("{}: has {classes} classes but the checkpoint's model predicts {}", data.map(|p| p.display().to_string()).unwrap_or_default(), names.len());
+        bail!(
+            "{}: has {classes} classes but the checkpoint's model predicts {}",
+            data.map(|p| p.display().to_string()).unwrap_or_default(),
+            names.len()
+        );
     }
     let cm = evaluate::evaluate(&mut net, &val)?;
     let s = cm.scores();
@@ -185,14 +193,22 @@ fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                     cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
                 }
                 let dir = out.join(format!("n{n}-s{seed}-{recipe}"));
-                let opts = RunOptions { out: dir, quiet: true, device: check_device(&a.train.device)?, ..Default::default() };
+                let opts =
+                    RunOptions { out: dir, quiet: true, device: check_device(&a.train.device)?, ..Default::default() };
                 let s = train::run(&cfg, &opts)?;
                 if s.interrupted {
                     std::process::exit(130);
                 }
                 scores.push(s.scores.map(|s| s.miou).unwrap_or(f64::NAN));
             }
-            println!("{:>8} {:>6} {:>12.2} {:>22.2} {:>+8.2}", n, seed, scores[0] * 100.0, scores[1] * 100.0, (scores[1] - scores[0]) * 100.0);
+            println!(
+                "{:>8} {:>6} {:>12.2} {:>22.2} {:>+8.2}",
+                n,
+                seed,
+                scores[0] * 100.0,
+                scores[1] * 100.0,
+                (scores[1] - scores[0]) * 100.0
+            );
             rows.push(json!({ "labeled": n, "seed": seed, "ce_only_miou": scores[0], "contrastive_finetune_miou": scores[1] }));
         }
     }

@@ -119,7 +119,13 @@ pub struct ContrastiveSettings {
 
 impl Default for ContrastiveSettings {
     fn default() -> Self {
-        ContrastiveSettings { tau: 0.07, mode: LossMode::Within, supcon: false, full_resolution: false, max_pixels: 10_000 }
+        ContrastiveSettings {
+            tau: 0.07,
+            mode: LossMode::Within,
+            supcon: false,
+            full_resolution: false,
+            max_pixels: 10_000,
+        }
     }
 }
 
@@ -273,7 +279,10 @@ impl TrainConfig {
     /// Check values that would fail later with a less clear message.
     pub fn validate(&self) -> Result<(), String> {
         if !["resnet18", "resnet34", "resnet50", "resnet101"].contains(&self.model.backbone.as_str()) {
-            return Err(format!("model.backbone: unknown backbone {:?} (resnet18|resnet34|resnet50|resnet101)", self.model.backbone));
+            return Err(format!(
+                "model.backbone: unknown backbone {:?} (resnet18|resnet34|resnet50|resnet101)",
+                self.model.backbone
+            ));
         }
         if ![8, 16].contains(&self.model.output_stride) {
             return Err(format!("model.output_stride must be 8 or 16, got {}", self.model.output_stride));
@@ -287,7 +296,10 @@ impl TrainConfig {
         if self.batch < 2 {
             // Batch norm in training mode (the ASPP pooling branch sees one value per channel per
             // image) needs at least two images, as in PyTorch.
-            return Err(format!("batch must be at least 2 (batch norm needs two values per channel), got {}", self.batch));
+            return Err(format!(
+                "batch must be at least 2 (batch norm needs two values per channel), got {}",
+                self.batch
+            ));
         }
         let [lo, hi] = self.augment.scale;
         if !(lo > 0.0 && hi >= lo && hi <= 8.0) {

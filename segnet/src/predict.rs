@@ -11,7 +11,14 @@ use std::borrow::Cow;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-fn write_png(path: &Path, w: usize, h: usize, color: png::ColorType, data: &[u8], palette: Option<&[[u8; 3]]>) -> Result<()> {
+fn write_png(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: png::ColorType,
+    data: &[u8],
+    palette: Option<&[[u8; 3]]>,
+) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
     let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut enc = png::Encoder::new(BufWriter::new(f), w as u32, h as u32);

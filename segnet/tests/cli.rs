@@ -96,7 +96,14 @@ fn train_eval_predict_on_tiny_synthetic_data() {
     enc.set_color(png::ColorType::Rgb);
     enc.write_header().unwrap().write_image_data(&rgb).unwrap();
     let pred = tmp.path().join("pred");
-    ok(&segnet(&["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out", pred.to_str().unwrap(), img.to_str().unwrap()]));
+    ok(&segnet(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        pred.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]));
     assert!(pred.join("img_label.png").is_file() && pred.join("img_overlay.png").is_file());
 
     // A contrastive checkpoint has no classifier: a clear error.
@@ -117,7 +124,11 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, stop_after: Some(3), ..Default::default() }).unwrap();
     assert!(s.interrupted);
     let ck = b.join("checkpoints/contrastive-last.safetensors");
-    let s = run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: Some(3), ..Default::default() }).unwrap();
+    let s = run(
+        &cfg,
+        &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), stop_after: Some(3), ..Default::default() },
+    )
+    .unwrap();
     assert!(s.interrupted);
     let ck = b.join("checkpoints/finetune-last.safetensors");
     run(&cfg, &RunOptions { out: b.clone(), quiet: true, resume: Some(ck), ..Default::default() }).unwrap();
@@ -145,7 +156,10 @@ fn data_commands_and_bad_input() {
 
     fails_with(&segnet(&["train", "--bogus-flag"]), "bogus");
     fails_with(&segnet(&["train", "--backbone", "vgg16"]), "backbone");
-    fails_with(&segnet(&["train", "--data", "/nonexistent.pack", "--val-data", "/nonexistent.pack"]), "nonexistent.pack");
+    fails_with(
+        &segnet(&["train", "--data", "/nonexistent.pack", "--val-data", "/nonexistent.pack"]),
+        "nonexistent.pack",
+    );
     fails_with(&segnet(&["train", "--data", pack.to_str().unwrap()]), "--val-data");
     fails_with(&segnet(&["eval", "--checkpoint", pack.to_str().unwrap()]), "s.pack");
     fails_with(&segnet(&["data", "info", tmp.path().join("missing.pack").to_str().unwrap()]), "missing.pack");
@@ -154,10 +168,26 @@ fn data_commands_and_bad_input() {
     std::fs::write(&garbage, b"not a png").unwrap();
     let cfg = tiny_config(tmp.path());
     let run = tmp.path().join("r");
-    ok(&segnet(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--quiet", "--stages", "ce-only"]));
+    ok(&segnet(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+        "--stages",
+        "ce-only",
+    ]));
     let ck = run.join("checkpoints/ce-only-final.safetensors");
     fails_with(
-        &segnet(&["predict", "--checkpoint", ck.to_str().unwrap(), "--out", tmp.path().join("p").to_str().unwrap(), garbage.to_str().unwrap()]),
+        &segnet(&[
+            "predict",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--out",
+            tmp.path().join("p").to_str().unwrap(),
+            garbage.to_str().unwrap(),
+        ]),
         "garbage.png",
     );
     // A pack whose class count disagrees with the model.

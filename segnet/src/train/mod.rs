@@ -79,13 +79,12 @@ fn read_resume(path: &Path) -> Result<(TrainConfig, ResumePoint)> {
     let data = read_checkpoint(path)?;
     let cfg = TrainConfig::from_toml(&data.meta.config)
         .map_err(|e| anyhow::anyhow!("{}: the checkpoint's run config does not parse: {e}", path.display()))?;
-    let get = |k: &str| -> Result<usize> {
-        data.meta
-            .extra
-            .get(k)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{}: not a segnet training checkpoint (no {k:?} in its metadata)", path.display()))
-    };
+    let get =
+        |k: &str| -> Result<usize> {
+            data.meta.extra.get(k).and_then(|v| v.parse().ok()).with_context(|| {
+                format!("{}: not a segnet training checkpoint (no {k:?} in its metadata)", path.display())
+            })
+        };
     Ok((cfg, ResumePoint { stage_index: get("stage_index")?, step: get("stage_step")?, path: path.to_path_buf() }))
 }
 
@@ -256,7 +255,10 @@ pub fn load_for_inference(path: &Path) -> Result<(Net, TrainConfig, Vec<String>,
         bail!("{}: does not fit the model its config describes: {}", path.display(), report);
     }
     if data.meta.extra.get("stage").map(String::as_str) == Some("contrastive") {
-        bail!("{}: a contrastive-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint", path.display());
+        bail!(
+            "{}: a contrastive-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint",
+            path.display()
+        );
     }
     Ok((n, cfg, names, palette))
 }

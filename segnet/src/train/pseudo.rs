@@ -19,13 +19,26 @@ pub struct Pseudo {
 }
 
 /// Build the labeled + pseudo-labeled training set.
-pub fn pseudo_label(net: &mut Net, train: &Source, labeled: &[usize], unlabeled: &[usize], cfg: &TrainConfig, quiet: bool) -> Result<Pseudo> {
+pub fn pseudo_label(
+    net: &mut Net,
+    train: &Source,
+    labeled: &[usize],
+    unlabeled: &[usize],
+    cfg: &TrainConfig,
+    quiet: bool,
+) -> Result<Pseudo> {
     let ignore = train.ignore_index();
     let (fg, bg) = (cfg.pseudo_labels.foreground, cfg.pseudo_labels.background);
     let mut samples = Vec::with_capacity(labeled.len() + unlabeled.len());
     for &i in labeled {
         let s = train.sample(i)?;
-        samples.push(Sample { name: s.name.to_string(), height: s.height, width: s.width, image: s.image.to_vec(), label: s.label.map(<[u8]>::to_vec) });
+        samples.push(Sample {
+            name: s.name.to_string(),
+            height: s.height,
+            width: s.width,
+            image: s.image.to_vec(),
+            label: s.label.map(<[u8]>::to_vec),
+        });
     }
     let (mut kept, mut total) = (0usize, 0usize);
     let eval_aug = AugmentConfig::eval();
@@ -55,11 +68,21 @@ pub fn pseudo_label(net: &mut Net, train: &Source, labeled: &[usize], unlabeled:
             }
         }
         total += hw;
-        samples.push(Sample { name: s.name.to_string(), height: s.height, width: s.width, image: s.image.to_vec(), label: Some(label) });
+        samples.push(Sample {
+            name: s.name.to_string(),
+            height: s.height,
+            width: s.width,
+            image: s.image.to_vec(),
+            label: Some(label),
+        });
     }
     let frac = if total == 0 { 0.0 } else { kept as f64 / total as f64 };
     if !quiet {
-        eprintln!("segnet: pseudo-labelled {} images, kept {:.1}% of their pixels (thresholds fg {fg}, bg {bg})", unlabeled.len(), frac * 100.0);
+        eprintln!(
+            "segnet: pseudo-labelled {} images, kept {:.1}% of their pixels (thresholds fg {fg}, bg {bg})",
+            unlabeled.len(),
+            frac * 100.0
+        );
     }
     let stats = json!({ "images": unlabeled.len(), "kept_pixels": kept, "total_pixels": total, "kept_fraction": frac });
     let ds = MemoryDataset { samples, class_names: train.class_names(), ignore_index: ignore };

@@ -57,7 +57,15 @@ pub fn contrastive_config(cfg: &TrainConfig, classes: usize, step: usize) -> Con
 }
 
 /// The loss of one batch for `stage`.
-pub fn stage_loss(net: &mut Net, stage: Stage, cfg: &TrainConfig, b: &Batch, classes: usize, step: usize, ctx: &mut Ctx) -> Result<Tensor> {
+pub fn stage_loss(
+    net: &mut Net,
+    stage: Stage,
+    cfg: &TrainConfig,
+    b: &Batch,
+    classes: usize,
+    step: usize,
+    ctx: &mut Ctx,
+) -> Result<Tensor> {
     let x = crate::net::input(net, b.images.clone(), b.image_shape)?;
     let [n, h, w] = b.label_shape;
     let labels = LabelMap::new(n, h, w, b.labels.clone())?;
@@ -75,7 +83,15 @@ pub fn stage_loss(net: &mut Net, stage: Stage, cfg: &TrainConfig, b: &Batch, cla
     }
 }
 
-fn meta(cfg: &TrainConfig, si: usize, stage: Stage, step: usize, classes: usize, source: &Source, val: &Source) -> CheckpointMeta {
+fn meta(
+    cfg: &TrainConfig,
+    si: usize,
+    stage: Stage,
+    step: usize,
+    classes: usize,
+    source: &Source,
+    val: &Source,
+) -> CheckpointMeta {
     let mut extra = BTreeMap::new();
     extra.insert("stage".into(), stage.name().into());
     extra.insert("stage_index".into(), si.to_string());
@@ -85,7 +101,10 @@ fn meta(cfg: &TrainConfig, si: usize, stage: Stage, step: usize, classes: usize,
     extra.insert("class_names".into(), names.join("\u{1f}"));
     if let Source::Pack(p) = source {
         if let Some(pal) = p.palette() {
-            extra.insert("palette".into(), pal.iter().map(|c| format!("{},{},{}", c[0], c[1], c[2])).collect::<Vec<_>>().join(";"));
+            extra.insert(
+                "palette".into(),
+                pal.iter().map(|c| format!("{},{},{}", c[0], c[1], c[2])).collect::<Vec<_>>().join(";"),
+            );
         }
     }
     CheckpointMeta { step: step as u64, rng: None, config: cfg.to_toml(), extra }
@@ -121,11 +140,16 @@ pub fn train_stage(
     let [lo, hi] = cfg.augment.scale;
     aug.scale = (lo != 1.0 || hi != 1.0).then_some((lo as f32, hi as f32));
     aug.hflip = cfg.augment.hflip;
-    let loader = Loader::new(source.clone(), Some(indices), LoaderConfig::train(cfg.batch, derive_seed(cfg.seed, &[3, si as u64]), aug))?;
+    let loader = Loader::new(
+        source.clone(),
+        Some(indices),
+        LoaderConfig::train(cfg.batch, derive_seed(cfg.seed, &[3, si as u64]), aug),
+    )?;
     let bpe = loader.batches_per_epoch();
     let groups = ParamGroups { lr_mult: vec![], no_decay_norm_and_bias: true };
-    let mut opt = Sgd::new(SgdConfig { momentum: sc_cfg.momentum, weight_decay: sc_cfg.weight_decay, ..SgdConfig::default() })?
-        .with_groups(groups);
+    let mut opt =
+        Sgd::new(SgdConfig { momentum: sc_cfg.momentum, weight_decay: sc_cfg.weight_decay, ..SgdConfig::default() })?
+            .with_groups(groups);
     let sched = LrSchedule::cosine(sc_cfg.lr, sc_cfg.steps as u64)?.with_warmup(sc_cfg.warmup as u64)?;
     let mut start = 0;
     if let Some((path, step)) = resume {
@@ -198,7 +222,12 @@ pub fn train_stage(
             rec["pixel_accuracy"] = s.pixel_accuracy.into();
             rec["iou"] = serde_json::to_value(&s.iou)?;
             sc.dir.log(rec)?;
-            pb.println(format!("{:>12} step {step}: val mIoU {:.2}%, pixel accuracy {:.2}%", stage.name(), s.miou * 100.0, s.pixel_accuracy * 100.0));
+            pb.println(format!(
+                "{:>12} step {step}: val mIoU {:.2}%, pixel accuracy {:.2}%",
+                stage.name(),
+                s.miou * 100.0,
+                s.pixel_accuracy * 100.0
+            ));
             sc.dir.plot()?;
         }
         if step % cfg.checkpoint_every.max(1) == 0 && !at_end {
@@ -206,7 +235,8 @@ pub fn train_stage(
         }
     }
     pb.finish_with_message("done");
-    let path = save(net, &opt, &format!("{}-final", stage.name()), step, sc.dir).context("saving the final checkpoint")?;
+    let path =
+        save(net, &opt, &format!("{}-final", stage.name()), step, sc.dir).context("saving the final checkpoint")?;
     sc.dir.plot()?;
     Ok(StageEnd::Finished(path))
 }
