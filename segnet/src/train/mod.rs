@@ -158,22 +158,20 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         match stage {
             Stage::Contrastive | Stage::CeOnly => {}
             Stage::Finetune | Stage::Pseudo => {
-                // Start from the previous stage's weights: the projection head (if any) is left
-                // out, the classifier starts fresh when coming from the contrastive stage.
-                if let Some(prev) = current.take() {
-                    let path = last_final.clone().context("internal: no previous checkpoint")?;
-                    drop(prev);
-                    let (_, report) = load_checkpoint(&path, &mut net, None, false)?;
-                    if !opts.quiet {
-                        eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
+                // Start from the previous stage's final weights: the projection head (if any) is
+                // left out and the classifier starts fresh when coming from the contrastive stage.
+                drop(current.take()); // free the previous network before loading its checkpoint
+                match &last_final {
+                    Some(path) => {
+                        let (_, report) = load_checkpoint(path, &mut net, None, false)?;
+                        if !opts.quiet {
+                            eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
+                        }
                     }
-                } else if let Some(path) = &last_final {
-                    let (_, report) = load_checkpoint(path, &mut net, None, false)?;
-                    if !opts.quiet {
-                        eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
+                    None if !opts.quiet => {
+                        eprintln!("segnet: {} has no earlier stage to start from: training from scratch", stage.name())
                     }
-                } else if !opts.quiet {
-                    eprintln!("segnet: {} has no earlier stage to start from: training from scratch", stage.name());
+                    None => {}
                 }
             }
         }
@@ -223,7 +221,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary { scores: Some(scores), table, dir: opts.out.clone(), interrupted: false })
 }
 
-/// Check a stage-1-capable checkpoint's architecture matches `cfg` (used by eval/predict).
+/// Load a segmentation checkpoint for eval/predict: its model is rebuilt from the run config it
+/// carries, so a checkpoint of another architecture cannot be loaded into the wrong model.
 pub fn load_for_inference(path: &Path) -> Result<(Net, TrainConfig, Vec<String>, Option<Vec<[u8; 3]>>)> {
     let data = read_checkpoint(path)?;
     let cfg = TrainConfig::from_toml(&data.meta.config)
