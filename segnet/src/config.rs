@@ -239,7 +239,7 @@ impl Default for TrainConfig {
             batch: 8,
             seed: 0,
             threads: 0,
-            eval_every: 100,
+            eval_every: 25,
             checkpoint_every: 100,
             contrastive: StageConfig::new(150, 0.1),
             finetune: StageConfig::new(150, 0.007 * 4.0),
