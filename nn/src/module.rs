@@ -178,8 +178,9 @@ pub fn set_frozen<M: Module + ?Sized>(m: &mut M, prefix: &str, frozen: bool) -> 
     changed
 }
 
-/// Convert every parameter and float buffer to `dtype` (f64 for gradient checks, f32 to train).
-pub fn convert_dtype<M: Module + ?Sized>(m: &mut M, dtype: DType) -> Result<()> {
+/// Replace every parameter and float buffer `t` by `f(t)` (integer counters are left alone);
+/// stops at the first error.
+fn map_float_tensors<M: Module + ?Sized>(m: &mut M, f: impl Fn(&Tensor) -> engine::Result<Tensor>) -> Result<()> {
     let mut result = Ok(());
     visit_all(m, |_, slot| {
         if result.is_err() {
@@ -190,9 +191,14 @@ pub fn convert_dtype<M: Module + ?Sized>(m: &mut M, dtype: DType) -> Result<()> 
             Slot::Buffer(t) => t,
             Slot::Count(_) => return,
         };
-        result = t.to_dtype(dtype).map(|c| *t = c).map_err(Into::into);
+        result = f(t).map(|c| *t = c).map_err(Into::into);
     });
     result
+}
+
+/// Convert every parameter and float buffer to `dtype` (f64 for gradient checks, f32 to train).
+pub fn convert_dtype<M: Module + ?Sized>(m: &mut M, dtype: DType) -> Result<()> {
+    map_float_tensors(m, |t| t.to_dtype(dtype))
 }
 
 /// Move every parameter and float buffer to `device` (e.g. `Device::Cuda(0)` before training on
@@ -200,17 +206,5 @@ pub fn convert_dtype<M: Module + ?Sized>(m: &mut M, dtype: DType) -> Result<()> 
 /// unchanged; tensors already on `device` are kept as they are. Gradients and optimiser momentum
 /// live outside the model: the optimiser moves its buffers to each parameter's device as it steps.
 pub fn to_device<M: Module + ?Sized>(m: &mut M, device: Device) -> Result<()> {
-    let mut result = Ok(());
-    visit_all(m, |_, slot| {
-        if result.is_err() {
-            return;
-        }
-        let t = match slot {
-            Slot::Param(p) => &mut p.value,
-            Slot::Buffer(t) => t,
-            Slot::Count(_) => return,
-        };
-        result = t.to_device(device).map(|c| *t = c).map_err(Into::into);
-    });
-    result
+    map_float_tensors(m, |t| t.to_device(device))
 }

@@ -72,13 +72,8 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.batch = v;
     }
     if let Some(v) = a.steps {
-        for s in [Stage::Contrastive, Stage::Finetune, Stage::CeOnly, Stage::Pseudo] {
-            match s {
-                Stage::Contrastive => cfg.contrastive.steps = v,
-                Stage::Finetune => cfg.finetune.steps = v,
-                Stage::CeOnly => cfg.ce_only.steps = v,
-                Stage::Pseudo => cfg.pseudo.steps = v,
-            }
+        for stage in [&mut cfg.contrastive, &mut cfg.finetune, &mut cfg.ce_only, &mut cfg.pseudo] {
+            stage.steps = v;
         }
     }
     if let Some(v) = a.seed {

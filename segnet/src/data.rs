@@ -65,14 +65,21 @@ impl Source {
             Source::Memory(m) => Ok((0..m.samples.len()).filter(|&i| m.samples[i].label.is_some()).collect()),
         }
     }
-    /// True when every record has the same size (then evaluation can batch).
+    /// The common size of every record, if they all have one (then evaluation can batch). Reads
+    /// only the pack's index, never the image payloads.
     pub fn uniform_size(&self) -> Result<Option<(usize, usize)>> {
         let mut size = None;
         for i in 0..self.len() {
-            let s = self.sample(i)?;
+            let hw = match self {
+                Source::Pack(p) => {
+                    let r = p.info(i)?;
+                    (r.height, r.width)
+                }
+                Source::Memory(m) => (m.samples[i].height, m.samples[i].width),
+            };
             match size {
-                None => size = Some((s.height, s.width)),
-                Some(hw) if hw != (s.height, s.width) => return Ok(None),
+                None => size = Some(hw),
+                Some(first) if first != hw => return Ok(None),
                 _ => {}
             }
         }
