@@ -1,0 +1,404 @@
+//! The elementwise loops of the contrastive loss: over one anchor's row of scores, or over a tile.
+//!
+//! Every loop is a plain slice loop the compiler vectorises. Each is compiled twice, baseline and
+//! AVX2 + FMA, and picked at run time ([`avx2_dispatch`]); a machine always takes the same path, so
+//! results repeat bit for bit on it. Sums use eight independent lanes in a fixed order.
+//!
+//! Notation as in the module docs of `contrastive`: `s` a score, `L_i` an anchor's log-sum-exp,
+//! `m` the bag's score bound (the tiles' shift), `N_i = exp(L_i - m)` the anchor's shifted sum,
+//! `cp`/`ce` the saved coefficients and `a_i = ce_i / N_i`.
+
+use super::{FastMath, Form};
+use crate::Float;
+
+/// True when the AVX2 + FMA versions of the loops may run (checked once, cached by std).
+#[inline(always)]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub(super) fn $name` that runs `$inner` compiled with AVX2 + FMA where the CPU has them.
+macro_rules! avx2_dispatch {
+    ($(#[$doc:meta])* $name:ident => $inner:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn $name<T: FastMath>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<T: FastMath>($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                if has_avx2() {
+                    // SAFETY: the CPU supports the enabled features.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+// ---- reductions ----
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn lanes_fold<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T, g: impl Fn(T) -> T) -> T {
+    let mut acc = [init; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = f(acc[l], g(c[l]));
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        acc[l] = f(acc[l], g(v));
+    }
+    let mut r = acc[0];
+    for &a in &acc[1..] {
+        r = f(r, a);
+    }
+    r
+}
+
+#[inline(always)]
+fn max_of<T: Float>(x: &[T]) -> T {
+    // A compare-and-select (not `max`, whose NaN rules block vectorisation); scores are never NaN.
+    lanes_fold(x, T::NEG_INFINITY, |a, b| if b > a { b } else { a }, |v| v)
+}
+
+#[inline(always)]
+fn sum_of<T: Float>(x: &[T]) -> T {
+    lanes_fold(x, T::ZERO, |a, b| a + b, |v| v)
+}
+
+/// `sum exp(x - m)`, overwriting `x` with the terms (a plain map loop vectorises; a fold does not).
+#[inline(always)]
+fn sum_exp_shifted_in_place<T: FastMath>(x: &mut [T], m: T) -> T {
+    for v in x.iter_mut() {
+        *v = (*v - m).exp_fast();
+    }
+    sum_of(x)
+}
+
+/// `sum softplus(l - s)` and `sum sig(l - s)` over `x`.
+#[inline(always)]
+fn softplus_sigmoid_sums<T: FastMath>(x: &[T], l: T) -> (T, T) {
+    let mut sp = [T::ZERO; LANES];
+    let mut sg = [T::ZERO; LANES];
+    let one = T::ONE;
+    let step = |v: T| {
+        let z = l - v;
+        let t = (-z.abs()).exp_fast();
+        let inv = one / (one + t);
+        let sig = if z >= T::ZERO { inv } else { t * inv };
+        (z.max(T::ZERO) + (one + t).ln_fast(), sig)
+    };
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            let (a, b) = step(c[k]);
+            sp[k] += a;
+            sg[k] += b;
+        }
+    }
+    for (k, &v) in rest.iter().enumerate() {
+        let (a, b) = step(v);
+        sp[k] += a;
+        sg[k] += b;
+    }
+    (sp.iter().copied().sum(), sg.iter().copied().sum())
+}
+
+#[inline(always)]
+fn sigmoid<T: FastMath>(z: T) -> T {
+    T::ONE / (T::ONE + (-z).exp_fast())
+}
+
+/// Log-sum-exp over several slices (`-inf` when all are empty); the slices are overwritten.
+#[inline(always)]
+fn logsumexp_in_place<T: FastMath>(parts: &mut [&mut [T]]) -> T {
+    let m = parts.iter().map(|p| max_of(p)).fold(T::NEG_INFINITY, |a, b| a.max(b));
+    if m == T::NEG_INFINITY {
+        return m;
+    }
+    let s: T = parts.iter_mut().map(|p| sum_exp_shifted_in_place(p, m)).fold(T::ZERO, |a, b| a + b);
+    m + s.ln()
+}
+
+/// One anchor's forward from a full row of scores, with its own maximum as the shift: the exact
+/// path for anchors whose shifted tile sum fell below [`FastMath::SUM_FLOOR`]. `srow` holds the
+/// own-bag scores (self at `i`, class run `cs..ce`), `prow` the partner positives; both are
+/// overwritten. Returns `(L_i, x1, x2)`: per-positive `x1 = sum softplus(L_i - s_ij)`, `x2 = A_i`;
+/// SupCon `x1 = sum of positive scores`, `x2 = 0`.
+#[inline(always)]
+fn exact_row<T: FastMath>(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> (T, T, T) {
+    match form {
+        Form::PerPositive => {
+            let (head, rest) = srow.split_at_mut(cs);
+            let (pos, tail) = rest.split_at_mut(ce - cs);
+            let li = logsumexp_in_place(&mut [head, tail]);
+            let (sp1, sg1) = softplus_sigmoid_sums(pos, li);
+            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
+            (li, sp1 + sp2, sg1 + sg2)
+        }
+        Form::SupCon => {
+            let pos_sum = sum_of(&srow[cs..ce]) - srow[i] + sum_of(prow);
+            let (head, rest) = srow.split_at_mut(i);
+            let li = logsumexp_in_place(&mut [head, &mut rest[1..], prow]);
+            (li, pos_sum, T::ZERO)
+        }
+    }
+}
+
+avx2_dispatch!(
+    /// See `exact_row`.
+    forward_exact_row => exact_row(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> (T, T, T)
+);
+
+/// The positive terms of a tiled anchor whose `L_i` is known: `own` holds its scores against its
+/// own class run (self at `self_col`), `prow` against the partner's. Per-positive: `(sum
+/// softplus(L_i - s), A_i)`; SupCon: `(sum of positive scores, 0)`.
+#[inline(always)]
+fn positive_terms<T: FastMath>(form: Form, own: &[T], prow: &[T], li: T, self_col: usize) -> (T, T) {
+    match form {
+        Form::PerPositive => {
+            let (sp1, sg1) = softplus_sigmoid_sums(own, li);
+            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
+            (sp1 + sp2, sg1 + sg2)
+        }
+        Form::SupCon => (sum_of(own) - own[self_col] + sum_of(prow), T::ZERO),
+    }
+}
+
+avx2_dispatch!(
+    /// See `positive_terms`.
+    forward_positive_terms => positive_terms(form: Form, own: &[T], prow: &[T], li: T, self_col: usize) -> (T, T)
+);
+
+/// `sum exp(x - m)` (the SupCon partner terms of a tiled anchor), `x` overwritten.
+#[inline(always)]
+fn shifted_sum<T: FastMath>(x: &mut [T], m: T) -> T {
+    sum_exp_shifted_in_place(x, m)
+}
+
+avx2_dispatch!(
+    /// See `shifted_sum`.
+    forward_shifted_sum => shifted_sum(x: &mut [T], m: T) -> T
+);
+
+/// A forward tile: scores of rows `p0..` (`tile`, row-major with `tq` columns starting at column
+/// `q0`) become `exp(s - m)`, the pairs that are not in an anchor's sum are zeroed (same class in
+/// the per-positive form, self in SupCon), and the row sums (and, off the diagonal, the column
+/// sums) are returned. `runs[i]` is row `i`'s class run.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn exp_tile<T: FastMath>(
+    form: Form,
+    tile: &mut [T],
+    tq: usize,
+    p0: usize,
+    q0: usize,
+    runs: &[(u32, u32)],
+    m: T,
+    diagonal: bool,
+) -> (Vec<T>, Vec<T>) {
+    let mut row_sums = Vec::with_capacity(tile.len() / tq.max(1));
+    let mut col_sums = vec![T::ZERO; if diagonal { 0 } else { tq }];
+    for (r, row) in tile.chunks_exact_mut(tq).enumerate() {
+        let i = p0 + r;
+        for v in row.iter_mut() {
+            *v = (*v - m).exp_fast();
+        }
+        match form {
+            Form::PerPositive => {
+                let (a, b) = window(runs[i], q0, tq);
+                row[a..b].fill(T::ZERO);
+            }
+            Form::SupCon => {
+                if (q0..q0 + tq).contains(&i) {
+                    row[i - q0] = T::ZERO;
+                }
+            }
+        }
+        row_sums.push(sum_of(row));
+        for (c, &v) in col_sums.iter_mut().zip(row.iter()) {
+            *c += v;
+        }
+    }
+    (row_sums, col_sums)
+}
+
+avx2_dispatch!(
+    /// See `exp_tile`.
+    forward_exp_tile => exp_tile(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: usize, runs: &[(u32, u32)], m: T, diagonal: bool) -> (Vec<T>, Vec<T>)
+);
+
+/// The part of class run `run` inside the columns `q0..q0 + tq`, relative to `q0`.
+#[inline(always)]
+fn window(run: (u32, u32), q0: usize, tq: usize) -> (usize, usize) {
+    let a = (run.0 as usize).clamp(q0, q0 + tq) - q0;
+    let b = (run.1 as usize).clamp(q0, q0 + tq) - q0;
+    (a, b)
+}
+
+/// What a backward tile needs per bag row.
+#[derive(Clone, Copy)]
+pub(super) struct Coefs<'a, T> {
+    /// Class run of each row.
+    pub runs: &'a [(u32, u32)],
+    /// `L_i`.
+    pub l: &'a [T],
+    /// `cp_i`.
+    pub cp: &'a [T],
+    /// `ce_i`.
+    pub ce: &'a [T],
+    /// `N_i` (0 for an anchor on the exact path or without candidates).
+    pub nsum: &'a [T],
+    /// `a_i = ce_i / N_i` (0 where `N_i` is 0).
+    pub a: &'a [T],
+    /// The shift `m`.
+    pub shift: T,
+}
+
+/// A backward tile: scores (as in [`forward_exp_tile`]) become `G_ij = dS_ij + dS_ji`. With `exact`,
+/// every term is formed from `L` (`ce_i exp(s - L_i)`, `sig(L_i - s)`), which is right for any anchor;
+/// otherwise from the shifted sums, one `exp` per pair: negatives `exp(s - m) (a_i + a_j)`,
+/// per-positive positives `-(cp_i N_i / (N_i + e) + cp_j N_j / (N_j + e))` with `e = exp(s - m)`.
+#[inline(always)]
+fn grad_tile<T: FastMath>(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: usize, k: Coefs<'_, T>, exact: bool) {
+    let cols = q0..q0 + tq;
+    for (r, g) in tile.chunks_exact_mut(tq).enumerate() {
+        let i = p0 + r;
+        let (a, b) = window(k.runs[i], q0, tq);
+        let (pa, pb) = (q0 + a, q0 + b);
+        match (form, exact) {
+            (Form::PerPositive, true) => {
+                let (li, cei, cpi) = (k.l[i], k.ce[i], k.cp[i]);
+                let (head, rest) = g.split_at_mut(a);
+                let (pos, tail) = rest.split_at_mut(b - a);
+                neg_pair_grad(head, li, cei, &k.l[q0..pa], &k.ce[q0..pa]);
+                neg_pair_grad(tail, li, cei, &k.l[pb..cols.end], &k.ce[pb..cols.end]);
+                pos_pair_grad(pos, li, cpi, &k.l[pa..pb], &k.cp[pa..pb]);
+            }
+            (Form::PerPositive, false) => {
+                let (ai, ni, cpi) = (k.a[i], k.nsum[i], k.cp[i]);
+                let (head, rest) = g.split_at_mut(a);
+                let (pos, tail) = rest.split_at_mut(b - a);
+                neg_pair_grad_shifted(head, k.shift, ai, &k.a[q0..pa]);
+                neg_pair_grad_shifted(tail, k.shift, ai, &k.a[pb..cols.end]);
+                pos_pair_grad_shifted(pos, k.shift, ni, cpi, &k.nsum[pa..pb], &k.cp[pa..pb]);
+            }
+            (Form::SupCon, true) => {
+                neg_pair_grad(g, k.l[i], k.ce[i], &k.l[cols.clone()], &k.ce[cols.clone()]);
+                supcon_positive_shift(&mut g[a..b], k.cp[i], &k.cp[pa..pb]);
+            }
+            (Form::SupCon, false) => {
+                neg_pair_grad_shifted(g, k.shift, k.a[i], &k.a[cols.clone()]);
+                supcon_positive_shift(&mut g[a..b], k.cp[i], &k.cp[pa..pb]);
+            }
+        }
+        if form == Form::SupCon && cols.contains(&i) {
+            g[i - q0] = T::ZERO;
+        }
+    }
+}
+
+avx2_dispatch!(
+    /// See `grad_tile`.
+    backward_grad_tile => grad_tile(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: usize, k: Coefs<'_, T>, exact: bool) -> ()
+);
+
+/// Negative pairs from the shifted sums: `g_j = exp(s_j - m) (a_i + a_j)`.
+#[inline(always)]
+fn neg_pair_grad_shifted<T: FastMath>(g: &mut [T], m: T, ai: T, a: &[T]) {
+    for (v, &aj) in g.iter_mut().zip(a) {
+        *v = (*v - m).exp_fast() * (ai + aj);
+    }
+}
+
+/// Per-positive same-class pairs from the shifted sums: `sig(L_i - s) = N_i / (N_i + exp(s - m))`
+/// (0 when the anchor has no negatives: `N_i = 0`).
+#[inline(always)]
+fn pos_pair_grad_shifted<T: FastMath>(g: &mut [T], m: T, ni: T, cpi: T, nsum: &[T], cp: &[T]) {
+    let tiny = T::from_f64(f64::MIN_POSITIVE);
+    for ((v, &nj), &cpj) in g.iter_mut().zip(nsum).zip(cp) {
+        let e = (*v - m).exp_fast();
+        let di = ni + e;
+        let dj = nj + e;
+        *v = -(cpi * ni / if di > tiny { di } else { tiny } + cpj * nj / if dj > tiny { dj } else { tiny });
+    }
+}
+
+/// SupCon's positive part of `G`: `- (cp_i + cp_j)` on same-class pairs.
+#[inline(always)]
+fn supcon_positive_shift<T: FastMath>(g: &mut [T], cpi: T, cp: &[T]) {
+    for (v, &cpj) in g.iter_mut().zip(cp) {
+        *v -= cpi + cpj;
+    }
+}
+
+/// Negative pairs (or SupCon's exp terms): `g_j = ce_i exp(s_j - l_i) + ce_j exp(s_j - l_j)`.
+#[inline(always)]
+fn neg_pair_grad<T: FastMath>(g: &mut [T], li: T, cei: T, l: &[T], ce: &[T]) {
+    for ((v, &lj), &cej) in g.iter_mut().zip(l).zip(ce) {
+        let s = *v;
+        *v = cei * (s - li).exp_fast() + cej * (s - lj).exp_fast();
+    }
+}
+
+/// Per-positive form, same-class pairs: `g_j = -(cp_i sig(l_i - s_j) + cp_j sig(l_j - s_j))`.
+#[inline(always)]
+fn pos_pair_grad<T: FastMath>(g: &mut [T], li: T, cpi: T, l: &[T], cp: &[T]) {
+    for ((v, &lj), &cpj) in g.iter_mut().zip(l).zip(cp) {
+        let s = *v;
+        *v = -(cpi * sigmoid(li - s) + cpj * sigmoid(lj - s));
+    }
+}
+
+/// `dS_ij` for our anchor `i` and its partner positives `j` (scores in `g`, overwritten).
+#[inline(always)]
+fn anchor_side_partner_grad_impl<T: FastMath>(form: Form, g: &mut [T], li: T, cpi: T, cei: T) {
+    match form {
+        Form::PerPositive => g.iter_mut().for_each(|v| *v = -cpi * sigmoid(li - *v)),
+        Form::SupCon => g.iter_mut().for_each(|v| *v = cei * (*v - li).exp_fast() - cpi),
+    }
+}
+
+/// `dS_ai` for anchors `a` of a bag partnered with ours and our pixel `i` (scores in `g`).
+#[inline(always)]
+fn candidate_side_partner_grad_impl<T: FastMath>(form: Form, g: &mut [T], l: &[T], cp: &[T], ce: &[T]) {
+    match form {
+        Form::PerPositive => {
+            for ((v, &la), &cpa) in g.iter_mut().zip(l).zip(cp) {
+                *v = -cpa * sigmoid(la - *v);
+            }
+        }
+        Form::SupCon => {
+            for (((v, &la), &cpa), &cea) in g.iter_mut().zip(l).zip(cp).zip(ce) {
+                *v = cea * (*v - la).exp_fast() - cpa;
+            }
+        }
+    }
+}
+
+avx2_dispatch!(
+    /// `dS_ij` for an anchor `i` and its partner positives `j` (scores in `g`, overwritten).
+    anchor_side_partner_grad => anchor_side_partner_grad_impl(form: Form, g: &mut [T], li: T, cpi: T, cei: T) -> ()
+);
+
+avx2_dispatch!(
+    /// `dS_ai` for anchors `a` of a bag partnered with ours and our pixel `i` (scores in `g`).
+    candidate_side_partner_grad => candidate_side_partner_grad_impl(form: Form, g: &mut [T], l: &[T], cp: &[T], ce: &[T]) -> ()
+);

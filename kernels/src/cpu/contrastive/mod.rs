@@ -1,0 +1,693 @@
+//! The fused pixel-wise label-based contrastive loss: forward and backward without an `N x N` matrix.
+//!
+//! # Problem
+//! Pixels are grouped into *bags* (an image, or a sample of the whole batch). Each bag lists its
+//! pixels (global ids `image * hw + p` into a `[images, d, hw]` feature buffer) **grouped by class**,
+//! so that the pixels of one class are a contiguous run of rows. A bag may name a *partner* bag whose
+//! pixels of the anchor's class are extra positives (never negatives). With `s_ij = f_i . f_j / tau`:
+//!
+//! * **Per-positive form** (Zhao et al.). For anchor `i` of class `c`: negatives `K_i` = own-bag pixels
+//!   of another class, positives `P_i` = own-bag pixels of class `c` (i itself included) plus the
+//!   partner's pixels of class `c`. With `L_i = log sum_{k in K_i} exp(s_ik)` (`-inf` if `K_i` is empty),
+//!   `l_ij = log(exp(s_ij) + exp(L_i)) - s_ij = softplus(L_i - s_ij)` and `loss_i = mean_{j in P_i} l_ij`.
+//! * **SupCon form**. Candidates `C_i` = own-bag pixels except `i` itself, plus the partner's pixels of
+//!   class `c`; positives `P_i` = the candidates of class `c`. `L_i = log sum_{k in C_i} exp(s_ik)`,
+//!   `loss_i = L_i - mean_{j in P_i} s_ij`. Anchors with `P_i` empty are skipped.
+//!
+//! The loss is `sum_i w_i loss_i` where `w_i = 1 / (anchors of i's bag * bags with an anchor)` for every
+//! anchor that counts (all pixels in the per-positive form, which always has `i in P_i`), 0 otherwise.
+//!
+//! # Gradient
+//! Let `sig(x) = 1 / (1 + exp(-x))`. In the per-positive form, with `A_i = sum_{j in P_i} sig(L_i - s_ij)`,
+//! `dloss/ds_ij = -(w_i/|P_i|) sig(L_i - s_ij)` for `j in P_i` and `dloss/ds_ik = (w_i/|P_i|) A_i exp(s_ik - L_i)`
+//! for `k in K_i`. In the SupCon form, `dloss/ds_ik = w_i exp(s_ik - L_i) - [k in P_i] w_i/|P_i|` for
+//! `k in C_i`. Every pair `(i, j)` of the same bag appears as `s_ij` (anchor `i`) and `s_ji` (anchor `j`),
+//! so with `G_ij = dS_ij + dS_ji` (a symmetric matrix), `df_i = (1/tau) (sum_j G_ij f_j + partner
+//! terms)`; the diagonal gets `2 dS_ii` as `d s_ii / d f_i = 2 f_i / tau` requires.
+//!
+//! # How: symmetric tiles with a common shift
+//! The own-bag score matrix `S = X X^T / tau` is symmetric, so the passes compute only its tiles
+//! `(P, Q)`, `P <= Q`, of blocks of at most [`TILE`] rows, each with one GEMM, and use every tile for
+//! both its rows and its columns. For that, every exponential of a bag is taken with one common
+//! shift, the bag's score bound `m = max_i |f_i|^2 / tau` (`s_ij <= |f_i| |f_j| / tau <= m`, so no term
+//! exceeds 1): `e_ij = exp(s_ij - m)` is symmetric and costs one `exp` per pair.
+//!
+//! * Forward, pass 1 (tiles): `N_i = sum of e_ik over i's own-bag terms of L_i`, accumulated from the
+//!   row sums and column sums of the tiles (pairs outside the sum are zeroed). Pass 2 (row blocks):
+//!   `L_i = m + ln N_i` (SupCon adds the partner terms first), then the positive terms from the
+//!   scores against the anchor's own class run and the partner's (one small GEMM each).
+//! * Backward (tiles): recompute the tile's scores, turn them into `G` in place — negatives
+//!   `e_ij (a_i + a_j)` with `a_i = ce_i / N_i`, positives `-(cp_i N_i/(N_i + e_ij) + cp_j N_j/(N_j + e_ij))`
+//!   — and accumulate `dX_P += G X_Q` and `dX_Q += G^T X_P`: three GEMMs per tile where a row-wise
+//!   pass needs four (score recompute for `(P,Q)` and `(Q,P)`, two products). Then the partner terms
+//!   per row block, and one scatter into the gradient.
+//!
+//! GEMM work, in units of one full `N^2 d` product per bag: forward 1/2 + the positives' share,
+//! backward 3/2 — 2 in all, against 3 for row strips that compute every score twice.
+//!
+//! Exactness: a common shift is safe as long as an anchor's sum stays far above underflow. When
+//! features are far from unit norm, an anchor's terms can all sit far below `m`; any anchor whose
+//! `N_i` falls below [`FastMath::SUM_FLOOR`] (e^-40 in f32) takes the *exact path*: its row is
+//! recomputed whole and `L_i` taken with its own maximum, and every tile touching it forms `G` from
+//! `L` (`ce_i exp(s - L_i)`, `sig(L_i - s)`, two `exp` per pair). Unit-normalised features with
+//! `tau >= 0.03` never leave the fast path (`m - s_ij <= 2 / tau`).
+//!
+//! Order: the tiles of a pass run in rounds of a round-robin schedule ([`schedule`]): tiles of one
+//! round touch disjoint blocks and run on rayon threads; every accumulator receives its tiles in the
+//! same order for any thread count, so results repeat bit for bit. Extra memory: the gathered `n x d`
+//! features of the bag (and of partner bags in cross mode), an `n x d` gradient accumulator in the
+//! backward, one `TILE x TILE` tile per thread and O(n) per-anchor state.
+
+pub mod fastmath;
+mod loops;
+pub mod schedule;
+pub mod tile_gemm;
+
+pub use fastmath::FastMath;
+pub use schedule::TILE;
+
+use crate::Float;
+use loops::Coefs;
+use rayon::prelude::*;
+use std::sync::Mutex;
+use tile_gemm::Panels;
+
+/// Which loss (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `-log(e_ij / (e_ij + sum of negatives))`, i itself a positive of i.
+    PerPositive,
+    /// `-log(e_ij / sum over all other candidates)`, self excluded.
+    SupCon,
+}
+
+/// The pixels of one class inside a bag: rows `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassRun {
+    /// The class label.
+    pub class: u8,
+    /// First row.
+    pub start: usize,
+    /// One past the last row.
+    pub end: usize,
+}
+
+/// A set of pixels contrasted with each other, grouped by class.
+#[derive(Clone, Debug, Default)]
+pub struct Bag {
+    /// Global pixel ids `image * hw + p`, grouped by class (runs in ascending class order).
+    pub pixels: Vec<u32>,
+    /// The class runs covering `pixels`, ascending by class.
+    pub runs: Vec<ClassRun>,
+    /// A bag whose pixels of the anchor's class are extra positives (never negatives).
+    pub partner: Option<usize>,
+}
+
+impl Bag {
+    /// Build a bag from `(class, global pixel id)` pairs; they are sorted by class, then pixel id.
+    pub fn from_pixels(mut items: Vec<(u8, u32)>, partner: Option<usize>) -> Bag {
+        items.sort_unstable();
+        let mut runs: Vec<ClassRun> = Vec::new();
+        for (r, &(c, _)) in items.iter().enumerate() {
+            match runs.last_mut() {
+                Some(last) if last.class == c => last.end = r + 1,
+                _ => runs.push(ClassRun { class: c, start: r, end: r + 1 }),
+            }
+        }
+        Bag { pixels: items.into_iter().map(|(_, p)| p).collect(), runs, partner }
+    }
+    /// Number of pixels.
+    pub fn len(&self) -> usize {
+        self.pixels.len()
+    }
+    /// True when the bag has no pixel.
+    pub fn is_empty(&self) -> bool {
+        self.pixels.is_empty()
+    }
+    /// Rows of class `c`, or an empty range.
+    pub fn class_rows(&self, c: u8) -> (usize, usize) {
+        match self.runs.binary_search_by_key(&c, |r| r.class) {
+            Ok(k) => (self.runs[k].start, self.runs[k].end),
+            Err(_) => (0, 0),
+        }
+    }
+}
+
+/// The inputs of one loss evaluation.
+#[derive(Clone, Copy)]
+pub struct Problem<'a, T> {
+    /// Features `[images, d, hw]` (NCHW with `hw = h * w`).
+    pub feats: &'a [T],
+    /// Channels.
+    pub d: usize,
+    /// Pixels per image.
+    pub hw: usize,
+    /// The bags; every pixel appears in at most one bag.
+    pub bags: &'a [Bag],
+    /// `1 / tau`.
+    pub inv_tau: T,
+    /// Which loss.
+    pub form: Form,
+}
+
+/// What the backward needs, per bag and row: `L_i` and two coefficients (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct BagState<T> {
+    /// The bag's score bound `m`, the shift of the tiled passes.
+    pub shift: T,
+    /// `L_i` (`+inf` for an anchor that does not count, so `exp(s - L_i) = 0`).
+    pub l: Vec<T>,
+    /// Per-positive: `w_i/|P_i|`; SupCon: `w_i/|P_i|`.
+    pub c_pos: Vec<T>,
+    /// Per-positive: `w_i A_i/|P_i|`; SupCon: `w_i`.
+    pub c_exp: Vec<T>,
+    /// `N_i = exp(L_i - m)`, the shifted sum as the tiles summed it; 0 for an anchor on the exact
+    /// path (its tiles use `L_i`), without candidates, or that does not count.
+    pub nsum: Vec<T>,
+    /// The anchor took the exact per-row path (its shifted sum fell below `SUM_FLOOR`).
+    pub exact: Vec<bool>,
+}
+
+impl<T> BagState<T> {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * self.l.len() * std::mem::size_of::<T>() + self.exact.len()
+    }
+}
+
+/// The forward result: the loss and the per-anchor state for the backward.
+#[derive(Clone, Debug)]
+pub struct Forward<T> {
+    /// The loss (accumulated in f64).
+    pub loss: f64,
+    /// One state per bag.
+    pub states: Vec<BagState<T>>,
+}
+
+/// `|P_i|` for an anchor of class run `run` with `partner_len` partner pixels of its class.
+fn positives(form: Form, run: &ClassRun, partner_len: usize) -> usize {
+    let own = run.end - run.start;
+    match form {
+        Form::PerPositive => own + partner_len,
+        Form::SupCon => own - 1 + partner_len,
+    }
+}
+
+fn partner_rows(bags: &[Bag], bag: &Bag, class: u8) -> (usize, usize) {
+    bag.partner.map(|q| bags[q].class_rows(class)).unwrap_or((0, 0))
+}
+
+/// Per-anchor weight of each bag: `1 / (counting anchors * bags with a counting anchor)`, or 0.
+fn bag_weights(bags: &[Bag], form: Form) -> Vec<f64> {
+    let counts: Vec<usize> = bags
+        .iter()
+        .map(|bag| {
+            bag.runs
+                .iter()
+                .filter(|run| {
+                    let (ps, pe) = partner_rows(bags, bag, run.class);
+                    positives(form, run, pe - ps) > 0
+                })
+                .map(|run| run.end - run.start)
+                .sum()
+        })
+        .collect();
+    let valid = counts.iter().filter(|&&c| c > 0).count();
+    counts.iter().map(|&c| if c > 0 { 1.0 / (c as f64 * valid as f64) } else { 0.0 }).collect()
+}
+
+/// Copy a bag's features into a row-major `n x d` matrix (the right operand of the gradient
+/// products `G X`, read a row at a time).
+fn gather_rows<T: Float>(p: &Problem<'_, T>, bag: &Bag) -> Vec<T> {
+    let (d, hw) = (p.d, p.hw);
+    let mut x = vec![T::ZERO; bag.len() * d];
+    x.par_chunks_mut(d * TILE).enumerate().for_each(|(ci, chunk)| {
+        for (r, row) in chunk.chunks_mut(d).enumerate() {
+            let g = bag.pixels[ci * TILE + r] as usize;
+            let (img, px) = (g / hw, g % hw);
+            let base = img * d * hw + px;
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = p.feats[base + c * hw];
+            }
+        }
+    });
+    x
+}
+
+/// `out (m x n, row-major) = alpha * a (m x k) * b^T` where `b` is `n x k` row-major; single-threaded
+/// (the small score products: positives, partners, exact rows).
+fn gemm_abt<T: Float>(alpha: T, a: &[T], m: usize, b: &[T], n: usize, k: usize, out: &mut [T]) {
+    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every access of the m x k, k x n and m x n views.
+    unsafe {
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            1,
+            k as isize,
+            T::ZERO,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}
+
+/// The class run `(start, end)` of every row of a bag.
+fn row_runs(bag: &Bag) -> Vec<(u32, u32)> {
+    let mut out = Vec::with_capacity(bag.len());
+    for r in &bag.runs {
+        out.extend(std::iter::repeat_n((r.start as u32, r.end as u32), r.end - r.start));
+    }
+    out
+}
+
+/// The common shift `m = max |f|^2 / tau` over the rows of `xs` (`n x d` each).
+fn score_bound<T: Float>(xs: &[&[T]], d: usize, inv_tau: T) -> T {
+    let mut m = 0.0f64;
+    for x in xs {
+        for row in x.chunks_exact(d) {
+            m = m.max(row.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>());
+        }
+    }
+    T::from_f64(m * inv_tau.to_f64())
+}
+
+/// The runs of `bag` that intersect rows `r0..r1`, clipped: `(run, a, b)`.
+fn runs_in(bag: &Bag, r0: usize, r1: usize) -> impl Iterator<Item = (&ClassRun, usize, usize)> {
+    let first = bag.runs.partition_point(|r| r.end <= r0);
+    bag.runs[first..].iter().take_while(move |r| r.start < r1).map(move |r| (r, r.start.max(r0), r.end.min(r1)))
+}
+
+fn resize<T: Float>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::ZERO);
+    }
+}
+
+/// Loss and per-anchor state. Panics if a bag names a pixel outside the feature buffer.
+pub fn forward<T: FastMath>(p: &Problem<'_, T>) -> Forward<T> {
+    check(p);
+    let weights = bag_weights(p.bags, p.form);
+    let mut loss = 0.0;
+    let mut states = Vec::with_capacity(p.bags.len());
+    for (b, bag) in p.bags.iter().enumerate() {
+        let (l, st) = forward_bag(p, bag, weights[b]);
+        loss += l;
+        states.push(st);
+    }
+    Forward { loss, states }
+}
+
+/// Pass 1: `N_i` of every row from the symmetric tiles (f64 accumulators, one per block).
+fn tile_sums<T: FastMath>(
+    p: &Problem<'_, T>,
+    x: &[T],
+    panels: Option<&Panels>,
+    runs: &[(u32, u32)],
+    shift: T,
+) -> Vec<f64> {
+    let d = p.d;
+    let blocks = schedule::blocks(runs.len());
+    let mut acc: Vec<Vec<f64>> = blocks.iter().map(|&(s, e)| vec![0.0; e - s]).collect();
+    for round in schedule::rounds(blocks.len()) {
+        let sums: Vec<(Vec<T>, Vec<T>)> = round
+            .par_iter()
+            .map_init(Vec::new, |tile, &(bp, bq)| {
+                let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
+                let (tp, tq) = (p1 - p0, q1 - q0);
+                resize(tile, tp * tq);
+                T::tile_scores(p.inv_tau, x, panels, p0, tp, q0, tq, d, tile);
+                loops::forward_exp_tile(p.form, &mut tile[..tp * tq], tq, p0, q0, runs, shift, bp == bq)
+            })
+            .collect();
+        for (&(bp, bq), (rows, cols)) in round.iter().zip(sums) {
+            acc[bp].iter_mut().zip(&rows).for_each(|(a, v)| *a += v.to_f64());
+            acc[bq].iter_mut().zip(&cols).for_each(|(a, v)| *a += v.to_f64());
+        }
+    }
+    acc.concat()
+}
+
+fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, BagState<T>) {
+    let n = bag.len();
+    let inf = -T::NEG_INFINITY;
+    if n == 0 || w_bag == 0.0 {
+        return (
+            0.0,
+            BagState {
+                shift: T::ZERO,
+                l: vec![inf; n],
+                c_pos: vec![T::ZERO; n],
+                c_exp: vec![T::ZERO; n],
+                nsum: vec![T::ZERO; n],
+                exact: vec![false; n],
+            },
+        );
+    }
+    let x = gather_rows(p, bag);
+    let xq = bag.partner.map(|q| gather_rows(p, &p.bags[q]));
+    let d = p.d;
+    let runs = row_runs(bag);
+    let shift = score_bound(&[&x[..], xq.as_deref().unwrap_or(&[])], d, p.inv_tau);
+    let panels = T::panels(&x, n, d);
+    let nsum_own = tile_sums(p, &x, panels.as_ref(), &runs, shift);
+    drop(panels);
+    // Pass 2, per row block: L_i and the positive terms.
+    struct Part<T> {
+        loss: f64,
+        l: Vec<T>,
+        cp: Vec<T>,
+        ce: Vec<T>,
+        nsum: Vec<T>,
+        exact: Vec<bool>,
+    }
+    let floor = T::SUM_FLOOR.to_f64();
+    let parts: Vec<Part<T>> = schedule::blocks(n)
+        .into_par_iter()
+        .map_init(Scratch::<T>::new, |scr, (r0, r1)| {
+            let rows = r1 - r0;
+            let mut part = Part {
+                loss: 0.0,
+                l: Vec::with_capacity(rows),
+                cp: Vec::with_capacity(rows),
+                ce: Vec::with_capacity(rows),
+                nsum: Vec::with_capacity(rows),
+                exact: Vec::with_capacity(rows),
+            };
+            for (run, a, b) in runs_in(bag, r0, r1) {
+                let (ps, pe) = partner_rows(p.bags, bag, run.class);
+                let plen = pe - ps;
+                let rlen = run.end - run.start;
+                let npos = positives(p.form, run, plen);
+                if npos == 0 {
+                    for _ in a..b {
+                        part.l.push(inf);
+                        part.cp.push(T::ZERO);
+                        part.ce.push(T::ZERO);
+                        part.nsum.push(T::ZERO);
+                        part.exact.push(false);
+                    }
+                    continue;
+                }
+                resize(&mut scr.s, (b - a) * rlen);
+                gemm_abt(p.inv_tau, &x[a * d..b * d], b - a, &x[run.start * d..run.end * d], rlen, d, &mut scr.s);
+                if plen > 0 {
+                    resize(&mut scr.sp, (b - a) * plen);
+                    let xq = xq.as_ref().expect("partner gathered");
+                    gemm_abt(p.inv_tau, &x[a * d..b * d], b - a, &xq[ps * d..pe * d], plen, d, &mut scr.sp);
+                }
+                let has_candidates = match p.form {
+                    Form::PerPositive => n > rlen,
+                    Form::SupCon => n > 1 || plen > 0,
+                };
+                let wi = w_bag / npos as f64;
+                for i in a..b {
+                    let own = &scr.s[(i - a) * rlen..(i - a + 1) * rlen];
+                    let prow = &mut scr.sp[(i - a) * plen..(i - a + 1) * plen];
+                    let mut ni = nsum_own[i];
+                    if p.form == Form::SupCon {
+                        // The partner positives are candidates too; `prow` keeps its scores only
+                        // until here (it is needed as scores below, so sum a copy).
+                        scr.e.clear();
+                        scr.e.extend_from_slice(prow);
+                        ni += loops::forward_shifted_sum(&mut scr.e[..], shift).to_f64();
+                    }
+                    let (li, x1, x2, exact) = if has_candidates && ni < floor {
+                        // Exact path: the whole row with its own maximum.
+                        resize(&mut scr.row, n);
+                        gemm_abt(p.inv_tau, &x[i * d..(i + 1) * d], 1, &x, n, d, &mut scr.row);
+                        let (li, x1, x2) =
+                            loops::forward_exact_row(p.form, &mut scr.row[..n], prow, i, run.start, run.end);
+                        (li, x1, x2, true)
+                    } else {
+                        let li = if ni > 0.0 { shift + T::from_f64(ni.ln()) } else { T::NEG_INFINITY };
+                        let (x1, x2) = loops::forward_positive_terms(p.form, own, prow, li, i - run.start);
+                        (li, x1, x2, false)
+                    };
+                    part.l.push(li);
+                    part.cp.push(T::from_f64(wi));
+                    part.nsum.push(if exact { T::ZERO } else { T::from_f64(ni) });
+                    part.exact.push(exact);
+                    match p.form {
+                        Form::PerPositive => {
+                            part.loss += wi * x1.to_f64();
+                            part.ce.push(T::from_f64(wi) * x2);
+                        }
+                        Form::SupCon => {
+                            part.loss += w_bag * (li.to_f64() - x1.to_f64() / npos as f64);
+                            part.ce.push(T::from_f64(w_bag));
+                        }
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    let mut st = BagState {
+        shift,
+        l: Vec::with_capacity(n),
+        c_pos: Vec::with_capacity(n),
+        c_exp: Vec::with_capacity(n),
+        nsum: Vec::with_capacity(n),
+        exact: Vec::with_capacity(n),
+    };
+    let mut loss = 0.0;
+    for part in parts {
+        loss += part.loss;
+        st.l.extend(part.l);
+        st.c_pos.extend(part.cp);
+        st.c_exp.extend(part.ce);
+        st.nsum.extend(part.nsum);
+        st.exact.extend(part.exact);
+    }
+    (loss, st)
+}
+
+/// Scratch reused by one rayon job.
+struct Scratch<T> {
+    s: Vec<T>,
+    sp: Vec<T>,
+    e: Vec<T>,
+    row: Vec<T>,
+}
+
+impl<T: Float> Scratch<T> {
+    fn new() -> Self {
+        Scratch { s: Vec::new(), sp: Vec::new(), e: Vec::new(), row: Vec::new() }
+    }
+}
+
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    // A method (not a field access) so closures capture the whole Sync wrapper.
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// `grad[image, c, p] = scale * dloss/df` for every pixel of every bag; other entries are left as
+/// they are (callers pass zeros). `grad` has the layout of `p.feats`.
+pub fn backward<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, scale: T, grad: &mut [T]) {
+    check(p);
+    assert_eq!(grad.len(), p.feats.len(), "contrastive backward: gradient buffer size");
+    assert_eq!(fwd.states.len(), p.bags.len(), "contrastive backward: state count");
+    for b in 0..p.bags.len() {
+        backward_bag(p, fwd, b, scale, grad);
+    }
+}
+
+fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, scale: T, grad: &mut [T]) {
+    let bag = &p.bags[b];
+    let n = bag.len();
+    if n == 0 {
+        return;
+    }
+    let (d, hw) = (p.d, p.hw);
+    let st = &fwd.states[b];
+    let x = gather_rows(p, bag);
+    let panels = T::panels(&x, n, d);
+    let runs = row_runs(bag);
+    let blocks = schedule::blocks(n);
+    let a: Vec<T> =
+        st.c_exp.iter().zip(&st.nsum).map(|(&c, &ns)| if ns > T::ZERO { c / ns } else { T::ZERO }).collect();
+    let k = Coefs { runs: &runs, l: &st.l, cp: &st.c_pos, ce: &st.c_exp, nsum: &st.nsum, a: &a, shift: st.shift };
+    let block_exact: Vec<bool> = blocks.iter().map(|&(s, e)| st.exact[s..e].iter().any(|&v| v)).collect();
+    // dX per block; a round's tiles lock disjoint blocks, so the locks never wait.
+    let dx: Vec<Mutex<Vec<T>>> = blocks.iter().map(|&(s, e)| Mutex::new(vec![T::ZERO; (e - s) * d])).collect();
+    let form = p.form;
+    for round in schedule::rounds(blocks.len()) {
+        round.par_iter().for_each_init(Vec::new, |tile, &(bp, bq)| {
+            let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
+            let (tp, tq) = (p1 - p0, q1 - q0);
+            resize(tile, tp * tq);
+            let g = &mut tile[..tp * tq];
+            T::tile_scores(p.inv_tau, &x, panels.as_ref(), p0, tp, q0, tq, d, g);
+            loops::backward_grad_tile(form, g, tq, p0, q0, k, block_exact[bp] || block_exact[bq]);
+            let mut dp = dx[bp].lock().expect("tile lock");
+            // dX_P += G X_Q: A(i, j) = g[i * tq + j], B(j, c) = x[(q0 + j) * d + c].
+            T::tile_product(tp, d, tq, p.inv_tau, g, tq, 1, &x[q0 * d..q1 * d], d, &mut dp, d, true);
+            drop(dp);
+            if bp != bq {
+                let mut dq = dx[bq].lock().expect("tile lock");
+                // dX_Q += G^T X_P: A(j, i) = g[i * tq + j], B(i, c) = x[(p0 + i) * d + c].
+                T::tile_product(tq, d, tp, p.inv_tau, g, 1, tq, &x[p0 * d..p1 * d], d, &mut dq, d, true);
+            }
+        });
+    }
+    partner_terms(p, fwd, b, &blocks, &x, &dx);
+    let out = SendPtr(grad.as_mut_ptr());
+    blocks.par_iter().zip(dx).for_each(|(&(r0, _), dxb)| {
+        let dxb = dxb.into_inner().expect("tile lock");
+        for (k, row) in dxb.chunks(d).enumerate() {
+            let g = bag.pixels[r0 + k] as usize;
+            let base = (g / hw) * d * hw + g % hw;
+            for (c, &v) in row.iter().enumerate() {
+                // SAFETY: `check` verified every pixel id is in range and appears in one bag row
+                // only, so no two blocks (or bags) write the same element.
+                unsafe { *out.ptr().add(base + c * hw) = scale * v };
+            }
+        }
+    });
+}
+
+/// Cross-image terms of bag `b`, per row block: partner positives of its anchors, and its pixels as
+/// positives of anchors in bags partnered with it.
+fn partner_terms<T: FastMath>(
+    p: &Problem<'_, T>,
+    fwd: &Forward<T>,
+    b: usize,
+    blocks: &[(usize, usize)],
+    x: &[T],
+    dx: &[Mutex<Vec<T>>],
+) {
+    let bag = &p.bags[b];
+    let back: Vec<usize> =
+        (0..p.bags.len()).filter(|&r| r != b && p.bags[r].partner == Some(b) && !p.bags[r].is_empty()).collect();
+    if bag.partner.is_none() && back.is_empty() {
+        return;
+    }
+    let d = p.d;
+    let st = &fwd.states[b];
+    let form = p.form;
+    let xq = bag.partner.map(|q| gather_rows(p, &p.bags[q]));
+    let back: Vec<(usize, Vec<T>)> = back.into_iter().map(|r| (r, gather_rows(p, &p.bags[r]))).collect();
+    blocks.par_iter().zip(dx).for_each_init(Vec::new, |sp, (&(r0, r1), dxb)| {
+        let mut dxb = dxb.lock().expect("block lock");
+        for (run, a, bb) in runs_in(bag, r0, r1) {
+            let xa = &x[a * d..bb * d];
+            let dxa = &mut dxb[(a - r0) * d..(bb - r0) * d];
+            if let (Some(q), Some(xq)) = (bag.partner, xq.as_ref()) {
+                let (ps, pe) = p.bags[q].class_rows(run.class);
+                if pe > ps {
+                    let plen = pe - ps;
+                    resize(sp, (bb - a) * plen);
+                    gemm_abt(p.inv_tau, xa, bb - a, &xq[ps * d..pe * d], plen, d, sp);
+                    for i in a..bb {
+                        let g = &mut sp[(i - a) * plen..(i - a + 1) * plen];
+                        loops::anchor_side_partner_grad(form, g, st.l[i], st.c_pos[i], st.c_exp[i]);
+                    }
+                    gemm_ab(p.inv_tau, sp, bb - a, plen, &xq[ps * d..pe * d], d, T::ONE, dxa);
+                }
+            }
+            for (r, xr) in &back {
+                let (rs, re) = p.bags[*r].class_rows(run.class);
+                if re > rs {
+                    let len = re - rs;
+                    let sr = &fwd.states[*r];
+                    resize(sp, (bb - a) * len);
+                    gemm_abt(p.inv_tau, xa, bb - a, &xr[rs * d..re * d], len, d, sp);
+                    for i in a..bb {
+                        let g = &mut sp[(i - a) * len..(i - a + 1) * len];
+                        loops::candidate_side_partner_grad(
+                            form,
+                            g,
+                            &sr.l[rs..re],
+                            &sr.c_pos[rs..re],
+                            &sr.c_exp[rs..re],
+                        );
+                    }
+                    gemm_ab(p.inv_tau, sp, bb - a, len, &xr[rs * d..re * d], d, T::ONE, dxa);
+                }
+            }
+        }
+    });
+}
+
+/// `out (m x k) = alpha * a (m x n) * b (n x k) + beta * out`, all row-major; single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn gemm_ab<T: Float>(alpha: T, a: &[T], m: usize, n: usize, b: &[T], k: usize, beta: T, out: &mut [T]) {
+    assert!(a.len() >= m * n && b.len() >= n * k && out.len() >= m * k);
+    if m == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every access.
+    unsafe {
+        T::gemm_raw(
+            m,
+            n,
+            k,
+            alpha,
+            a.as_ptr(),
+            n as isize,
+            1,
+            b.as_ptr(),
+            k as isize,
+            1,
+            beta,
+            out.as_mut_ptr(),
+            k as isize,
+            1,
+        )
+    }
+}
+
+/// Consistency of a problem: pixel ids in range and unique across bags, runs covering each bag,
+/// partners in range. Callers build bags with [`Bag::from_pixels`]; this guards the unsafe scatter.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
+fn check<T>(p: &Problem<'_, T>) {
+    assert!(p.d > 0 && p.hw > 0 && p.feats.len() % (p.d * p.hw) == 0, "contrastive: feature buffer shape");
+    let npx = p.feats.len() / p.d;
+    let mut seen = vec![false; npx];
+    for bag in p.bags {
+        let mut next = 0;
+        for r in &bag.runs {
+            assert!(r.start == next && r.end > r.start, "contrastive: class runs must tile the bag");
+            next = r.end;
+        }
+        assert!(next == bag.len(), "contrastive: class runs must cover the bag");
+        assert!(bag.runs.windows(2).all(|w| w[0].class < w[1].class), "contrastive: runs ascending by class");
+    }
+    for (b, bag) in p.bags.iter().enumerate() {
+        assert!(
+            bag.partner.map(|q| q < p.bags.len() && q != b).unwrap_or(true),
+            "contrastive: partner out of range or self"
+        );
+        for &g in &bag.pixels {
+            let g = g as usize;
+            assert!(g < npx && !seen[g], "contrastive: pixel {g} out of range or in two bags");
+            seen[g] = true;
+        }
+    }
+}
+
+/// Bytes of scratch one evaluation (forward + backward) allocates for bags of `n` pixels (and
+/// `partners` extra gathered bags of the same size), `d` channels, `threads` workers, element size
+/// `elem`: the gathered features and the gradient accumulator, a `TILE x TILE` tile per thread, the
+/// positive-score strip of a block, and the per-anchor state.
+pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: usize) -> usize {
+    let gathered = (2 + partners) * n * d;
+    let per_thread = TILE * TILE + TILE * n + n;
+    (gathered + threads * per_thread + 6 * n) * elem
+}
