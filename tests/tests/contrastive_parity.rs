@@ -1,7 +1,8 @@
 //! The fused pixel contrastive loss against the naive `N x N` reference
 //! (`segnet_tests::contrastive_ref`): loss and full gradient, every mode and form, with ignore pixels,
 //! single-pixel classes, images without a valid pixel and all-invalid batches; f32 at 65x65 against
-//! f64; stability for unnormalised features; determinism across thread counts; bad input.
+//! f64; several tile blocks (every round of the symmetric schedule); anchors on the exact path next
+//! to shifted ones; stability for unnormalised features; determinism across thread counts; bad input.
 
 use engine::ops::contrastive::{batch_sample, cross_image_partners};
 use engine::ops::{self, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
@@ -172,6 +173,92 @@ fn f32_fused_matches_f64_naive_at_65x65() {
 }
 
 #[test]
+fn several_tile_blocks_match_naive_in_every_mode_and_form() {
+    // 24x24 = 576 pixels per image: three blocks, so every round of the symmetric schedule runs
+    // (diagonal and off-diagonal tiles); batch mode makes one bag of ~1100 pixels (four blocks).
+    let (b, d, h, w) = (2, 5, 24, 24);
+    let labels = band_labels(b, h, w, 4, 8);
+    for normalised in [true, false] {
+        let fv = random_features(b, d, h * w, normalised, 12);
+        let f = Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F64);
+        for mode in MODES {
+            for form in FORMS {
+                let cfg = ContrastiveConfig { classes: 4, mode, form, ..Default::default() };
+                let got = fused(&f, &labels, &cfg);
+                let want = reference(&fv, b, d, h * w, &labels.data, &cfg);
+                compare(&format!("{mode:?} {form:?} normalised={normalised}"), (got.0, &got.1), &want, 1e-10).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_several_blocks_match_f64_naive_in_every_mode_and_form() {
+    // 37x29 = 1073 pixels per image: five blocks of uneven size, the last not a multiple of the
+    // f32 score kernel's 16-pixel panels.
+    let (b, d, h, w) = (2, 24, 37, 29);
+    let fv = random_features(b, d, h * w, true, 13);
+    let rounded: Vec<f64> = fv.iter().map(|&v| v as f32 as f64).collect();
+    let labels = band_labels(b, h, w, 5, 9);
+    let f = Tensor::from_f64_vec(fv, vec![b, d, h, w], DType::F32);
+    for mode in MODES {
+        for form in FORMS {
+            let cfg = ContrastiveConfig { classes: 5, mode, form, max_pixels: 1500, ..Default::default() };
+            let got = fused(&f, &labels, &cfg);
+            let want = reference(&rounded, b, d, h * w, &labels.data, &cfg);
+            compare(&format!("f32 {mode:?} {form:?}"), (got.0, &got.1), &want, 2e-5).unwrap();
+        }
+    }
+}
+
+#[test]
+fn mixed_norms_send_some_anchors_to_the_exact_path_and_agree() {
+    // Most pixels unit-norm, one in 23 of norm 6: the bag's common shift is 36/tau ~ 514, so the
+    // unit-norm anchors' shifted sums (<= e^-480) fall below the f32 floor (e^-40) and take the
+    // exact per-row path; in f64 (floor e^-600) they stay on the shifted path. Both must agree
+    // with the naive reference, and tiles mixing the two kinds must give the right gradient.
+    use kernels::cpu::contrastive::{forward, Bag, Form, Problem};
+    let (b, d, h, w) = (2, 8, 20, 21);
+    let hw = h * w;
+    let mut fv = random_features(b, d, hw, true, 14);
+    // The large pixels share one direction, so those with a large negative of another class sit
+    // at the bound (shifted sum ~1) and stay on the shifted path.
+    for img in 0..b {
+        for p in (0..hw).step_by(23) {
+            for c in 0..d {
+                fv[img * d * hw + c * hw + p] = 6.0 / (d as f64).sqrt();
+            }
+        }
+    }
+    let labels = band_labels(b, h, w, 3, 10);
+    for form in FORMS {
+        for mode in MODES {
+            let cfg = ContrastiveConfig { classes: 3, mode, form, ..Default::default() };
+            let want = reference(&fv, b, d, hw, &labels.data, &cfg);
+            let got64 = fused(&Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F64), &labels, &cfg);
+            compare(&format!("f64 {mode:?} {form:?}"), (got64.0, &got64.1), &want, 1e-10).unwrap();
+            let rounded: Vec<f64> = fv.iter().map(|&v| v as f32 as f64).collect();
+            let want32 = reference(&rounded, b, d, hw, &labels.data, &cfg);
+            let got32 = fused(&Tensor::from_f64_vec(fv.clone(), vec![b, d, h, w], DType::F32), &labels, &cfg);
+            compare(&format!("f32 {mode:?} {form:?}"), (got32.0, &got32.1), &want32, 1e-4).unwrap();
+        }
+    }
+    // The path taken, seen from the kernel: image 0 as one bag.
+    let items: Vec<(u8, u32)> = (0..hw).filter(|&p| labels.data[p] != 255).map(|p| (labels.data[p], p as u32)).collect();
+    let bags = [Bag::from_pixels(items, None)];
+    let f32s: Vec<f32> = fv[..d * hw].iter().map(|&v| v as f32).collect();
+    for (form, name) in [(Form::PerPositive, "per-positive"), (Form::SupCon, "supcon")] {
+        let p = Problem { feats: &f32s, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form };
+        let st = &forward(&p).states[0];
+        let exact = st.exact.iter().filter(|&&e| e).count();
+        assert!(exact > 0 && exact < st.exact.len(), "{name}: {exact} of {} anchors exact", st.exact.len());
+        let f64s: Vec<f64> = fv[..d * hw].to_vec();
+        let p = Problem { feats: &f64s, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form };
+        assert!(forward(&p).states[0].exact.iter().all(|&e| !e), "{name}: f64 stays on the shifted path");
+    }
+}
+
+#[test]
 fn unnormalised_large_scores_stay_finite_and_agree() {
     // Features of norm ~40 with tau 0.07: scores up to ~2e4, far beyond exp's range.
     let (b, d, h, w) = (2, 8, 9, 7);
@@ -195,11 +282,13 @@ fn unnormalised_large_scores_stay_finite_and_agree() {
 
 #[test]
 fn results_are_bit_identical_across_thread_counts() {
-    let (b, d, h, w) = (2, 16, 17, 13);
+    // 600 pixels per image (three tile blocks, so several rounds run in parallel); batch mode
+    // samples 1000 of the 1200 pixels.
+    let (b, d, h, w) = (2, 16, 25, 24);
     let f = Tensor::from_f64_vec(random_features(b, d, h * w, true, 5), vec![b, d, h, w], DType::F32);
     let labels = band_labels(b, h, w, 4, 6);
     for mode in MODES {
-        let cfg = ContrastiveConfig { classes: 4, mode, max_pixels: 300, ..Default::default() };
+        let cfg = ContrastiveConfig { classes: 4, mode, max_pixels: 1000, ..Default::default() };
         let run = |threads: usize| {
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| fused(&f, &labels, &cfg))
         };
