@@ -4,12 +4,12 @@
 //! vectorisation, so f32 uses branch-free Cephes polynomials (about 1 ulp). f64 (gradient checks)
 //! uses the standard library.
 
-use super::tile_gemm::TileGemm;
+use super::features::TileOps;
 use crate::Float;
 
 /// Elementwise transcendental functions used in the row loops. f32 uses polynomial versions that
 /// the compiler can vectorise (about 1 ulp); f64 (gradient checks) uses the standard library.
-pub trait FastMath: Float + TileGemm {
+pub trait FastMath: Float + TileOps {
     /// Below this, a shifted sum of exponentials may have lost terms to underflow: the tiled pass
     /// hands such an anchor to the exact per-row path (see the module docs of `contrastive`).
     const SUM_FLOOR: Self;

@@ -60,17 +60,18 @@
 
 pub mod fastmath;
 mod loops;
+mod features;
 pub mod schedule;
 pub mod tile_gemm;
 
 pub use fastmath::FastMath;
+pub use features::TileOps;
 pub use schedule::TILE;
 
 use crate::Float;
 use loops::Coefs;
 use rayon::prelude::*;
 use std::sync::Mutex;
-use tile_gemm::Panels;
 
 /// Which loss (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,52 +217,6 @@ fn bag_weights(bags: &[Bag], form: Form) -> Vec<f64> {
     counts.iter().map(|&c| if c > 0 { 1.0 / (c as f64 * valid as f64) } else { 0.0 }).collect()
 }
 
-/// Copy a bag's features into a row-major `n x d` matrix (the right operand of the gradient
-/// products `G X`, read a row at a time).
-fn gather_rows<T: Float>(p: &Problem<'_, T>, bag: &Bag) -> Vec<T> {
-    let (d, hw) = (p.d, p.hw);
-    let mut x = vec![T::ZERO; bag.len() * d];
-    x.par_chunks_mut(d * TILE).enumerate().for_each(|(ci, chunk)| {
-        for (r, row) in chunk.chunks_mut(d).enumerate() {
-            let g = bag.pixels[ci * TILE + r] as usize;
-            let (img, px) = (g / hw, g % hw);
-            let base = img * d * hw + px;
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = p.feats[base + c * hw];
-            }
-        }
-    });
-    x
-}
-
-/// `out (m x n, row-major) = alpha * a (m x k) * b^T` where `b` is `n x k` row-major; single-threaded
-/// (the small score products: positives, partners, exact rows).
-fn gemm_abt<T: Float>(alpha: T, a: &[T], m: usize, b: &[T], n: usize, k: usize, out: &mut [T]) {
-    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the asserts above bound every access of the m x k, k x n and m x n views.
-    unsafe {
-        T::gemm_raw(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            1,
-            k as isize,
-            T::ZERO,
-            out.as_mut_ptr(),
-            n as isize,
-            1,
-        )
-    }
-}
-
 /// The class run `(start, end)` of every row of a bag.
 fn row_runs(bag: &Bag) -> Vec<(u32, u32)> {
     let mut out = Vec::with_capacity(bag.len());
@@ -271,14 +226,9 @@ fn row_runs(bag: &Bag) -> Vec<(u32, u32)> {
     out
 }
 
-/// The common shift `m = max |f|^2 / tau` over the rows of `xs` (`n x d` each).
-fn score_bound<T: Float>(xs: &[&[T]], d: usize, inv_tau: T) -> T {
-    let mut m = 0.0f64;
-    for x in xs {
-        for row in x.chunks_exact(d) {
-            m = m.max(row.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>());
-        }
-    }
+/// The common shift `m = max |f|^2 / tau` over the pixels of `xs`.
+fn score_bound<T: FastMath>(xs: &[&T::Feats], d: usize, inv_tau: T) -> T {
+    let m = xs.iter().flat_map(|x| T::sq_norms(x, d)).fold(0.0f64, f64::max);
     T::from_f64(m * inv_tau.to_f64())
 }
 
@@ -309,13 +259,7 @@ pub fn forward<T: FastMath>(p: &Problem<'_, T>) -> Forward<T> {
 }
 
 /// Pass 1: `N_i` of every row from the symmetric tiles (f64 accumulators, one per block).
-fn tile_sums<T: FastMath>(
-    p: &Problem<'_, T>,
-    x: &[T],
-    panels: Option<&Panels>,
-    runs: &[(u32, u32)],
-    shift: T,
-) -> Vec<f64> {
+fn tile_sums<T: FastMath>(p: &Problem<'_, T>, x: &T::Feats, runs: &[(u32, u32)], shift: T) -> Vec<f64> {
     let d = p.d;
     let blocks = schedule::blocks(runs.len());
     let mut acc: Vec<Vec<f64>> = blocks.iter().map(|&(s, e)| vec![0.0; e - s]).collect();
@@ -326,7 +270,7 @@ fn tile_sums<T: FastMath>(
                 let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
                 let (tp, tq) = (p1 - p0, q1 - q0);
                 resize(tile, tp * tq);
-                T::tile_scores(p.inv_tau, x, panels, p0, tp, q0, tq, d, tile);
+                T::scores(p.inv_tau, x, p0, tp, x, q0, tq, d, tile, tq);
                 loops::forward_exp_tile(p.form, &mut tile[..tp * tq], tq, p0, q0, runs, shift, bp == bq)
             })
             .collect();
@@ -354,14 +298,12 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
             },
         );
     }
-    let x = gather_rows(p, bag);
-    let xq = bag.partner.map(|q| gather_rows(p, &p.bags[q]));
     let d = p.d;
+    let x = T::gather(p.feats, d, p.hw, &bag.pixels);
+    let xq = bag.partner.map(|q| T::gather(p.feats, d, p.hw, &p.bags[q].pixels));
     let runs = row_runs(bag);
-    let shift = score_bound(&[&x[..], xq.as_deref().unwrap_or(&[])], d, p.inv_tau);
-    let panels = T::panels(&x, n, d);
-    let nsum_own = tile_sums(p, &x, panels.as_ref(), &runs, shift);
-    drop(panels);
+    let shift = score_bound(&[&x].into_iter().chain(xq.as_ref()).collect::<Vec<_>>(), d, p.inv_tau);
+    let nsum_own = tile_sums(p, &x, &runs, shift);
     // Pass 2, per row block: L_i and the positive terms.
     struct Part<T> {
         loss: f64,
@@ -400,11 +342,11 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                     continue;
                 }
                 resize(&mut scr.s, (b - a) * rlen);
-                gemm_abt(p.inv_tau, &x[a * d..b * d], b - a, &x[run.start * d..run.end * d], rlen, d, &mut scr.s);
+                T::scores(p.inv_tau, &x, a, b - a, &x, run.start, rlen, d, &mut scr.s, rlen);
                 if plen > 0 {
                     resize(&mut scr.sp, (b - a) * plen);
                     let xq = xq.as_ref().expect("partner gathered");
-                    gemm_abt(p.inv_tau, &x[a * d..b * d], b - a, &xq[ps * d..pe * d], plen, d, &mut scr.sp);
+                    T::scores(p.inv_tau, &x, a, b - a, xq, ps, plen, d, &mut scr.sp, plen);
                 }
                 let has_candidates = match p.form {
                     Form::PerPositive => n > rlen,
@@ -425,7 +367,7 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                     let (li, x1, x2, exact) = if has_candidates && ni < floor {
                         // Exact path: the whole row with its own maximum.
                         resize(&mut scr.row, n);
-                        gemm_abt(p.inv_tau, &x[i * d..(i + 1) * d], 1, &x, n, d, &mut scr.row);
+                        T::scores(p.inv_tau, &x, i, 1, &x, 0, n, d, &mut scr.row, n);
                         let (li, x1, x2) =
                             loops::forward_exact_row(p.form, &mut scr.row[..n], prow, i, run.start, run.end);
                         (li, x1, x2, true)
@@ -516,8 +458,7 @@ fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, sca
     }
     let (d, hw) = (p.d, p.hw);
     let st = &fwd.states[b];
-    let x = gather_rows(p, bag);
-    let panels = T::panels(&x, n, d);
+    let x = T::gather(p.feats, d, hw, &bag.pixels);
     let runs = row_runs(bag);
     let blocks = schedule::blocks(n);
     let a: Vec<T> =
@@ -533,16 +474,16 @@ fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, sca
             let (tp, tq) = (p1 - p0, q1 - q0);
             resize(tile, tp * tq);
             let g = &mut tile[..tp * tq];
-            T::tile_scores(p.inv_tau, &x, panels.as_ref(), p0, tp, q0, tq, d, g);
+            T::scores(p.inv_tau, &x, p0, tp, &x, q0, tq, d, g, tq);
             loops::backward_grad_tile(form, g, tq, p0, q0, k, block_exact[bp] || block_exact[bq]);
             let mut dp = dx[bp].lock().expect("tile lock");
             // dX_P += G X_Q: A(i, j) = g[i * tq + j], B(j, c) = x[(q0 + j) * d + c].
-            T::tile_product(tp, d, tq, p.inv_tau, g, tq, 1, &x[q0 * d..q1 * d], d, &mut dp, d, true);
+            T::product_add(tp, tq, p.inv_tau, g, tq, 1, &x, q0, d, &mut dp);
             drop(dp);
             if bp != bq {
                 let mut dq = dx[bq].lock().expect("tile lock");
                 // dX_Q += G^T X_P: A(j, i) = g[i * tq + j], B(i, c) = x[(p0 + i) * d + c].
-                T::tile_product(tq, d, tp, p.inv_tau, g, 1, tq, &x[p0 * d..p1 * d], d, &mut dq, d, true);
+                T::product_add(tq, tp, p.inv_tau, g, 1, tq, &x, p0, d, &mut dq);
             }
         });
     }
@@ -569,7 +510,7 @@ fn partner_terms<T: FastMath>(
     fwd: &Forward<T>,
     b: usize,
     blocks: &[(usize, usize)],
-    x: &[T],
+    x: &T::Feats,
     dx: &[Mutex<Vec<T>>],
 ) {
     let bag = &p.bags[b];
@@ -581,24 +522,24 @@ fn partner_terms<T: FastMath>(
     let d = p.d;
     let st = &fwd.states[b];
     let form = p.form;
-    let xq = bag.partner.map(|q| gather_rows(p, &p.bags[q]));
-    let back: Vec<(usize, Vec<T>)> = back.into_iter().map(|r| (r, gather_rows(p, &p.bags[r]))).collect();
+    let gather = |r: usize| T::gather(p.feats, d, p.hw, &p.bags[r].pixels);
+    let xq = bag.partner.map(gather);
+    let back: Vec<(usize, T::Feats)> = back.into_iter().map(|r| (r, gather(r))).collect();
     blocks.par_iter().zip(dx).for_each_init(Vec::new, |sp, (&(r0, r1), dxb)| {
         let mut dxb = dxb.lock().expect("block lock");
         for (run, a, bb) in runs_in(bag, r0, r1) {
-            let xa = &x[a * d..bb * d];
             let dxa = &mut dxb[(a - r0) * d..(bb - r0) * d];
             if let (Some(q), Some(xq)) = (bag.partner, xq.as_ref()) {
                 let (ps, pe) = p.bags[q].class_rows(run.class);
                 if pe > ps {
                     let plen = pe - ps;
                     resize(sp, (bb - a) * plen);
-                    gemm_abt(p.inv_tau, xa, bb - a, &xq[ps * d..pe * d], plen, d, sp);
+                    T::scores(p.inv_tau, x, a, bb - a, xq, ps, plen, d, sp, plen);
                     for i in a..bb {
                         let g = &mut sp[(i - a) * plen..(i - a + 1) * plen];
                         loops::anchor_side_partner_grad(form, g, st.l[i], st.c_pos[i], st.c_exp[i]);
                     }
-                    gemm_ab(p.inv_tau, sp, bb - a, plen, &xq[ps * d..pe * d], d, T::ONE, dxa);
+                    T::product_add(bb - a, plen, p.inv_tau, sp, plen, 1, xq, ps, d, dxa);
                 }
             }
             for (r, xr) in &back {
@@ -607,7 +548,7 @@ fn partner_terms<T: FastMath>(
                     let len = re - rs;
                     let sr = &fwd.states[*r];
                     resize(sp, (bb - a) * len);
-                    gemm_abt(p.inv_tau, xa, bb - a, &xr[rs * d..re * d], len, d, sp);
+                    T::scores(p.inv_tau, x, a, bb - a, xr, rs, len, d, sp, len);
                     for i in a..bb {
                         let g = &mut sp[(i - a) * len..(i - a + 1) * len];
                         loops::candidate_side_partner_grad(
@@ -618,39 +559,11 @@ fn partner_terms<T: FastMath>(
                             &sr.c_exp[rs..re],
                         );
                     }
-                    gemm_ab(p.inv_tau, sp, bb - a, len, &xr[rs * d..re * d], d, T::ONE, dxa);
+                    T::product_add(bb - a, len, p.inv_tau, sp, len, 1, xr, rs, d, dxa);
                 }
             }
         }
     });
-}
-
-/// `out (m x k) = alpha * a (m x n) * b (n x k) + beta * out`, all row-major; single-threaded.
-#[allow(clippy::too_many_arguments)]
-fn gemm_ab<T: Float>(alpha: T, a: &[T], m: usize, n: usize, b: &[T], k: usize, beta: T, out: &mut [T]) {
-    assert!(a.len() >= m * n && b.len() >= n * k && out.len() >= m * k);
-    if m == 0 || k == 0 {
-        return;
-    }
-    // SAFETY: the asserts above bound every access.
-    unsafe {
-        T::gemm_raw(
-            m,
-            n,
-            k,
-            alpha,
-            a.as_ptr(),
-            n as isize,
-            1,
-            b.as_ptr(),
-            k as isize,
-            1,
-            beta,
-            out.as_mut_ptr(),
-            k as isize,
-            1,
-        )
-    }
 }
 
 /// Consistency of a problem: pixel ids in range and unique across bags, runs covering each bag,
