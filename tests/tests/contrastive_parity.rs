@@ -244,7 +244,8 @@ fn mixed_norms_send_some_anchors_to_the_exact_path_and_agree() {
         }
     }
     // The path taken, seen from the kernel: image 0 as one bag.
-    let items: Vec<(u8, u32)> = (0..hw).filter(|&p| labels.data[p] != 255).map(|p| (labels.data[p], p as u32)).collect();
+    let items: Vec<(u8, u32)> =
+        (0..hw).filter(|&p| labels.data[p] != 255).map(|p| (labels.data[p], p as u32)).collect();
     let bags = [Bag::from_pixels(items, None)];
     let f32s: Vec<f32> = fv[..d * hw].iter().map(|&v| v as f32).collect();
     for (form, name) in [(Form::PerPositive, "per-positive"), (Form::SupCon, "supcon")] {

@@ -214,8 +214,8 @@ pub fn batch_sample(labels: &LabelMap, ignore: u8, max_pixels: usize, seed: u64)
 }
 
 /// Bytes of scratch one forward + backward of the within-image loss allocates for an image of `n`
-/// pixels and `d` channels in f32 on the current rayon pool (gathered features, per-thread score and
-/// gradient strips, per-anchor state); the gradient tensor itself is not included.
+/// pixels and `d` channels in f32 on the current rayon pool (gathered features, per-thread tiles,
+/// per-anchor state); the gradient tensor itself is not included.
 pub fn contrastive_scratch_bytes(n: usize, d: usize) -> usize {
     kc::scratch_bytes(n, d, 0, rayon::current_num_threads(), 4)
 }

@@ -24,11 +24,36 @@ pub trait TileOps: Float {
 
     /// `out (m x n, row stride ldo) = alpha X_a[a0..a0 + m] X_b[b0..b0 + n]^T`.
     #[allow(clippy::too_many_arguments)]
-    fn scores(alpha: Self, a: &Self::Feats, a0: usize, m: usize, b: &Self::Feats, b0: usize, n: usize, d: usize, out: &mut [Self], ldo: usize);
+    fn scores(
+        alpha: Self,
+        a: &Self::Feats,
+        a0: usize,
+        m: usize,
+        b: &Self::Feats,
+        b0: usize,
+        n: usize,
+        d: usize,
+        out: &mut [Self],
+        ldo: usize,
+    );
+
+    /// The bag's storage, to reuse as scratch of at least `n * d` elements.
+    fn into_buffer(x: Self::Feats) -> Vec<Self>;
 
     /// `C (m x d) += alpha A X[row0..row0 + k]` with `A(i, l) = a[i * a_rs + l * a_ks]`.
     #[allow(clippy::too_many_arguments)]
-    fn product_add(m: usize, k: usize, alpha: Self, a: &[Self], a_rs: usize, a_ks: usize, x: &Self::Feats, row0: usize, d: usize, c: &mut [Self]);
+    fn product_add(
+        m: usize,
+        k: usize,
+        alpha: Self,
+        a: &[Self],
+        a_rs: usize,
+        a_ks: usize,
+        x: &Self::Feats,
+        row0: usize,
+        d: usize,
+        c: &mut [Self],
+    );
 }
 
 /// Row-major gather.
@@ -49,7 +74,18 @@ fn rows_sq_norms<T: Float>(x: &[T], d: usize) -> Vec<f64> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rows_scores<T: Float>(alpha: T, a: &[T], a0: usize, m: usize, b: &[T], b0: usize, n: usize, d: usize, out: &mut [T], ldo: usize) {
+fn rows_scores<T: Float>(
+    alpha: T,
+    a: &[T],
+    a0: usize,
+    m: usize,
+    b: &[T],
+    b0: usize,
+    n: usize,
+    d: usize,
+    out: &mut [T],
+    ldo: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -77,7 +113,18 @@ fn rows_scores<T: Float>(alpha: T, a: &[T], a0: usize, m: usize, b: &[T], b0: us
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rows_product_add<T: Float>(m: usize, k: usize, alpha: T, a: &[T], a_rs: usize, a_ks: usize, x: &[T], row0: usize, d: usize, c: &mut [T]) {
+fn rows_product_add<T: Float>(
+    m: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    a_rs: usize,
+    a_ks: usize,
+    x: &[T],
+    row0: usize,
+    d: usize,
+    c: &mut [T],
+) {
     if m == 0 || d == 0 {
         return;
     }
@@ -111,13 +158,38 @@ impl TileOps for f64 {
     fn gather(feats: &[f64], d: usize, hw: usize, ids: &[u32]) -> Vec<f64> {
         gather_rows(feats, d, hw, ids)
     }
+    fn into_buffer(x: Vec<f64>) -> Vec<f64> {
+        x
+    }
     fn sq_norms(x: &Vec<f64>, d: usize) -> Vec<f64> {
         rows_sq_norms(x, d)
     }
-    fn scores(alpha: f64, a: &Vec<f64>, a0: usize, m: usize, b: &Vec<f64>, b0: usize, n: usize, d: usize, out: &mut [f64], ldo: usize) {
+    fn scores(
+        alpha: f64,
+        a: &Vec<f64>,
+        a0: usize,
+        m: usize,
+        b: &Vec<f64>,
+        b0: usize,
+        n: usize,
+        d: usize,
+        out: &mut [f64],
+        ldo: usize,
+    ) {
         rows_scores(alpha, a, a0, m, b, b0, n, d, out, ldo)
     }
-    fn product_add(m: usize, k: usize, alpha: f64, a: &[f64], a_rs: usize, a_ks: usize, x: &Vec<f64>, row0: usize, d: usize, c: &mut [f64]) {
+    fn product_add(
+        m: usize,
+        k: usize,
+        alpha: f64,
+        a: &[f64],
+        a_rs: usize,
+        a_ks: usize,
+        x: &Vec<f64>,
+        row0: usize,
+        d: usize,
+        c: &mut [f64],
+    ) {
         rows_product_add(m, k, alpha, a, a_rs, a_ks, x, row0, d, c)
     }
 }
@@ -137,13 +209,30 @@ impl TileOps for f32 {
             F32Feats::Rows(gather_rows(feats, d, hw, ids))
         }
     }
+    fn into_buffer(x: F32Feats) -> Vec<f32> {
+        match x {
+            F32Feats::Panels(p) => p.data,
+            F32Feats::Rows(r) => r,
+        }
+    }
     fn sq_norms(x: &F32Feats, d: usize) -> Vec<f64> {
         match x {
             F32Feats::Panels(p) => p.sq_norms(),
             F32Feats::Rows(r) => rows_sq_norms(r, d),
         }
     }
-    fn scores(alpha: f32, a: &F32Feats, a0: usize, m: usize, b: &F32Feats, b0: usize, n: usize, d: usize, out: &mut [f32], ldo: usize) {
+    fn scores(
+        alpha: f32,
+        a: &F32Feats,
+        a0: usize,
+        m: usize,
+        b: &F32Feats,
+        b0: usize,
+        n: usize,
+        d: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
         match (a, b) {
             (F32Feats::Panels(pa), F32Feats::Panels(pb)) => {
                 // Slabs start at a panel: for a run that does not, score from the panel start
@@ -164,7 +253,18 @@ impl TileOps for f32 {
             _ => unreachable!("one bag gathered two ways"),
         }
     }
-    fn product_add(m: usize, k: usize, alpha: f32, a: &[f32], a_rs: usize, a_ks: usize, x: &F32Feats, row0: usize, d: usize, c: &mut [f32]) {
+    fn product_add(
+        m: usize,
+        k: usize,
+        alpha: f32,
+        a: &[f32],
+        a_rs: usize,
+        a_ks: usize,
+        x: &F32Feats,
+        row0: usize,
+        d: usize,
+        c: &mut [f32],
+    ) {
         match x {
             F32Feats::Panels(p) => tile_gemm::product_add(m, k, alpha, a, a_rs, a_ks, p, row0, c),
             F32Feats::Rows(r) => rows_product_add(m, k, alpha, a, a_rs, a_ks, r, row0, d, c),

@@ -59,14 +59,18 @@
 //! backward, one `TILE x TILE` tile per thread and O(n) per-anchor state.
 
 pub mod fastmath;
-mod loops;
 mod features;
+mod loops;
 pub mod schedule;
 pub mod tile_gemm;
 
 pub use fastmath::FastMath;
 pub use features::TileOps;
 pub use schedule::TILE;
+
+/// Anchors per strip of the forward's second pass: its score buffers hold `STRIP_ROWS x` (a class
+/// run) values per thread.
+pub const STRIP_ROWS: usize = 64;
 
 use crate::Float;
 use loops::Coefs;
@@ -304,7 +308,7 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
     let runs = row_runs(bag);
     let shift = score_bound(&[&x].into_iter().chain(xq.as_ref()).collect::<Vec<_>>(), d, p.inv_tau);
     let nsum_own = tile_sums(p, &x, &runs, shift);
-    // Pass 2, per row block: L_i and the positive terms.
+    // Pass 2, per strip of STRIP_ROWS anchors: L_i and the positive terms.
     struct Part<T> {
         loss: f64,
         l: Vec<T>,
@@ -314,8 +318,9 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
         exact: Vec<bool>,
     }
     let floor = T::SUM_FLOOR.to_f64();
-    let parts: Vec<Part<T>> = schedule::blocks(n)
+    let parts: Vec<Part<T>> = (0..n.div_ceil(STRIP_ROWS))
         .into_par_iter()
+        .map(|k| (k * STRIP_ROWS, ((k + 1) * STRIP_ROWS).min(n)))
         .map_init(Scratch::<T>::new, |scr, (r0, r1)| {
             let rows = r1 - r0;
             let mut part = Part {
@@ -439,18 +444,48 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// `grad[image, c, p] = scale * dloss/df` for every pixel of every bag; other entries are left as
-/// they are (callers pass zeros). `grad` has the layout of `p.feats`.
+/// `grad[image, c, p] = scale * dloss/df` for every pixel of every bag. `grad` has the layout of
+/// `p.feats` and must come in zeroed: an image whose pixels all belong to one bag serves as that
+/// bag's gradient accumulator (in bag order) before it receives the final values, which keeps the
+/// backward's extra memory to the gathered features.
 pub fn backward<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, scale: T, grad: &mut [T]) {
     check(p);
     assert_eq!(grad.len(), p.feats.len(), "contrastive backward: gradient buffer size");
     assert_eq!(fwd.states.len(), p.bags.len(), "contrastive backward: state count");
+    let image = p.d * p.hw;
+    // The one bag with pixels in each image, if there is exactly one.
+    let mut owner: Vec<Option<Option<usize>>> = vec![None; grad.len() / image];
+    for (b, bag) in p.bags.iter().enumerate() {
+        for &g in &bag.pixels {
+            let o = &mut owner[g as usize / p.hw];
+            *o = match *o {
+                None => Some(Some(b)),
+                Some(Some(c)) if c == b => Some(Some(b)),
+                _ => Some(None),
+            };
+        }
+    }
     for b in 0..p.bags.len() {
-        backward_bag(p, fwd, b, scale, grad);
+        let pixels = &p.bags[b].pixels;
+        let first = pixels.first().map(|&g| g as usize / p.hw);
+        let one_image = first.filter(|&img| pixels.iter().all(|&g| g as usize / p.hw == img));
+        let own = one_image.filter(|&img| owner[img] == Some(Some(b)));
+        match own {
+            Some(img) => backward_bag(p, fwd, b, scale, Target::Image(&mut grad[img * image..(img + 1) * image])),
+            None => backward_bag(p, fwd, b, scale, Target::Scattered(grad)),
+        }
     }
 }
 
-fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, scale: T, grad: &mut [T]) {
+/// Where a bag's gradient goes.
+enum Target<'a, T> {
+    /// The whole `[d, hw]` gradient of the one image holding every pixel of the bag.
+    Image(&'a mut [T]),
+    /// The whole gradient buffer; the bag's pixels span several images.
+    Scattered(&'a mut [T]),
+}
+
+fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, scale: T, target: Target<'_, T>) {
     let bag = &p.bags[b];
     let n = bag.len();
     if n == 0 {
@@ -465,42 +500,71 @@ fn backward_bag<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, b: usize, sca
         st.c_exp.iter().zip(&st.nsum).map(|(&c, &ns)| if ns > T::ZERO { c / ns } else { T::ZERO }).collect();
     let k = Coefs { runs: &runs, l: &st.l, cp: &st.c_pos, ce: &st.c_exp, nsum: &st.nsum, a: &a, shift: st.shift };
     let block_exact: Vec<bool> = blocks.iter().map(|&(s, e)| st.exact[s..e].iter().any(|&v| v)).collect();
-    // dX per block; a round's tiles lock disjoint blocks, so the locks never wait.
-    let dx: Vec<Mutex<Vec<T>>> = blocks.iter().map(|&(s, e)| Mutex::new(vec![T::ZERO; (e - s) * d])).collect();
-    let form = p.form;
-    for round in schedule::rounds(blocks.len()) {
-        round.par_iter().for_each_init(Vec::new, |tile, &(bp, bq)| {
-            let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
-            let (tp, tq) = (p1 - p0, q1 - q0);
-            resize(tile, tp * tq);
-            let g = &mut tile[..tp * tq];
-            T::scores(p.inv_tau, &x, p0, tp, &x, q0, tq, d, g, tq);
-            loops::backward_grad_tile(form, g, tq, p0, q0, k, block_exact[bp] || block_exact[bq]);
-            let mut dp = dx[bp].lock().expect("tile lock");
-            // dX_P += G X_Q: A(i, j) = g[i * tq + j], B(j, c) = x[(q0 + j) * d + c].
-            T::product_add(tp, tq, p.inv_tau, g, tq, 1, &x, q0, d, &mut dp);
-            drop(dp);
-            if bp != bq {
-                let mut dq = dx[bq].lock().expect("tile lock");
-                // dX_Q += G^T X_P: A(j, i) = g[i * tq + j], B(i, c) = x[(p0 + i) * d + c].
-                T::product_add(tq, tp, p.inv_tau, g, 1, tq, &x, p0, d, &mut dq);
-            }
-        });
-    }
-    partner_terms(p, fwd, b, &blocks, &x, &dx);
-    let out = SendPtr(grad.as_mut_ptr());
-    blocks.par_iter().zip(dx).for_each(|(&(r0, _), dxb)| {
-        let dxb = dxb.into_inner().expect("tile lock");
-        for (k, row) in dxb.chunks(d).enumerate() {
-            let g = bag.pixels[r0 + k] as usize;
-            let base = (g / hw) * d * hw + g % hw;
-            for (c, &v) in row.iter().enumerate() {
-                // SAFETY: `check` verified every pixel id is in range and appears in one bag row
-                // only, so no two blocks (or bags) write the same element.
-                unsafe { *out.ptr().add(base + c * hw) = scale * v };
-            }
+    let dx_pass = |acc: &mut [T]| {
+        // dX (n x d, bag order) per block; a round's tiles lock disjoint blocks, so the locks
+        // never wait.
+        let mut rest = acc;
+        let mut dx: Vec<Mutex<&mut [T]>> = Vec::with_capacity(blocks.len());
+        for &(s, e) in &blocks {
+            let (head, tail) = rest.split_at_mut((e - s) * d);
+            dx.push(Mutex::new(head));
+            rest = tail;
         }
-    });
+        let form = p.form;
+        for round in schedule::rounds(blocks.len()) {
+            round.par_iter().for_each_init(Vec::new, |tile, &(bp, bq)| {
+                let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
+                let (tp, tq) = (p1 - p0, q1 - q0);
+                resize(tile, tp * tq);
+                let g = &mut tile[..tp * tq];
+                T::scores(p.inv_tau, &x, p0, tp, &x, q0, tq, d, g, tq);
+                loops::backward_grad_tile(form, g, tq, p0, q0, k, block_exact[bp] || block_exact[bq]);
+                let mut dp = dx[bp].lock().expect("tile lock");
+                // dX_P += G X_Q: A(i, j) = g[i * tq + j].
+                T::product_add(tp, tq, p.inv_tau, g, tq, 1, &x, q0, d, &mut dp);
+                drop(dp);
+                if bp != bq {
+                    let mut dq = dx[bq].lock().expect("tile lock");
+                    // dX_Q += G^T X_P: A(j, i) = g[i * tq + j].
+                    T::product_add(tq, tp, p.inv_tau, g, 1, tq, &x, p0, d, &mut dq);
+                }
+            });
+        }
+        partner_terms(p, fwd, b, &blocks, &x, &dx);
+    };
+    match target {
+        Target::Image(img) => {
+            // The image's own gradient accumulates dX; then the features, no longer needed, lend
+            // their buffer to dX while the image receives the final layout.
+            dx_pass(&mut img[..n * d]);
+            let mut tmp = T::into_buffer(x);
+            tmp[..n * d].copy_from_slice(&img[..n * d]);
+            let px: Vec<usize> = bag.pixels.iter().map(|&g| g as usize % hw).collect();
+            img.par_chunks_mut(hw).enumerate().for_each(|(c, chan)| {
+                chan.fill(T::ZERO);
+                for (j, &q) in px.iter().enumerate() {
+                    chan[q] = scale * tmp[j * d + c];
+                }
+            });
+        }
+        Target::Scattered(grad) => {
+            let mut owned = vec![T::ZERO; n * d];
+            dx_pass(&mut owned);
+            drop(x);
+            let out = SendPtr(grad.as_mut_ptr());
+            owned.par_chunks(d * 64).enumerate().for_each(|(ci, chunk)| {
+                for (k, row) in chunk.chunks(d).enumerate() {
+                    let g = bag.pixels[ci * 64 + k] as usize;
+                    let base = (g / hw) * d * hw + g % hw;
+                    for (c, &v) in row.iter().enumerate() {
+                        // SAFETY: `check` verified every pixel id is in range and appears in one
+                        // bag row only, so no two rows (or bags) write the same element.
+                        unsafe { *out.ptr().add(base + c * hw) = scale * v };
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// Cross-image terms of bag `b`, per row block: partner positives of its anchors, and its pixels as
@@ -511,7 +575,7 @@ fn partner_terms<T: FastMath>(
     b: usize,
     blocks: &[(usize, usize)],
     x: &T::Feats,
-    dx: &[Mutex<Vec<T>>],
+    dx: &[Mutex<&mut [T]>],
 ) {
     let bag = &p.bags[b];
     let back: Vec<usize> =
@@ -595,12 +659,15 @@ fn check<T>(p: &Problem<'_, T>) {
     }
 }
 
-/// Bytes of scratch one evaluation (forward + backward) allocates for bags of `n` pixels (and
-/// `partners` extra gathered bags of the same size), `d` channels, `threads` workers, element size
-/// `elem`: the gathered features and the gradient accumulator, a `TILE x TILE` tile per thread, the
-/// positive-score strip of a block, and the per-anchor state.
+/// Bytes of scratch one evaluation (forward + backward) allocates for bags of `n` pixels that each
+/// own their image (within-image and cross-image modes), with `partners` extra gathered bags of the
+/// same size, `d` channels, `threads` workers and element size `elem`: the gathered features, per
+/// thread a tile, a product slab and two strips of positive scores (at most `STRIP_ROWS x n`), and
+/// the per-anchor state. The gradient tensor itself is not included (the backward accumulates in
+/// it); a bag spanning several images (batch mode) adds an `n x d` accumulator.
 pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: usize) -> usize {
-    let gathered = (2 + partners) * n * d;
-    let per_thread = TILE * TILE + TILE * n + n;
+    let gathered = (1 + partners) * n.div_ceil(tile_gemm::PANEL) * tile_gemm::PANEL * d;
+    let block = TILE + tile_gemm::PANEL;
+    let per_thread = block * block + block * tile_gemm::PANEL + 2 * STRIP_ROWS * n;
     (gathered + threads * per_thread + 6 * n) * elem
 }

@@ -79,7 +79,17 @@ pub fn available() -> bool {
 /// `out (m x n, row stride ldo) = alpha X_a[a0..a0 + m] X_b[b0..b0 + n]^T`, with `b0` a multiple
 /// of [`PANEL`]. Requires [`available`].
 #[allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
-pub fn scores(alpha: f32, a: &Panels, a0: usize, m: usize, b: &Panels, b0: usize, n: usize, out: &mut [f32], ldo: usize) {
+pub fn scores(
+    alpha: f32,
+    a: &Panels,
+    a0: usize,
+    m: usize,
+    b: &Panels,
+    b0: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
     assert!(available(), "tile_gemm: AVX2 + FMA required");
     assert!(a.d == b.d && b0 % PANEL == 0 && a0 + m <= a.n && b0 + n <= b.n, "tile_gemm: score rows");
     if m == 0 || n == 0 {
@@ -112,7 +122,17 @@ pub fn scores(alpha: f32, a: &Panels, a0: usize, m: usize, b: &Panels, b0: usize
 /// `C (m x d, row stride d) += alpha A X[row0..row0 + k]` with `A(i, l) = a[i * a_rs + l * a_ks]` and
 /// `X` in panels. Requires [`available`].
 #[allow(clippy::too_many_arguments)]
-pub fn product_add(m: usize, k: usize, alpha: f32, a: &[f32], a_rs: usize, a_ks: usize, x: &Panels, row0: usize, c: &mut [f32]) {
+pub fn product_add(
+    m: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    a_rs: usize,
+    a_ks: usize,
+    x: &Panels,
+    row0: usize,
+    c: &mut [f32],
+) {
     assert!(available(), "tile_gemm: AVX2 + FMA required");
     let d = x.d;
     if m == 0 || d == 0 {
@@ -334,7 +354,10 @@ mod tests {
                             let want = c0[i * d + ch] as f64
                                 + 0.5 * (0..k).map(|l| a[i * a_rs + l * a_ks] as f64 * x(row0 + l, ch)).sum::<f64>();
                             let got = c[i * d + ch] as f64;
-                            assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{n}x{d} {m}x{k}: ({i},{ch}) {got} vs {want}");
+                            assert!(
+                                (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                                "{n}x{d} {m}x{k}: ({i},{ch}) {got} vs {want}"
+                            );
                         }
                     }
                 }
@@ -368,10 +391,36 @@ mod tests {
         };
         let gf = 2.0 * (t * t * d) as f64 * 1e-9;
         #[allow(clippy::too_many_arguments)]
-        fn mm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], rsb: usize, csb: usize, c: &mut [f32]) {
+        fn mm(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[f32],
+            rsa: usize,
+            csa: usize,
+            b: &[f32],
+            rsb: usize,
+            csb: usize,
+            c: &mut [f32],
+        ) {
             // SAFETY: the callers pass in-bounds views.
             unsafe {
-                f32::gemm_raw(m, k, n, 1.0, a.as_ptr(), rsa as isize, csa as isize, b.as_ptr(), rsb as isize, csb as isize, 1.0, c.as_mut_ptr(), n as isize, 1)
+                f32::gemm_raw(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr(),
+                    rsb as isize,
+                    csb as isize,
+                    1.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
             }
         }
         for _ in 0..2 {
