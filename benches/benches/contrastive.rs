@@ -1,7 +1,8 @@
 //! The fused pixel contrastive loss: 2 images x 256 channels at 65x65 (fwd, fwd+bwd) and 129x129
-//! (fwd+bwd), f32. Throughput counts the GEMM flops of the score passes (`2 N^2 D` per image per
-//! pass: one pass forward, two backward). A counting global allocator reports the peak extra bytes of
-//! one evaluation. Twin: `benches/torch/contrastive.py`.
+//! (fwd+bwd), f32. Throughput is naive-equivalent: `2 N^2 D` flops per image for the forward and
+//! three times that for forward+backward (what a row-by-row evaluation computes; the fused kernel
+//! computes each score tile once per pass and does about two thirds of it). A counting global
+//! allocator reports the peak extra bytes of one evaluation. Twin: `benches/torch/contrastive.py`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::ops::{pixel_contrastive_loss, ContrastiveConfig};

@@ -33,8 +33,9 @@
 //! `L_i = log sum_{K_i} e_ik` and `A_i = sum_{P_i} sig(L_i - s_ij)`; SupCon: `w_i e_ik / e^{L_i} - [k in P_i] w_i/|P_i|`),
 //! `df_i = (g/tau) (sum_j dS_ij f_j + sum_a dS_ai f_a)`: each pixel gets its anchor-side and candidate-side
 //! terms. Saved for backward: the (shared, not copied) input features, the bags (pixel ids grouped by
-//! class) and three numbers per anchor (`L_i` and two weights): O(N). The backward recomputes the
-//! scores strip by strip and never holds an `N x N` matrix.
+//! class) and a few numbers per anchor (`L_i`, two weights, the shifted sum): O(N). Forward and
+//! backward walk the symmetric score matrix tile by tile, recomputing scores instead of storing them,
+//! and never hold an `N x N` matrix (see `kernels::cpu::contrastive`).
 //!
 //! On `Device::Cuda` (feature `cuda`, f32) the same bags drive `kernels::cuda::contrastive`: one block
 //! per anchor, the per-anchor state `(L_i, c_pos, c_exp)` kept on the device (O(N)), the per-anchor

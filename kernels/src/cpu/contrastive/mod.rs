@@ -27,23 +27,25 @@
 //!
 //! # How: symmetric tiles with a common shift
 //! The own-bag score matrix `S = X X^T / tau` is symmetric, so the passes compute only its tiles
-//! `(P, Q)`, `P <= Q`, of blocks of at most [`TILE`] rows, each with one GEMM, and use every tile for
+//! `(P, Q)`, `P <= Q`, of blocks of about [`TILE`] rows, each with one GEMM, and use every tile for
 //! both its rows and its columns. For that, every exponential of a bag is taken with one common
 //! shift, the bag's score bound `m = max_i |f_i|^2 / tau` (`s_ij <= |f_i| |f_j| / tau <= m`, so no term
 //! exceeds 1): `e_ij = exp(s_ij - m)` is symmetric and costs one `exp` per pair.
 //!
 //! * Forward, pass 1 (tiles): `N_i = sum of e_ik over i's own-bag terms of L_i`, accumulated from the
-//!   row sums and column sums of the tiles (pairs outside the sum are zeroed). Pass 2 (row blocks):
-//!   `L_i = m + ln N_i` (SupCon adds the partner terms first), then the positive terms from the
-//!   scores against the anchor's own class run and the partner's (one small GEMM each).
+//!   row sums and column sums of the tiles (pairs outside the sum are zeroed). Pass 2 (strips of
+//!   [`STRIP_ROWS`] anchors): `L_i = m + ln N_i` (SupCon adds the partner terms first), then the
+//!   positive terms from the scores against the anchor's own class run and the partner's.
 //! * Backward (tiles): recompute the tile's scores, turn them into `G` in place — negatives
 //!   `e_ij (a_i + a_j)` with `a_i = ce_i / N_i`, positives `-(cp_i N_i/(N_i + e_ij) + cp_j N_j/(N_j + e_ij))`
 //!   — and accumulate `dX_P += G X_Q` and `dX_Q += G^T X_P`: three GEMMs per tile where a row-wise
 //!   pass needs four (score recompute for `(P,Q)` and `(Q,P)`, two products). Then the partner terms
 //!   per row block, and one scatter into the gradient.
 //!
-//! GEMM work, in units of one full `N^2 d` product per bag: forward 1/2 + the positives' share,
-//! backward 3/2 — 2 in all, against 3 for row strips that compute every score twice.
+//! GEMM work, in units of one full `N^2 d` product per bag: forward 1/2 + the positives' share
+//! (`sum_c n_c^2 / N^2`), backward 3/2 — about 2 in all, against 3 for row strips that compute
+//! every score twice. The products run on the unpacked f32 AVX2 kernel of [`tile_gemm`] over the bag
+//! gathered once into 16-pixel panels (matrixmultiply in f64 and without AVX2: [`features`]).
 //!
 //! Exactness: a common shift is safe as long as an anchor's sum stays far above underflow. When
 //! features are far from unit norm, an anchor's terms can all sit far below `m`; any anchor whose
@@ -54,9 +56,13 @@
 //!
 //! Order: the tiles of a pass run in rounds of a round-robin schedule ([`schedule`]): tiles of one
 //! round touch disjoint blocks and run on rayon threads; every accumulator receives its tiles in the
-//! same order for any thread count, so results repeat bit for bit. Extra memory: the gathered `n x d`
-//! features of the bag (and of partner bags in cross mode), an `n x d` gradient accumulator in the
-//! backward, one `TILE x TILE` tile per thread and O(n) per-anchor state.
+//! same order for any thread count, so results repeat bit for bit.
+//!
+//! Extra memory: the gathered `n x d` features of the bag (and of partner bags in cross mode), one
+//! tile per thread and O(n) per-anchor state. The backward accumulates `dX` in the gradient of the
+//! image the bag covers (the caller's zeroed buffer) and, once the features are no longer needed,
+//! lends their buffer to `dX` while the image receives its final layout; only a bag spanning several
+//! images (batch mode, at most `max_pixels` pixels) allocates its own `n x d` accumulator.
 
 pub mod fastmath;
 mod features;
@@ -358,6 +364,7 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                     Form::SupCon => n > 1 || plen > 0,
                 };
                 let wi = w_bag / npos as f64;
+                #[allow(clippy::needless_range_loop)] // `i` also indexes rows of the score strips
                 for i in a..b {
                     let own = &scr.s[(i - a) * rlen..(i - a + 1) * rlen];
                     let prow = &mut scr.sp[(i - a) * plen..(i - a + 1) * plen];
