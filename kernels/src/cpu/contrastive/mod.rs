@@ -678,3 +678,59 @@ pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: 
     let per_thread = block * block + block * tile_gemm::PANEL + 2 * STRIP_ROWS * n;
     (gathered + threads * per_thread + 6 * n) * elem
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test -p kernels --release --lib contrastive::timing -- --ignored --nocapture`: two
+    /// 65x65 images of 256-d unit features (5 classes in bands), one bag each, on 1 and 2 threads,
+    /// best of 5: how much of the second thread the rounds use.
+    #[test]
+    #[ignore]
+    fn two_bags_on_one_and_two_threads() {
+        let (hw, d, w) = (4225usize, 256usize, 65usize);
+        let mut feats: Vec<f32> = (0..2 * hw * d).map(|i| (i * 7919 % 2003) as f32 / 2003.0 - 0.5).collect();
+        for img in 0..2 {
+            for p in 0..hw {
+                let at = |c: usize| img * d * hw + c * hw + p;
+                let n = (0..d).map(|c| feats[at(c)].powi(2)).sum::<f32>().sqrt();
+                (0..d).for_each(|c| feats[at(c)] /= n);
+            }
+        }
+        let bag = |img: usize| {
+            let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
+            Bag::from_pixels(items, None)
+        };
+        let bags = [bag(0), bag(1)];
+        let p = Problem { feats: &feats, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form: Form::PerPositive };
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let best = |f: &mut dyn FnMut()| {
+                    (0..5)
+                        .map(|_| {
+                            let t = std::time::Instant::now();
+                            f();
+                            t.elapsed().as_secs_f64()
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                };
+                let fwd = forward(&p);
+                let mut grad = vec![0.0f32; feats.len()];
+                let tf = best(&mut || {
+                    std::hint::black_box(forward(&p));
+                });
+                let tb = best(&mut || {
+                    grad.fill(0.0);
+                    backward(&p, &fwd, 1.0, &mut grad);
+                });
+                println!(
+                    "two bags 4225 x 256, {threads} thread(s): forward {:.1} ms, backward {:.1} ms",
+                    tf * 1e3,
+                    tb * 1e3
+                );
+            });
+        }
+    }
+}

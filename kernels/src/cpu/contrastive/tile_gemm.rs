@@ -36,11 +36,15 @@ impl Panels {
         let n = ids.len();
         let mut data = vec![0.0f32; n.div_ceil(PANEL) * PANEL * d];
         data.par_chunks_mut(PANEL * d).enumerate().for_each(|(g, panel)| {
-            for (j, &id) in ids[g * PANEL..(g * PANEL + PANEL).min(n)].iter().enumerate() {
-                let id = id as usize;
-                let base = (id / hw) * d * hw + id % hw;
-                for c in 0..d {
-                    panel[c * PANEL + j] = feats[base + c * hw];
+            let bases: Vec<usize> = ids[g * PANEL..(g * PANEL + PANEL).min(n)]
+                .iter()
+                .map(|&id| (id as usize / hw) * d * hw + id as usize % hw)
+                .collect();
+            // Channel outer: a panel's pixels are mostly neighbours, so each channel costs one
+            // line (and one page) of the source instead of one per pixel.
+            for (c, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (v, &b) in row.iter_mut().zip(&bases) {
+                    *v = feats[b + c * hw];
                 }
             }
         });
@@ -157,13 +161,26 @@ pub fn product_add(
             |i| ap.add(i * a_rs),
             a_ks,
             |c0, w, _| {
-                // Channels c0..c0 + w of pixels row0..row0 + k, one 16-wide row per pixel.
-                for l in 0..k {
-                    let src = xd.add(x.offset(row0 + l) + c0 * PANEL);
+                // Channels c0..c0 + w of pixels row0..row0 + k, one 16-wide row per pixel: the
+                // transpose of 16 x 16 blocks of the panels (16 channels by 16 pixels).
+                let mut l = 0;
+                while l < k {
+                    let pix = row0 + l;
+                    let run = (PANEL - pix % PANEL).min(k - l);
+                    let src = xd.add(x.offset(pix) + c0 * PANEL);
                     let dst = slab.as_mut_ptr().add(l * PANEL);
-                    for cc in 0..w {
-                        *dst.add(cc) = *src.add(cc * PANEL);
+                    if run == PANEL && w == PANEL {
+                        for (cb, jb) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+                            avx2::transpose_8x8(src.add(cb * PANEL + jb), PANEL, dst.add(jb * PANEL + cb), PANEL);
+                        }
+                    } else {
+                        for j in 0..run {
+                            for cc in 0..w {
+                                *dst.add(j * PANEL + cc) = *src.add(cc * PANEL + j);
+                            }
+                        }
                     }
+                    l += run;
                 }
                 slab.as_ptr()
             },
@@ -225,6 +242,44 @@ mod avx2 {
                 i0 += MR;
             }
             j0 += NR;
+        }
+    }
+
+    /// `dst[j * ds + i] = src[i * ss + j]` for `i, j < 8`: unpack pairs, shuffle quads, swap halves.
+    ///
+    /// # Safety
+    /// AVX present; 8 rows of 8 floats readable at `src` and writable at `dst`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transpose_8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, v) in out.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ds), *v);
         }
     }
 
