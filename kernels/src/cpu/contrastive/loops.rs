@@ -96,14 +96,7 @@ fn sum_exp_shifted_in_place<T: FastMath>(x: &mut [T], m: T) -> T {
 fn softplus_sigmoid_sums<T: FastMath>(x: &[T], l: T) -> (T, T) {
     let mut sp = [T::ZERO; LANES];
     let mut sg = [T::ZERO; LANES];
-    let one = T::ONE;
-    let step = |v: T| {
-        let z = l - v;
-        let t = (-z.abs()).exp_fast();
-        let inv = one / (one + t);
-        let sig = if z >= T::ZERO { inv } else { t * inv };
-        (z.max(T::ZERO) + (one + t).ln_fast(), sig)
-    };
+    let step = |v: T| softplus_sig(l - v);
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
@@ -119,6 +112,17 @@ fn softplus_sigmoid_sums<T: FastMath>(x: &[T], l: T) -> (T, T) {
         sg[k] += b;
     }
     (sp.iter().copied().sum(), sg.iter().copied().sum())
+}
+
+/// `(softplus(z), sig(z))` in their stable forms: `max(z, 0) + ln(1 + e^-|z|)`, and `1 / (1 + e^-|z|)`
+/// or its complement.
+#[inline(always)]
+fn softplus_sig<T: FastMath>(z: T) -> (T, T) {
+    let one = T::ONE;
+    let t = (-z.abs()).exp_fast();
+    let inv = one / (one + t);
+    let sig = if z >= T::ZERO { inv } else { t * inv };
+    (z.max(T::ZERO) + (one + t).ln_fast(), sig)
 }
 
 #[inline(always)]
@@ -137,54 +141,92 @@ fn logsumexp_in_place<T: FastMath>(parts: &mut [&mut [T]]) -> T {
     m + s.ln()
 }
 
-/// One anchor's forward from a full row of scores, with its own maximum as the shift: the exact
-/// path for anchors whose shifted tile sum fell below [`FastMath::SUM_FLOOR`]. `srow` holds the
-/// own-bag scores (self at `i`, class run `cs..ce`), `prow` the partner positives; both are
-/// overwritten. Returns `(L_i, x1, x2)`: per-positive `x1 = sum softplus(L_i - s_ij)`, `x2 = A_i`;
-/// SupCon `x1 = sum of positive scores`, `x2 = 0`.
+/// `L_i` of one anchor from a full row of scores, with its own maximum as the shift: the exact path
+/// for anchors whose shifted tile sum fell below [`FastMath::SUM_FLOOR`]. `srow` holds the own-bag
+/// scores (self at `i`, class run `cs..ce`), `prow` the partner positives; both are overwritten.
 #[inline(always)]
-fn exact_row<T: FastMath>(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> (T, T, T) {
+fn exact_l<T: FastMath>(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> T {
     match form {
         Form::PerPositive => {
             let (head, rest) = srow.split_at_mut(cs);
-            let (pos, tail) = rest.split_at_mut(ce - cs);
-            let li = logsumexp_in_place(&mut [head, tail]);
-            let (sp1, sg1) = softplus_sigmoid_sums(pos, li);
-            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
-            (li, sp1 + sp2, sg1 + sg2)
+            let tail = &mut rest[ce - cs..];
+            logsumexp_in_place(&mut [head, tail])
         }
         Form::SupCon => {
-            let pos_sum = sum_of(&srow[cs..ce]) - srow[i] + sum_of(prow);
             let (head, rest) = srow.split_at_mut(i);
-            let li = logsumexp_in_place(&mut [head, &mut rest[1..], prow]);
-            (li, pos_sum, T::ZERO)
+            logsumexp_in_place(&mut [head, &mut rest[1..], prow])
         }
     }
 }
 
 avx2_dispatch!(
-    /// See `exact_row`.
-    forward_exact_row => exact_row(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> (T, T, T)
+    /// See `exact_l`.
+    forward_exact_l => exact_l(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> T
 );
 
-/// The positive terms of a tiled anchor whose `L_i` is known: `own` holds its scores against its
-/// own class run (self at `self_col`), `prow` against the partner's. Per-positive: `(sum
-/// softplus(L_i - s), A_i)`; SupCon: `(sum of positive scores, 0)`.
+/// The partner-positive terms of an anchor whose `L_i` is known, from its scores `prow` against the
+/// partner's pixels of its class: per-positive `(sum softplus(L_i - s), sum sig(L_i - s))`; SupCon
+/// `(sum s, 0)`.
 #[inline(always)]
-fn positive_terms<T: FastMath>(form: Form, own: &[T], prow: &[T], li: T, self_col: usize) -> (T, T) {
+fn partner_row_terms<T: FastMath>(form: Form, prow: &[T], li: T) -> (T, T) {
     match form {
-        Form::PerPositive => {
-            let (sp1, sg1) = softplus_sigmoid_sums(own, li);
-            let (sp2, sg2) = softplus_sigmoid_sums(prow, li);
-            (sp1 + sp2, sg1 + sg2)
-        }
-        Form::SupCon => (sum_of(own) - own[self_col] + sum_of(prow), T::ZERO),
+        Form::PerPositive => softplus_sigmoid_sums(prow, li),
+        Form::SupCon => (sum_of(prow), T::ZERO),
     }
 }
 
 avx2_dispatch!(
-    /// See `positive_terms`.
-    forward_positive_terms => positive_terms(form: Form, own: &[T], prow: &[T], li: T, self_col: usize) -> (T, T)
+    /// See `partner_row_terms`.
+    forward_partner_terms => partner_row_terms(form: Form, prow: &[T], li: T) -> (T, T)
+);
+
+/// A positive tile: scores between rows `p0..` and columns `q0..q0 + tq` of one class run (row-major,
+/// `tq` columns). Per row and, off the diagonal, per column: per-positive `(sum softplus(L - s), sum
+/// sig(L - s))` with the row's (or column's) own `L`; SupCon `(sum s, 0)` without the self pair.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn positive_tile<T: FastMath>(
+    form: Form,
+    tile: &[T],
+    tq: usize,
+    p0: usize,
+    q0: usize,
+    l: &[T],
+    diagonal: bool,
+) -> (Vec<(T, T)>, Vec<(T, T)>) {
+    let mut rows = Vec::with_capacity(tile.len() / tq.max(1));
+    let (mut c1, mut c2) = (vec![T::ZERO; if diagonal { 0 } else { tq }], vec![T::ZERO; if diagonal { 0 } else { tq }]);
+    let lq = &l[q0..q0 + tq];
+    for (r, row) in tile.chunks_exact(tq).enumerate() {
+        let i = p0 + r;
+        match form {
+            Form::PerPositive => {
+                rows.push(softplus_sigmoid_sums(row, l[i]));
+                if !diagonal {
+                    for (((&v, &lj), a), b) in row.iter().zip(lq).zip(c1.iter_mut()).zip(c2.iter_mut()) {
+                        let (sp, sg) = softplus_sig(lj - v);
+                        *a += sp;
+                        *b += sg;
+                    }
+                }
+            }
+            Form::SupCon => {
+                let own = if diagonal { row[i - q0] } else { T::ZERO };
+                rows.push((sum_of(row) - own, T::ZERO));
+                if !diagonal {
+                    for (&v, a) in row.iter().zip(c1.iter_mut()) {
+                        *a += v;
+                    }
+                }
+            }
+        }
+    }
+    (rows, c1.into_iter().zip(c2).collect())
+}
+
+avx2_dispatch!(
+    /// See `positive_tile`.
+    forward_positive_tile => positive_tile(form: Form, tile: &[T], tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (Vec<(T, T)>, Vec<(T, T)>)
 );
 
 /// `sum exp(x - m)` (the SupCon partner terms of a tiled anchor), `x` overwritten.

@@ -314,46 +314,33 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
     let runs = row_runs(bag);
     let shift = score_bound(&[&x].into_iter().chain(xq.as_ref()).collect::<Vec<_>>(), d, p.inv_tau);
     let nsum_own = tile_sums(p, &x, &runs, shift);
-    // Pass 2, per strip of STRIP_ROWS anchors: L_i and the positive terms.
-    struct Part<T> {
-        loss: f64,
-        l: Vec<T>,
-        cp: Vec<T>,
-        ce: Vec<T>,
-        nsum: Vec<T>,
-        exact: Vec<bool>,
+    // Pass 2, per strip of STRIP_ROWS anchors: L_i (the exact path where the shifted sum is too
+    // small) and the partner-positive terms, which need L_i.
+    struct Anchor<T> {
+        l: T,
+        nsum: T,
+        exact: bool,
+        partner: (T, T),
     }
     let floor = T::SUM_FLOOR.to_f64();
-    let parts: Vec<Part<T>> = (0..n.div_ceil(STRIP_ROWS))
+    let anchors: Vec<Anchor<T>> = (0..n.div_ceil(STRIP_ROWS))
         .into_par_iter()
         .map(|k| (k * STRIP_ROWS, ((k + 1) * STRIP_ROWS).min(n)))
         .map_init(Scratch::<T>::new, |scr, (r0, r1)| {
-            let rows = r1 - r0;
-            let mut part = Part {
-                loss: 0.0,
-                l: Vec::with_capacity(rows),
-                cp: Vec::with_capacity(rows),
-                ce: Vec::with_capacity(rows),
-                nsum: Vec::with_capacity(rows),
-                exact: Vec::with_capacity(rows),
-            };
+            let mut out = Vec::with_capacity(r1 - r0);
             for (run, a, b) in runs_in(bag, r0, r1) {
                 let (ps, pe) = partner_rows(p.bags, bag, run.class);
                 let plen = pe - ps;
                 let rlen = run.end - run.start;
-                let npos = positives(p.form, run, plen);
-                if npos == 0 {
-                    for _ in a..b {
-                        part.l.push(inf);
-                        part.cp.push(T::ZERO);
-                        part.ce.push(T::ZERO);
-                        part.nsum.push(T::ZERO);
-                        part.exact.push(false);
-                    }
+                if positives(p.form, run, plen) == 0 {
+                    out.extend((a..b).map(|_| Anchor {
+                        l: inf,
+                        nsum: T::ZERO,
+                        exact: false,
+                        partner: (T::ZERO, T::ZERO),
+                    }));
                     continue;
                 }
-                resize(&mut scr.s, (b - a) * rlen);
-                T::scores(p.inv_tau, &x, a, b - a, &x, run.start, rlen, d, &mut scr.s, rlen);
                 if plen > 0 {
                     resize(&mut scr.sp, (b - a) * plen);
                     let xq = xq.as_ref().expect("partner gathered");
@@ -363,73 +350,127 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                     Form::PerPositive => n > rlen,
                     Form::SupCon => n > 1 || plen > 0,
                 };
-                let wi = w_bag / npos as f64;
-                #[allow(clippy::needless_range_loop)] // `i` also indexes rows of the score strips
                 for i in a..b {
-                    let own = &scr.s[(i - a) * rlen..(i - a + 1) * rlen];
-                    let prow = &mut scr.sp[(i - a) * plen..(i - a + 1) * plen];
+                    let prow = &scr.sp[(i - a) * plen..(i - a + 1) * plen];
                     let mut ni = nsum_own[i];
                     if p.form == Form::SupCon {
-                        // The partner positives are candidates too; `prow` keeps its scores only
-                        // until here (it is needed as scores below, so sum a copy).
+                        // The partner positives are candidates too (summed on a copy: the scores
+                        // are needed below).
                         scr.e.clear();
                         scr.e.extend_from_slice(prow);
                         ni += loops::forward_shifted_sum(&mut scr.e[..], shift).to_f64();
                     }
-                    let (li, x1, x2, exact) = if has_candidates && ni < floor {
-                        // Exact path: the whole row with its own maximum.
+                    let exact = has_candidates && ni < floor;
+                    let li = if exact {
+                        // The whole row with its own maximum.
                         resize(&mut scr.row, n);
                         T::scores(p.inv_tau, &x, i, 1, &x, 0, n, d, &mut scr.row, n);
-                        let (li, x1, x2) =
-                            loops::forward_exact_row(p.form, &mut scr.row[..n], prow, i, run.start, run.end);
-                        (li, x1, x2, true)
+                        scr.e.clear();
+                        scr.e.extend_from_slice(prow);
+                        loops::forward_exact_l(p.form, &mut scr.row[..n], &mut scr.e[..], i, run.start, run.end)
+                    } else if ni > 0.0 {
+                        shift + T::from_f64(ni.ln())
                     } else {
-                        let li = if ni > 0.0 { shift + T::from_f64(ni.ln()) } else { T::NEG_INFINITY };
-                        let (x1, x2) = loops::forward_positive_terms(p.form, own, prow, li, i - run.start);
-                        (li, x1, x2, false)
+                        T::NEG_INFINITY
                     };
-                    part.l.push(li);
-                    part.cp.push(T::from_f64(wi));
-                    part.nsum.push(if exact { T::ZERO } else { T::from_f64(ni) });
-                    part.exact.push(exact);
-                    match p.form {
-                        Form::PerPositive => {
-                            part.loss += wi * x1.to_f64();
-                            part.ce.push(T::from_f64(wi) * x2);
-                        }
-                        Form::SupCon => {
-                            part.loss += w_bag * (li.to_f64() - x1.to_f64() / npos as f64);
-                            part.ce.push(T::from_f64(w_bag));
-                        }
-                    }
+                    let partner = loops::forward_partner_terms(p.form, prow, li);
+                    out.push(Anchor { l: li, nsum: if exact { T::ZERO } else { T::from_f64(ni) }, exact, partner });
                 }
             }
-            part
+            out
         })
+        .flatten()
         .collect();
+    let l: Vec<T> = anchors.iter().map(|a| a.l).collect();
+    // Pass 3: the own-class positive terms from the symmetric tiles of each class run.
+    let own = positive_sums(p, bag, &x, &l);
+    // The loss and the backward's coefficients.
     let mut st = BagState {
         shift,
-        l: Vec::with_capacity(n),
+        l,
         c_pos: Vec::with_capacity(n),
         c_exp: Vec::with_capacity(n),
         nsum: Vec::with_capacity(n),
         exact: Vec::with_capacity(n),
     };
     let mut loss = 0.0;
-    for part in parts {
-        loss += part.loss;
-        st.l.extend(part.l);
-        st.c_pos.extend(part.cp);
-        st.c_exp.extend(part.ce);
-        st.nsum.extend(part.nsum);
-        st.exact.extend(part.exact);
+    for run in &bag.runs {
+        let (ps, pe) = partner_rows(p.bags, bag, run.class);
+        let npos = positives(p.form, run, pe - ps);
+        for i in run.start..run.end {
+            let an = &anchors[i];
+            st.nsum.push(an.nsum);
+            st.exact.push(an.exact);
+            if npos == 0 {
+                st.c_pos.push(T::ZERO);
+                st.c_exp.push(T::ZERO);
+                continue;
+            }
+            let wi = w_bag / npos as f64;
+            let x1 = own[i].0 + an.partner.0.to_f64();
+            let x2 = own[i].1 + an.partner.1.to_f64();
+            st.c_pos.push(T::from_f64(wi));
+            match p.form {
+                Form::PerPositive => {
+                    loss += wi * x1;
+                    st.c_exp.push(T::from_f64(wi * x2));
+                }
+                Form::SupCon => {
+                    loss += w_bag * (an.l.to_f64() - x1 / npos as f64);
+                    st.c_exp.push(T::from_f64(w_bag));
+                }
+            }
+        }
     }
     (loss, st)
 }
 
+/// Pass 3 of the forward: per row, the sums over the anchor's own-class positives (per-positive:
+/// `softplus(L_i - s_ij)` and `sig(L_i - s_ij)`; SupCon: `s_ij`, self excluded), from the symmetric
+/// tiles of each class run. The rounds of all runs run together (their rows are disjoint).
+fn positive_sums<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, x: &T::Feats, l: &[T]) -> Vec<(f64, f64)> {
+    let d = p.d;
+    let blocks: Vec<Vec<(usize, usize)>> = bag
+        .runs
+        .iter()
+        .map(|r| schedule::blocks(r.end - r.start).into_iter().map(|(s, e)| (r.start + s, r.start + e)).collect())
+        .collect();
+    let rounds: Vec<Vec<Vec<(usize, usize)>>> = blocks.iter().map(|b| schedule::rounds(b.len())).collect();
+    let depth = rounds.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut acc = vec![(0.0f64, 0.0f64); bag.len()];
+    for k in 0..depth {
+        let tasks: Vec<((usize, usize), (usize, usize))> = rounds
+            .iter()
+            .zip(&blocks)
+            .filter_map(|(r, b)| r.get(k).map(|round| round.iter().map(|&(bp, bq)| (b[bp], b[bq])).collect::<Vec<_>>()))
+            .flatten()
+            .collect();
+        #[allow(clippy::type_complexity)]
+        let sums: Vec<(Vec<(T, T)>, Vec<(T, T)>)> = tasks
+            .par_iter()
+            .map_init(Vec::new, |tile, &((p0, p1), (q0, q1))| {
+                let (tp, tq) = (p1 - p0, q1 - q0);
+                resize(tile, tp * tq);
+                T::scores(p.inv_tau, x, p0, tp, x, q0, tq, d, tile, tq);
+                loops::forward_positive_tile(p.form, &tile[..tp * tq], tq, p0, q0, l, p0 == q0)
+            })
+            .collect();
+        for (&((p0, _), (q0, _)), (rows, cols)) in tasks.iter().zip(sums) {
+            for (a, v) in acc[p0..].iter_mut().zip(&rows) {
+                a.0 += v.0.to_f64();
+                a.1 += v.1.to_f64();
+            }
+            for (a, v) in acc[q0..].iter_mut().zip(&cols) {
+                a.0 += v.0.to_f64();
+                a.1 += v.1.to_f64();
+            }
+        }
+    }
+    acc
+}
+
 /// Scratch reused by one rayon job.
 struct Scratch<T> {
-    s: Vec<T>,
     sp: Vec<T>,
     e: Vec<T>,
     row: Vec<T>,
@@ -437,7 +478,7 @@ struct Scratch<T> {
 
 impl<T: Float> Scratch<T> {
     fn new() -> Self {
-        Scratch { s: Vec::new(), sp: Vec::new(), e: Vec::new(), row: Vec::new() }
+        Scratch { sp: Vec::new(), e: Vec::new(), row: Vec::new() }
     }
 }
 
