@@ -180,11 +180,13 @@ avx2_dispatch!(
     forward_partner_terms => partner_row_terms(form: Form, prow: &[T], li: T) -> (T, T)
 );
 
+/// Two running sums per row or column.
+pub(super) type PairSums<T> = Vec<(T, T)>;
+
 /// A positive tile: scores between rows `p0..` and columns `q0..q0 + tq` of one class run (row-major,
 /// `tq` columns). Per row and, off the diagonal, per column: per-positive `(sum softplus(L - s), sum
 /// sig(L - s))` with the row's (or column's) own `L`; SupCon `(sum s, 0)` without the self pair.
 #[inline(always)]
-#[allow(clippy::type_complexity)]
 fn positive_tile<T: FastMath>(
     form: Form,
     tile: &[T],
@@ -193,7 +195,7 @@ fn positive_tile<T: FastMath>(
     q0: usize,
     l: &[T],
     diagonal: bool,
-) -> (Vec<(T, T)>, Vec<(T, T)>) {
+) -> (PairSums<T>, PairSums<T>) {
     let mut rows = Vec::with_capacity(tile.len() / tq.max(1));
     let (mut c1, mut c2) = (vec![T::ZERO; if diagonal { 0 } else { tq }], vec![T::ZERO; if diagonal { 0 } else { tq }]);
     let lq = &l[q0..q0 + tq];
@@ -226,7 +228,7 @@ fn positive_tile<T: FastMath>(
 
 avx2_dispatch!(
     /// See `positive_tile`.
-    forward_positive_tile => positive_tile(form: Form, tile: &[T], tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (Vec<(T, T)>, Vec<(T, T)>)
+    forward_positive_tile => positive_tile(form: Form, tile: &[T], tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (PairSums<T>, PairSums<T>)
 );
 
 /// `sum exp(x - m)` (the SupCon partner terms of a tiled anchor), `x` overwritten.

@@ -445,8 +445,7 @@ fn positive_sums<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, x: &T::Feats, l: &[
             .filter_map(|(r, b)| r.get(k).map(|round| round.iter().map(|&(bp, bq)| (b[bp], b[bq])).collect::<Vec<_>>()))
             .flatten()
             .collect();
-        #[allow(clippy::type_complexity)]
-        let sums: Vec<(Vec<(T, T)>, Vec<(T, T)>)> = tasks
+        let sums: Vec<(loops::PairSums<T>, loops::PairSums<T>)> = tasks
             .par_iter()
             .map_init(Vec::new, |tile, &((p0, p1), (q0, q1))| {
                 let (tp, tq) = (p1 - p0, q1 - q0);
