@@ -350,6 +350,7 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
                     Form::PerPositive => n > rlen,
                     Form::SupCon => n > 1 || plen > 0,
                 };
+                #[allow(clippy::needless_range_loop)] // `i` also indexes rows of the partner strip
                 for i in a..b {
                     let prow = &scr.sp[(i - a) * plen..(i - a + 1) * plen];
                     let mut ni = nsum_own[i];
