@@ -11,19 +11,6 @@
 use super::{FastMath, Form};
 use crate::Float;
 
-/// True when the AVX2 + FMA versions of the loops may run (checked once, cached by std).
-#[inline(always)]
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Defines `pub(super) fn $name` that runs `$inner` compiled with AVX2 + FMA where the CPU has them.
 macro_rules! avx2_dispatch {
     ($(#[$doc:meta])* $name:ident => $inner:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
@@ -37,7 +24,7 @@ macro_rules! avx2_dispatch {
                 unsafe fn fast<T: FastMath>($($arg: $ty),*) -> $ret {
                     $inner($($arg),*)
                 }
-                if has_avx2() {
+                if super::tile_gemm::available() {
                     // SAFETY: the CPU supports the enabled features.
                     return unsafe { fast($($arg),*) };
                 }
