@@ -271,3 +271,47 @@ impl TileOps for f32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn val(i: usize) -> f32 {
+        ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 2.0
+    }
+
+    /// The f32 row-major path (CPUs without AVX2 + FMA) and the panel path give the same products,
+    /// so the fallback is exercised on any machine.
+    #[test]
+    fn f32_rows_and_panels_agree() {
+        if !tile_gemm::available() {
+            eprintln!("skipped: no AVX2 + FMA, only the row path exists here");
+            return;
+        }
+        let (hw, d) = (70, 21);
+        let feats: Vec<f32> = (0..2 * hw * d).map(val).collect();
+        let ids: Vec<u32> = (0..2 * hw as u32).rev().step_by(2).collect();
+        let n = ids.len();
+        let rows = F32Feats::Rows(gather_rows(&feats, d, hw, &ids));
+        let panels = F32Feats::Panels(Panels::gather(&feats, d, hw, &ids));
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()));
+        assert!(close(
+            &f32::sq_norms(&rows, d).iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &f32::sq_norms(&panels, d).iter().map(|&v| v as f32).collect::<Vec<_>>()
+        ));
+        for &(a0, m, b0, w) in &[(0, n, 0, n), (3, 9, 5, 30), (20, 13, 16, 19)] {
+            let (mut s1, mut s2) = (vec![0.0f32; m * w], vec![0.0f32; m * w]);
+            f32::scores(1.5, &rows, a0, m, &rows, b0, w, d, &mut s1, w);
+            f32::scores(1.5, &panels, a0, m, &panels, b0, w, d, &mut s2, w);
+            assert!(close(&s1, &s2), "scores {a0} {m} {b0} {w}");
+        }
+        for &(m, k, row0, a_rs, a_ks) in &[(7, 11, 4, 12, 1), (9, 16, 16, 1, 10), (5, n - 1, 1, n, 1)] {
+            let a: Vec<f32> = (0..m * a_rs + k * a_ks).map(|i| val(i + 3)).collect();
+            let c0: Vec<f32> = (0..m * d).map(|i| val(i + 9)).collect();
+            let (mut c1, mut c2) = (c0.clone(), c0);
+            f32::product_add(m, k, 0.5, &a, a_rs, a_ks, &rows, row0, d, &mut c1);
+            f32::product_add(m, k, 0.5, &a, a_rs, a_ks, &panels, row0, d, &mut c2);
+            assert!(close(&c1, &c2), "product {m} {k} {row0}");
+        }
+    }
+}
