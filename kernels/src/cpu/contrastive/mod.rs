@@ -34,16 +34,18 @@
 //!
 //! * Forward, pass 1 (tiles): `N_i = sum of e_ik over i's own-bag terms of L_i`, accumulated from the
 //!   row sums and column sums of the tiles (pairs outside the sum are zeroed). Pass 2 (strips of
-//!   [`STRIP_ROWS`] anchors): `L_i = m + ln N_i` (SupCon adds the partner terms first), then the
-//!   positive terms from the scores against the anchor's own class run and the partner's.
+//!   [`STRIP_ROWS`] anchors): `L_i = m + ln N_i` (SupCon adds the partner terms first; the exact
+//!   path below where needed), then the partner-positive terms. Pass 3 (tiles of each class run,
+//!   again symmetric): the own-class positive terms, `softplus(L - s)` and `sig(L - s)` (SupCon: the
+//!   scores) summed per row and per column.
 //! * Backward (tiles): recompute the tile's scores, turn them into `G` in place — negatives
 //!   `e_ij (a_i + a_j)` with `a_i = ce_i / N_i`, positives `-(cp_i N_i/(N_i + e_ij) + cp_j N_j/(N_j + e_ij))`
 //!   — and accumulate `dX_P += G X_Q` and `dX_Q += G^T X_P`: three GEMMs per tile where a row-wise
 //!   pass needs four (score recompute for `(P,Q)` and `(Q,P)`, two products). Then the partner terms
 //!   per row block, and one scatter into the gradient.
 //!
-//! GEMM work, in units of one full `N^2 d` product per bag: forward 1/2 + the positives' share
-//! (`sum_c n_c^2 / N^2`), backward 3/2 — about 2 in all, against 3 for row strips that compute
+//! GEMM work, in units of one full `N^2 d` product per bag: forward 1/2 + half the positives'
+//! share (`sum_c n_c^2 / N^2`), backward 3/2 — about 2 in all, against 3 for row strips that compute
 //! every score twice. The products run on the unpacked f32 AVX2 kernel of [`tile_gemm`] over the bag
 //! gathered once into 16-pixel panels (matrixmultiply in f64 and without AVX2: [`features`]).
 //!
