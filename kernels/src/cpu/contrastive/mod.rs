@@ -67,7 +67,7 @@
 //! images (batch mode, at most `max_pixels` pixels) allocates its own `n x d` accumulator.
 
 pub mod fastmath;
-mod features;
+pub mod features;
 mod loops;
 pub mod schedule;
 pub mod tile_gemm;
