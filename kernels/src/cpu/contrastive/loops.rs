@@ -170,23 +170,27 @@ avx2_dispatch!(
 /// Two running sums per row or column.
 pub(super) type PairSums<T> = Vec<(T, T)>;
 
-/// A positive tile: scores between rows `p0..` and columns `q0..q0 + tq` of one class run (row-major,
-/// `tq` columns). Per row and, off the diagonal, per column: per-positive `(sum softplus(L - s), sum
+/// A positive tile: scores between rows `p0..` and columns `q0..q0 + tq` of one class run (row-major
+/// with stride `ld`, column `q0` at offset `off` of each row). Per row and, off the diagonal, per column: per-positive `(sum softplus(L - s), sum
 /// sig(L - s))` with the row's (or column's) own `L`; SupCon `(sum s, 0)` without the self pair.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn positive_tile<T: FastMath>(
     form: Form,
     tile: &[T],
+    ld: usize,
+    off: usize,
     tq: usize,
     p0: usize,
     q0: usize,
     l: &[T],
     diagonal: bool,
 ) -> (PairSums<T>, PairSums<T>) {
-    let mut rows = Vec::with_capacity(tile.len() / tq.max(1));
+    let mut rows = Vec::with_capacity(tile.len() / ld.max(1));
     let (mut c1, mut c2) = (vec![T::ZERO; if diagonal { 0 } else { tq }], vec![T::ZERO; if diagonal { 0 } else { tq }]);
     let lq = &l[q0..q0 + tq];
-    for (r, row) in tile.chunks_exact(tq).enumerate() {
+    for (r, full) in tile.chunks_exact(ld).enumerate() {
+        let row = &full[off..off + tq];
         let i = p0 + r;
         match form {
             Form::PerPositive => {
@@ -215,7 +219,7 @@ fn positive_tile<T: FastMath>(
 
 avx2_dispatch!(
     /// See `positive_tile`.
-    forward_positive_tile => positive_tile(form: Form, tile: &[T], tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (PairSums<T>, PairSums<T>)
+    forward_positive_tile => positive_tile(form: Form, tile: &[T], ld: usize, off: usize, tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (PairSums<T>, PairSums<T>)
 );
 
 /// `sum exp(x - m)` (the SupCon partner terms of a tiled anchor), `x` overwritten.

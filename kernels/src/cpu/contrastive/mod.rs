@@ -270,28 +270,62 @@ pub fn forward<T: FastMath>(p: &Problem<'_, T>) -> Forward<T> {
     Forward { loss, states }
 }
 
-/// Pass 1: `N_i` of every row from the symmetric tiles (f64 accumulators, one per block).
-fn tile_sums<T: FastMath>(p: &Problem<'_, T>, x: &T::Feats, runs: &[(u32, u32)], shift: T) -> Vec<f64> {
-    let d = p.d;
-    let blocks = schedule::blocks(runs.len());
-    let mut acc: Vec<Vec<f64>> = blocks.iter().map(|&(s, e)| vec![0.0; e - s]).collect();
-    for round in schedule::rounds(blocks.len()) {
-        let sums: Vec<(Vec<T>, Vec<T>)> = round
-            .par_iter()
-            .map_init(Vec::new, |tile, &(bp, bq)| {
-                let ((p0, p1), (q0, q1)) = (blocks[bp], blocks[bq]);
-                let (tp, tq) = (p1 - p0, q1 - q0);
-                resize(tile, tp * tq);
-                T::scores(p.inv_tau, x, p0, tp, x, q0, tq, d, tile, tq);
-                loops::forward_exp_tile(p.form, &mut tile[..tp * tq], tq, p0, q0, runs, shift, bp == bq)
-            })
+/// Runs `tile(rows, cols, scratch)` on the symmetric tiles of each group of blocks (the blocks of
+/// one group are tiled against each other), round by round, the rounds of all groups together (their
+/// rows are disjoint), and adds each tile's row sums into its rows and its column sums (none on the
+/// diagonal) into its columns, in round order: the same sums for any thread count.
+fn symmetric_pass<T, V, F>(
+    n: usize,
+    groups: &[Vec<(usize, usize)>],
+    to_f64: impl Fn(&V) -> (f64, f64),
+    tile: F,
+) -> Vec<(f64, f64)>
+where
+    T: Float,
+    V: Send,
+    F: Fn((usize, usize), (usize, usize), &mut Vec<T>) -> (Vec<V>, Vec<V>) + Sync + Send,
+{
+    let rounds: Vec<Vec<Vec<(usize, usize)>>> = groups.iter().map(|b| schedule::rounds(b.len())).collect();
+    let depth = rounds.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut acc = vec![(0.0f64, 0.0f64); n];
+    for k in 0..depth {
+        let tasks: Vec<((usize, usize), (usize, usize))> = rounds
+            .iter()
+            .zip(groups)
+            .filter_map(|(r, b)| r.get(k).map(|round| round.iter().map(|&(bp, bq)| (b[bp], b[bq])).collect::<Vec<_>>()))
+            .flatten()
             .collect();
-        for (&(bp, bq), (rows, cols)) in round.iter().zip(sums) {
-            acc[bp].iter_mut().zip(&rows).for_each(|(a, v)| *a += v.to_f64());
-            acc[bq].iter_mut().zip(&cols).for_each(|(a, v)| *a += v.to_f64());
+        let sums: Vec<(Vec<V>, Vec<V>)> =
+            tasks.par_iter().map_init(Vec::new, |scratch, &(rows, cols)| tile(rows, cols, scratch)).collect();
+        for (&((p0, _), (q0, _)), (rows, cols)) in tasks.iter().zip(sums) {
+            for (start, sums) in [(p0, rows), (q0, cols)] {
+                for (a, v) in acc[start..].iter_mut().zip(&sums) {
+                    let (x, y) = to_f64(v);
+                    a.0 += x;
+                    a.1 += y;
+                }
+            }
         }
     }
-    acc.concat()
+    acc
+}
+
+/// Pass 1: `N_i` of every row from the symmetric tiles of the bag.
+fn tile_sums<T: FastMath>(p: &Problem<'_, T>, x: &T::Feats, runs: &[(u32, u32)], shift: T) -> Vec<f64> {
+    let d = p.d;
+    let groups = [schedule::blocks(runs.len())];
+    let sums = symmetric_pass(
+        runs.len(),
+        &groups,
+        |v: &T| (v.to_f64(), 0.0),
+        |(p0, p1), (q0, q1), tile| {
+            let (tp, tq) = (p1 - p0, q1 - q0);
+            resize(tile, tp * tq);
+            T::scores(p.inv_tau, x, p0, tp, x, q0, tq, d, tile, tq);
+            loops::forward_exp_tile(p.form, &mut tile[..tp * tq], tq, p0, q0, runs, shift, p0 == q0)
+        },
+    );
+    sums.into_iter().map(|(v, _)| v).collect()
 }
 
 fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, BagState<T>) {
@@ -433,42 +467,21 @@ fn forward_bag<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, w_bag: f64) -> (f64, 
 /// tiles of each class run. The rounds of all runs run together (their rows are disjoint).
 fn positive_sums<T: FastMath>(p: &Problem<'_, T>, bag: &Bag, x: &T::Feats, l: &[T]) -> Vec<(f64, f64)> {
     let d = p.d;
-    let blocks: Vec<Vec<(usize, usize)>> = bag
+    let groups: Vec<Vec<(usize, usize)>> = bag
         .runs
         .iter()
         .map(|r| schedule::blocks(r.end - r.start).into_iter().map(|(s, e)| (r.start + s, r.start + e)).collect())
         .collect();
-    let rounds: Vec<Vec<Vec<(usize, usize)>>> = blocks.iter().map(|b| schedule::rounds(b.len())).collect();
-    let depth = rounds.iter().map(|r| r.len()).max().unwrap_or(0);
-    let mut acc = vec![(0.0f64, 0.0f64); bag.len()];
-    for k in 0..depth {
-        let tasks: Vec<((usize, usize), (usize, usize))> = rounds
-            .iter()
-            .zip(&blocks)
-            .filter_map(|(r, b)| r.get(k).map(|round| round.iter().map(|&(bp, bq)| (b[bp], b[bq])).collect::<Vec<_>>()))
-            .flatten()
-            .collect();
-        let sums: Vec<(loops::PairSums<T>, loops::PairSums<T>)> = tasks
-            .par_iter()
-            .map_init(Vec::new, |tile, &((p0, p1), (q0, q1))| {
-                let (tp, tq) = (p1 - p0, q1 - q0);
-                resize(tile, tp * tq);
-                T::scores(p.inv_tau, x, p0, tp, x, q0, tq, d, tile, tq);
-                loops::forward_positive_tile(p.form, &tile[..tp * tq], tq, p0, q0, l, p0 == q0)
-            })
-            .collect();
-        for (&((p0, _), (q0, _)), (rows, cols)) in tasks.iter().zip(sums) {
-            for (a, v) in acc[p0..].iter_mut().zip(&rows) {
-                a.0 += v.0.to_f64();
-                a.1 += v.1.to_f64();
-            }
-            for (a, v) in acc[q0..].iter_mut().zip(&cols) {
-                a.0 += v.0.to_f64();
-                a.1 += v.1.to_f64();
-            }
-        }
-    }
-    acc
+    let to_f64 = |v: &(T, T)| (v.0.to_f64(), v.1.to_f64());
+    symmetric_pass(bag.len(), &groups, to_f64, |(p0, p1), (q0, q1), tile| {
+        // Score from the panel boundary below the run's columns (at most 15 more) so that the
+        // f32 kernel reads whole panels; the tile skips them.
+        let qa = q0 / tile_gemm::PANEL * tile_gemm::PANEL;
+        let (tp, ld) = (p1 - p0, q1 - qa);
+        resize(tile, tp * ld);
+        T::scores(p.inv_tau, x, p0, tp, x, qa, ld, d, tile, ld);
+        loops::forward_positive_tile(p.form, &tile[..tp * ld], ld, q0 - qa, q1 - q0, p0, q0, l, p0 == q0)
+    })
 }
 
 /// Scratch reused by one rayon job.
@@ -712,13 +725,13 @@ fn check<T>(p: &Problem<'_, T>) {
 /// Bytes of scratch one evaluation (forward + backward) allocates for bags of `n` pixels that each
 /// own their image (within-image and cross-image modes), with `partners` extra gathered bags of the
 /// same size, `d` channels, `threads` workers and element size `elem`: the gathered features, per
-/// thread a tile, a product slab and two strips of positive scores (at most `STRIP_ROWS x n`), and
-/// the per-anchor state. The gradient tensor itself is not included (the backward accumulates in
+/// thread a tile, a product slab, a strip of partner scores (at most `STRIP_ROWS x n`) and an
+/// exact-path row, and the per-anchor state. The gradient tensor itself is not included (the backward accumulates in
 /// it); a bag spanning several images (batch mode) adds an `n x d` accumulator.
 pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: usize) -> usize {
     let gathered = (1 + partners) * n.div_ceil(tile_gemm::PANEL) * tile_gemm::PANEL * d;
     let block = TILE + tile_gemm::PANEL;
-    let per_thread = block * block + block * tile_gemm::PANEL + 2 * STRIP_ROWS * n;
+    let per_thread = block * block + block * tile_gemm::PANEL + STRIP_ROWS * n + n;
     (gathered + threads * per_thread + 6 * n) * elem
 }
 

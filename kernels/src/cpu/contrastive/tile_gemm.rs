@@ -427,8 +427,7 @@ mod tests {
     fn speed_on_tile_shapes() {
         use crate::Float;
         let (t, d) = (256usize, 256usize);
-        let (_, panels, ids) = setup(2 * t, d);
-        let _ = ids;
+        let (_, panels, _) = setup(2 * t, d);
         let x: Vec<f32> = (0..2 * t * d).map(val).collect();
         let mut g = vec![0.0f32; t * t];
         let mut dx = vec![0.0f32; t * d];
