@@ -87,6 +87,29 @@ fn im2col(
     }
 }
 
+/// The `B` operand of the per-image GEMMs: image `n`'s im2col columns, written into one buffer
+/// reused image after image, or the image itself for a direct (1x1, stride 1, unpadded) convolution.
+struct ImageColumns(Option<CudaBuf>);
+
+impl ImageColumns {
+    fn new(s: &Sizes, g: &Conv2dGeom, x: &CudaBuf) -> CudaResult<Self> {
+        let col = if s.direct { None } else { Some(x.device().alloc(g.c_in * g.kh * g.kw * s.ohw * 4)?) };
+        Ok(ImageColumns(col))
+    }
+
+    /// The operand and its element offset.
+    fn image<'a>(&'a mut self, s: &Sizes, g: &Conv2dGeom, x: &'a CudaBuf, n: usize) -> CudaResult<(&'a CudaBuf, usize)> {
+        let x_off = n * g.c_in * g.h * g.w;
+        match self.0.as_mut() {
+            Some(c) => {
+                im2col(s, x, x_off, c, g.c_in, g.kh, g.kw)?;
+                Ok((&*c, 0))
+            }
+            None => Ok((x, x_off)),
+        }
+    }
+}
+
 /// `y = conv2d(x, w) + bias` (NCHW, `w: [C_out, C_in/G, kH, kW]`). `y` is overwritten.
 pub fn conv2d_forward(
     g: &Conv2dGeom,
@@ -98,16 +121,9 @@ pub fn conv2d_forward(
     let dev = same_device("conv2d", &[x, w, y])?;
     let s = sizes(g)?;
     check_lens(g, &s, x, w, y)?;
-    let mut col = if s.direct { None } else { Some(dev.alloc(g.c_in * g.kh * g.kw * s.ohw * 4)?) };
+    let mut cols = ImageColumns::new(&s, g, x)?;
     for n in 0..g.n {
-        let x_off = n * g.c_in * g.h * g.w;
-        let (bsrc, b_off) = match col.as_mut() {
-            Some(c) => {
-                im2col(&s, x, x_off, c, g.c_in, g.kh, g.kw)?;
-                (&*c, 0)
-            }
-            None => (x, x_off),
-        };
+        let (bsrc, b_off) = cols.image(&s, g, x, n)?;
         let spec = Gemm {
             m: s.cog,
             n: s.ohw,
@@ -182,22 +198,15 @@ pub fn conv2d_backward_input(g: &Conv2dGeom, w: &CudaBuf, gy: &CudaBuf, dx: &mut
 
 /// `dw = sum_n dy_n col_n^T` per group (overwritten).
 pub fn conv2d_backward_weight(g: &Conv2dGeom, x: &CudaBuf, gy: &CudaBuf, dw: &mut CudaBuf) -> CudaResult<()> {
-    let dev = same_device("conv2d backward weight", &[x, gy, dw])?;
+    same_device("conv2d backward weight", &[x, gy, dw])?;
     let s = sizes(g)?;
     check_lens(g, &s, x, dw, gy)?;
     if g.n == 0 {
         return dw.memset_zero();
     }
-    let mut col = if s.direct { None } else { Some(dev.alloc(g.c_in * g.kh * g.kw * s.ohw * 4)?) };
+    let mut cols = ImageColumns::new(&s, g, x)?;
     for n in 0..g.n {
-        let x_off = n * g.c_in * g.h * g.w;
-        let (bsrc, b_off) = match col.as_mut() {
-            Some(c) => {
-                im2col(&s, x, x_off, c, g.c_in, g.kh, g.kw)?;
-                (&*c, 0)
-            }
-            None => (x, x_off),
-        };
+        let (bsrc, b_off) = cols.image(&s, g, x, n)?;
         let spec = Gemm {
             m: s.cog,
             n: s.kg,
