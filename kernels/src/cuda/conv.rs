@@ -98,7 +98,13 @@ impl ImageColumns {
     }
 
     /// The operand and its element offset.
-    fn image<'a>(&'a mut self, s: &Sizes, g: &Conv2dGeom, x: &'a CudaBuf, n: usize) -> CudaResult<(&'a CudaBuf, usize)> {
+    fn image<'a>(
+        &'a mut self,
+        s: &Sizes,
+        g: &Conv2dGeom,
+        x: &'a CudaBuf,
+        n: usize,
+    ) -> CudaResult<(&'a CudaBuf, usize)> {
         let x_off = n * g.c_in * g.h * g.w;
         match self.0.as_mut() {
             Some(c) => {
