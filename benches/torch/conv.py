@@ -3,25 +3,13 @@
 Run: /work/venv-torch/bin/python benches/torch/conv.py
 Prints the median wall time (ms) of forward and of forward + backward (dX, dW and db) per case.
 """
-import time
-
 import torch
 import torch.nn.functional as F
 
+from timing import median_ms
+
 torch.set_num_threads(2)
 torch.manual_seed(0)
-
-
-def median_ms(fn, warmup=3, runs=15):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def case(name, n, c_in, c_out, hw, k, dilation, padding):
