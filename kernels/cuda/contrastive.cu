@@ -52,6 +52,17 @@ __device__ __forceinline__ float dot_shared(const float* __restrict__ fi, const 
     return acc;
 }
 
+// acc[k] += sum over the cnt staged candidates t of coef[t] * f[koff[t] + k * hw]; each thread
+// owns the channels k = threadIdx.x, threadIdx.x + blockDim.x, ...
+__device__ __forceinline__ void accumulate_staged(const float* __restrict__ f, int d, int hw, const float* coef,
+                                                  const int* koff, int cnt, float* acc) {
+    for (int k = threadIdx.x; k < d; k += blockDim.x) {
+        float a = acc[k];
+        for (int t = 0; t < cnt; ++t) a = fmaf(coef[t], f[koff[t] + (long long)k * hw], a);
+        acc[k] = a;
+    }
+}
+
 // dloss/ds for anchor a (state l, cpos, cexp) and candidate b: `same` class, `self` b == a.
 __device__ __forceinline__ float dscore(int form, float s, float l, float cpos, float cexp, bool same, bool self) {
     if (form == 0) return same ? -cpos * sigmoid_f(l - s) : cexp * expf(s - l);
@@ -182,11 +193,7 @@ extern "C" __global__ void contrastive_bwd_f32(const float* __restrict__ f, int 
             koff[threadIdx.x] = oj;
             __syncthreads();
             const int cnt = min((int)blockDim.x, total - base);
-            for (int k = threadIdx.x; k < d; k += blockDim.x) {
-                float a = acc[k];
-                for (int t = 0; t < cnt; ++t) a = fmaf(coef[t], f[koff[t] + (long long)k * hw], a);
-                acc[k] = a;
-            }
+            accumulate_staged(f, d, hw, coef, koff, cnt, acc);
             __syncthreads();
         }
         const float sc = scale * inv_tau;
@@ -227,11 +234,7 @@ extern "C" __global__ void contrastive_bwd_rev_f32(const float* __restrict__ f, 
             koff[threadIdx.x] = oj;
             __syncthreads();
             const int cnt = min((int)blockDim.x, nr - base);
-            for (int k = threadIdx.x; k < d; k += blockDim.x) {
-                float a = acc[k];
-                for (int t = 0; t < cnt; ++t) a = fmaf(coef[t], f[koff[t] + (long long)k * hw], a);
-                acc[k] = a;
-            }
+            accumulate_staged(f, d, hw, coef, koff, cnt, acc);
             __syncthreads();
         }
         const float sc = scale * inv_tau;
