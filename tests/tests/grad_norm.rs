@@ -169,6 +169,17 @@ fn resize_rejects_bad_sizes_and_keeps_identity() {
         ops::resize_nearest_labels(&lm, [4, 4]).unwrap().data,
         vec![0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
     );
+    // TF align_corners=True: 2 -> 4 reads round(dst / 3) = 0, 0, 1, 1 per axis; 2 -> 3 reads
+    // round(dst / 2) = 0, 1 (a tie, rounded up), 1.
+    assert!(ops::resize_nearest_labels_align_corners(&lm, [0, 3]).is_err());
+    assert_eq!(
+        ops::resize_nearest_labels_align_corners(&lm, [4, 3]).unwrap().data,
+        vec![0, 1, 1, 0, 1, 1, 2, 3, 3, 2, 3, 3]
+    );
+    // 4x8 -> 2x2: the corners (floor would read rows 0, 2 and columns 0, 4).
+    let lm = LabelMap::new(1, 4, 8, (0..32).collect()).unwrap();
+    assert_eq!(ops::resize_nearest_labels_align_corners(&lm, [2, 2]).unwrap().data, vec![0, 7, 24, 31]);
+    assert_eq!(ops::resize_nearest_labels(&lm, [2, 2]).unwrap().data, vec![0, 4, 16, 20]);
 }
 
 /// Per-pixel norm of `[N, C, S]` data.

@@ -31,7 +31,7 @@ pub use matmul::matmul;
 pub use normalize::l2_normalize;
 pub use pool::{global_avg_pool2d, max_pool2d};
 pub use reduce::{mean, mean_all, sum, sum_all};
-pub use resize::{resize_bilinear, resize_nearest_labels};
+pub use resize::{resize_bilinear, resize_nearest_labels, resize_nearest_labels_align_corners, NearestRule};
 pub use shape_ops::{concat, permute, reshape, split, transpose};
 pub use softmax::log_softmax;
 

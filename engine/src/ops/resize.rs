@@ -15,8 +15,15 @@
 //! pixel, done per plane serially (deterministic). Nothing is saved but the sizes: the taps are
 //! recomputed from them.
 //!
-//! **Nearest** (labels, no gradient): `src = min(floor(dst in / out), in - 1)` in f32, PyTorch's
-//! `mode="nearest"` rule (with its exact shortcuts for equal and doubled sizes).
+//! **Nearest** (labels, no gradient), two rules ([`NearestRule`]):
+//! * [`resize_nearest_labels`] (`NearestRule::Floor`): `src = min(floor(dst in / out), in - 1)` in
+//!   f32, PyTorch's `mode="nearest"` rule (with its exact shortcuts for equal and doubled sizes);
+//! * [`resize_nearest_labels_align_corners`] (`NearestRule::AlignCorners`): TensorFlow's
+//!   `resize_nearest_neighbor(align_corners=True)`, `src = min(roundf(dst (in - 1) / (out - 1)), in - 1)`
+//!   (`src = 0` when `out == 1`; `roundf` = `floor(x + 0.5)` here). It reads the source pixel
+//!   nearest to the position the bilinear `align_corners = true` resize samples, so a label map
+//!   resized this way stays aligned with features resized by `resize_bilinear(.., true)` (the floor
+//!   rule drifts by up to one source pixel towards the far edge). The contrastive loss's labels use it.
 //!
 //! On `Device::Cuda` (feature `cuda`, f32) the bilinear forward and backward run
 //! `kernels::cuda::resize` with the same f32 taps (the backward as a deterministic gather).
@@ -24,6 +31,7 @@
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, LabelMap, Result, Shape, Tensor};
+pub use kernels::cpu::resize::NearestRule;
 use kernels::cpu::resize::{bilinear_backward, bilinear_forward, linear_taps, nearest_gather, ResizeDims};
 
 const OP: &str = "resize_bilinear";
@@ -104,20 +112,37 @@ impl Backward for ResizeBilinearBackward {
     }
 }
 
-/// Nearest-neighbour resize of a label map (no gradient), matching `F.interpolate(mode="nearest")`:
-/// `out[i, j] = in[min(floor(i h / out_h), h - 1), min(floor(j w / out_w), w - 1)]`.
+/// Nearest-neighbour resize of a label map (no gradient), matching `F.interpolate(mode="nearest")`
+/// (`NearestRule::Floor`): `out[i, j] = in[min(floor(i h / out_h), h - 1), min(floor(j w / out_w), w - 1)]`.
 /// Errors: an empty input or output size.
 pub fn resize_nearest_labels(labels: &LabelMap, out_hw: [usize; 2]) -> Result<LabelMap> {
-    const NOP: &str = "resize_nearest_labels";
-    check_sizes(NOP, &format!("label map {}x{}x{}", labels.n, labels.h, labels.w), labels.h, labels.w, out_hw)?;
+    resize_nearest_labels_with(labels, out_hw, NearestRule::Floor, "resize_nearest_labels")
+}
+
+/// Nearest-neighbour resize of a label map (no gradient), matching TensorFlow's
+/// `tf.compat.v1.image.resize_nearest_neighbor(align_corners=True)` (`NearestRule::AlignCorners`):
+/// `out[i, j] = in[min(roundf(i (h - 1) / (out_h - 1)), h - 1), ...]` with the ratio in f32 and
+/// index 0 along an axis of output size 1; the pixel nearest to the bilinear
+/// `align_corners = true` sample position (see the module docs). Errors: an empty input or output size.
+pub fn resize_nearest_labels_align_corners(labels: &LabelMap, out_hw: [usize; 2]) -> Result<LabelMap> {
+    resize_nearest_labels_with(labels, out_hw, NearestRule::AlignCorners, "resize_nearest_labels_align_corners")
+}
+
+fn resize_nearest_labels_with(
+    labels: &LabelMap,
+    out_hw: [usize; 2],
+    rule: NearestRule,
+    op: &'static str,
+) -> Result<LabelMap> {
+    check_sizes(op, &format!("label map {}x{}x{}", labels.n, labels.h, labels.w), labels.h, labels.w, out_hw)?;
     if labels.data.len() != labels.n * labels.h * labels.w {
         return Err(Error::shape(
-            NOP,
+            op,
             format!("{} labels for {}x{}x{}", labels.data.len(), labels.n, labels.h, labels.w),
         ));
     }
     let d = ResizeDims { planes: labels.n, ih: labels.h, iw: labels.w, oh: out_hw[0], ow: out_hw[1] };
     let mut out = vec![0u8; d.planes * d.oh * d.ow];
-    nearest_gather(&labels.data, d, &mut out);
+    nearest_gather(&labels.data, d, rule, &mut out);
     LabelMap::new(labels.n, d.oh, d.ow, out)
 }

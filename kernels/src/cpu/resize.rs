@@ -1,5 +1,6 @@
 //! Resize kernels over `planes` contiguous `h x w` planes: separable bilinear (forward and
-//! backward) with PyTorch's source-index rules, and nearest-neighbour gathering.
+//! backward) with PyTorch's source-index rules, and nearest-neighbour gathering under either
+//! PyTorch's floor rule or TensorFlow's `align_corners=True` rounding rule ([`NearestRule`]).
 //!
 //! Bilinear is done in two 1-D passes per plane: each needed input row is interpolated along the
 //! width into a small row buffer (`in_h x out_w`, allocated once per chunk of planes), then the
@@ -160,10 +161,25 @@ pub fn bilinear_backward<T: Float>(g: &[T], d: ResizeDims, th: &[Tap<T>], tw: &[
     });
 }
 
-/// Nearest source index of every output position along one axis, as PyTorch's `nearest_idx`:
-/// identity when sizes match, `dst / 2` when exactly doubling, otherwise
+/// How a nearest-neighbour resize picks its source index along one axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NearestRule {
+    /// PyTorch's `F.interpolate(mode="nearest")`: `src = min(floor(dst * in / out), in - 1)`
+    /// ([`nearest_indices_floor`]). Pixel `dst` reads the source pixel whose *left edge* is at or
+    /// before `dst * in / out`, which drifts up to one source pixel from the bilinear
+    /// `align_corners = true` sample position at the far edge.
+    Floor,
+    /// TensorFlow's `resize_nearest_neighbor(align_corners=True)`:
+    /// `src = min(roundf(dst * ((in - 1) / (out - 1))), in - 1)`, `src = 0` when `out == 1`
+    /// ([`nearest_indices_align_corners`]): the source pixel nearest to where the bilinear
+    /// `align_corners = true` resize samples, so labels stay on the features' grid.
+    AlignCorners,
+}
+
+/// Nearest source index of every output position along one axis, as PyTorch's `nearest_idx`
+/// ([`NearestRule::Floor`]): identity when sizes match, `dst / 2` when exactly doubling, otherwise
 /// `min(floor(dst * (in / out)), in - 1)` computed in f32 (PyTorch's arithmetic).
-pub fn nearest_indices(input: usize, output: usize) -> Vec<usize> {
+pub fn nearest_indices_floor(input: usize, output: usize) -> Vec<usize> {
     if output == input {
         return (0..output).collect();
     }
@@ -174,16 +190,36 @@ pub fn nearest_indices(input: usize, output: usize) -> Vec<usize> {
     (0..output).map(|i| ((i as f32 * scale).floor() as usize).min(input.saturating_sub(1))).collect()
 }
 
+/// Nearest source index of every output position along one axis with TensorFlow's
+/// `resize_nearest_neighbor(align_corners=True)` arithmetic ([`NearestRule::AlignCorners`]):
+/// `scale = (in - 1) / (out - 1)` in f32 (0 when `out == 1`), then
+/// `src = min(roundf(f32(dst) * scale), in - 1)`. `roundf` rounds halves away from zero, which
+/// for these non-negative positions is `floor(x + 0.5)`: the source pixel nearest to the bilinear
+/// `align_corners = true` sample position `dst (in - 1) / (out - 1)`, ties going to the upper one.
+/// Exact for grids that divide evenly (129 -> 65 reads `2 dst`, 513 -> 65 reads `8 dst`).
+pub fn nearest_indices_align_corners(input: usize, output: usize) -> Vec<usize> {
+    let scale = if output > 1 { input.saturating_sub(1) as f32 / (output - 1) as f32 } else { 0.0 };
+    (0..output).map(|i| ((i as f32 * scale).round() as usize).min(input.saturating_sub(1))).collect()
+}
+
+/// The source indices of `rule` along one axis.
+pub fn nearest_indices(input: usize, output: usize, rule: NearestRule) -> Vec<usize> {
+    match rule {
+        NearestRule::Floor => nearest_indices_floor(input, output),
+        NearestRule::AlignCorners => nearest_indices_align_corners(input, output),
+    }
+}
+
 /// Nearest-neighbour resize of `planes` planes of any copyable element (labels):
-/// `y[p, i, j] = x[p, rows[i], cols[j]]` with indices from [`nearest_indices`].
-pub fn nearest_gather<U: Copy + Send + Sync>(x: &[U], d: ResizeDims, y: &mut [U]) {
+/// `y[p, i, j] = x[p, rows[i], cols[j]]` with indices from [`nearest_indices`] under `rule`.
+pub fn nearest_gather<U: Copy + Send + Sync>(x: &[U], d: ResizeDims, rule: NearestRule, y: &mut [U]) {
     let (isz, osz) = (d.ih * d.iw, d.oh * d.ow);
     assert_eq!(x.len(), d.planes * isz);
     assert_eq!(y.len(), d.planes * osz);
     if osz == 0 {
         return;
     }
-    let (ri, cj) = (nearest_indices(d.ih, d.oh), nearest_indices(d.iw, d.ow));
+    let (ri, cj) = (nearest_indices(d.ih, d.oh, rule), nearest_indices(d.iw, d.ow, rule));
     y.par_chunks_mut(osz).enumerate().for_each(|(p, yp)| {
         let xp = &x[p * isz..][..isz];
         for (yr, &r) in yp.chunks_mut(d.ow).zip(&ri) {
@@ -224,5 +260,50 @@ mod tests {
         let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn align_corners_nearest_matches_hand_computed_indices() {
+        // 129 -> 65: scale exactly 2, dst k reads 2k (the floor rule agrees here).
+        let ac = nearest_indices_align_corners(129, 65);
+        assert!(ac.iter().enumerate().all(|(k, &s)| s == 2 * k), "{ac:?}");
+        // 513 -> 65: scale 8.
+        assert!(nearest_indices_align_corners(513, 65).iter().enumerate().all(|(k, &s)| s == 8 * k));
+        // 64 -> 8: scale 63/7 = 9, so 9k; the floor rule reads 8k and ends at 56, not 63.
+        assert_eq!(nearest_indices_align_corners(64, 8), [0, 9, 18, 27, 36, 45, 54, 63]);
+        assert_eq!(nearest_indices_floor(64, 8), [0, 8, 16, 24, 32, 40, 48, 56]);
+        // 64 -> 16: scale 63/15 = 4.2: 0, 4.2, 8.4, 12.6 (-> 13), 16.8 (-> 17), ..., 63.
+        let v = nearest_indices_align_corners(64, 16);
+        assert_eq!(&v[..6], [0, 4, 8, 13, 17, 21]);
+        assert_eq!(v[15], 63);
+        // 5 -> 3: scale 2 (0, 2, 4); 4 -> 3: scale 1.5, 1.5 is a tie and rounds up to 2.
+        assert_eq!(nearest_indices_align_corners(5, 3), [0, 2, 4]);
+        assert_eq!(nearest_indices_align_corners(4, 3), [0, 2, 3]);
+        // Upsampling 3 -> 5: scale 0.5: 0, 0.5 (-> 1), 1, 1.5 (-> 2), 2.
+        assert_eq!(nearest_indices_align_corners(3, 5), [0, 1, 1, 2, 2]);
+        // One output reads the first pixel; equal sizes are the identity.
+        assert_eq!(nearest_indices_align_corners(7, 1), [0]);
+        assert_eq!(nearest_indices_align_corners(9, 9), (0..9).collect::<Vec<_>>());
+        assert_eq!(nearest_indices(64, 8, NearestRule::Floor), nearest_indices_floor(64, 8));
+    }
+
+    #[test]
+    fn align_corners_nearest_picks_the_pixel_nearest_the_bilinear_sample() {
+        // For every size pair, the label index is the source pixel nearest to where the bilinear
+        // align_corners=true resize samples (src = i0 + l1): i1 when l1 > 0.5, i0 when l1 < 0.5.
+        for input in 1..70 {
+            for output in 1..70 {
+                let taps = linear_taps::<f64>(input, output, true);
+                let near = nearest_indices_align_corners(input, output);
+                for (k, (t, &s)) in taps.iter().zip(&near).enumerate() {
+                    let src = t.i0 as f64 + t.l1;
+                    if (t.l1 - 0.5).abs() < 1e-4 {
+                        assert!(s == t.i0 || s == t.i1, "{input}->{output} at {k}: tie {src} read {s}");
+                    } else {
+                        assert_eq!(s, src.round() as usize, "{input}->{output} at {k}: bilinear samples {src}");
+                    }
+                }
+            }
+        }
     }
 }
