@@ -54,7 +54,9 @@ class Net(nn.Module):
         super().__init__()
         self.backbone = Backbone()
         self.head = nn.Sequential(
-            nn.Conv2d(16, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1)
+            nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 8, 1),
         )
 
     def forward(self, x):

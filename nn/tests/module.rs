@@ -107,14 +107,17 @@ fn names_follow_torchvision() {
             expect.extend(bn(&format!("{p}.downsample.1")));
         }
     }
-    for i in [0, 2, 4] {
+    // Projection head: conv (no bias), BN, ReLU, conv, BN, ReLU, conv (bias).
+    for i in [0, 3] {
         expect.push(format!("head.{i}.weight"));
-        expect.push(format!("head.{i}.bias"));
+        expect.extend(bn(&format!("head.{}", i + 1)));
     }
+    expect.push("head.6.weight".into());
+    expect.push("head.6.bias".into());
     assert_eq!(names, expect);
     let params = param_names(&mut n);
     assert!(params.iter().all(|p| !p.contains("running") && !p.contains("num_batches")));
-    assert_eq!(params.len(), 1 + 2 + 2 * (1 + 2 + 1 + 2) + (1 + 2) + 6);
+    assert_eq!(params.len(), 1 + 2 + 2 * (1 + 2 + 1 + 2) + (1 + 2) + (1 + 2 + 1 + 2 + 2));
 }
 
 #[test]
@@ -125,8 +128,8 @@ fn shapes_follow_pytorch_layouts() {
     assert_eq!(sd["backbone.layer1.0.conv2.weight"].dims(), [8, 8, 3, 3]);
     assert_eq!(sd["backbone.bn1.running_var"].dims(), [4]);
     assert!(matches!(sd["backbone.bn1.num_batches_tracked"], StateValue::Count(0)));
-    assert_eq!(sd["head.4.weight"].dims(), [5, 6, 1, 1]);
-    assert_eq!(sd["head.4.bias"].dims(), [5]);
+    assert_eq!(sd["head.6.weight"].dims(), [5, 6, 1, 1]);
+    assert_eq!(sd["head.6.bias"].dims(), [5]);
     let g = Conv2d::with_options(8, 16, 3, ConvOptions::new().groups(4), &mut Rng::new(0)).unwrap();
     assert_eq!(g.weight.value.dims(), [16, 2, 3, 3]);
 }
@@ -187,7 +190,8 @@ fn freezing_by_prefix() {
     let frozen = set_frozen(&mut n, "backbone", true);
     assert_eq!(frozen, param_names(&mut n).iter().filter(|p| p.starts_with("backbone.")).count());
     let (trainable, _) = num_params(&mut n);
-    assert_eq!(trainable, 6 * 8 + 6 + 6 * 6 + 6 + 5 * 6 + 5);
+    // The head: conv 8->6 (no bias), BN(6), conv 6->6 (no bias), BN(6), conv 6->5 with bias.
+    assert_eq!(trainable, 6 * 8 + 2 * 6 + 6 * 6 + 2 * 6 + 5 * 6 + 5);
     assert_eq!(set_frozen(&mut n, "backbone", true), 0);
     assert_eq!(set_frozen(&mut n, "", false), frozen);
 }

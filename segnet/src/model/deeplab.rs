@@ -33,8 +33,8 @@ impl DeepLabV3Plus {
         Self::build(spec, true, false, rng)
     }
 
-    /// A contrastive pretraining model: projection head (three 1x1 convs of the head width, ReLU
-    /// after the first two, L2 normalisation), no classifier.
+    /// A contrastive pretraining model: projection head (`spec.projection_layers` 1x1 convs of the
+    /// head width, conv + BN + ReLU for all but the last, then L2 normalisation), no classifier.
     pub fn for_pretraining(spec: &ModelSpec, rng: &mut Rng) -> Result<DeepLabV3Plus> {
         Self::build(spec, false, true, rng)
     }
@@ -53,7 +53,7 @@ impl DeepLabV3Plus {
     /// Install a fresh projection head (replacing any existing one).
     pub fn add_projection(&mut self, rng: &mut Rng) -> Result<()> {
         let c = self.head.channels();
-        self.projection = Some(ProjectionHead::new(c, c, c, rng)?);
+        self.projection = Some(ProjectionHead::with_layers(c, c, c, self.spec.projection_layers, rng)?);
         Ok(())
     }
 

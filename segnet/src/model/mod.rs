@@ -21,7 +21,8 @@
 //! classifier.aspp.project.{0,1}.*             1x1 5C -> C + BN
 //! classifier.classifier.{0,1,3,4}.*           two 3x3 decoder convs + BN
 //! classifier.classifier.6.{weight,bias}       1x1 classifier (segmentation models only)
-//! projection.{0,2,4}.{weight,bias}            projection head (pretraining models only)
+//! projection.{0,3}.weight, projection.{1,4}.*  projection head (pretraining models only): hidden
+//! projection.6.{weight,bias}                  1x1 conv + BN (+ ReLU), final 1x1 conv (3 layers)
 //! ```
 
 pub mod aspp;

@@ -107,11 +107,14 @@ pub struct ModelSpec {
     pub classes: usize,
     /// Dropout after the ASPP projection (0.1 as VainF).
     pub dropout: f64,
+    /// 1x1 convolutions of the contrastive projection head (3 in the paper; the hidden ones are
+    /// conv + BN + ReLU, see [`nn::ProjectionHead`]).
+    pub projection_layers: usize,
 }
 
 impl ModelSpec {
     /// The paper's shape for `backbone` and `classes`: width 1, output stride 16, 256 head
-    /// channels, 48 low-level channels, default rates, dropout 0.1.
+    /// channels, 48 low-level channels, default rates, dropout 0.1, a 3-layer projection head.
     pub fn new(backbone: Backbone, classes: usize) -> ModelSpec {
         ModelSpec {
             backbone,
@@ -122,6 +125,7 @@ impl ModelSpec {
             aspp_rates: None,
             classes,
             dropout: 0.1,
+            projection_layers: nn::ProjectionHead::DEFAULT_LAYERS,
         }
     }
 
@@ -161,6 +165,9 @@ impl ModelSpec {
             if r.contains(&0) {
                 return Err(config_error(format!("aspp_rates must be positive, got {r:?}")));
             }
+        }
+        if self.projection_layers == 0 {
+            return Err(config_error("projection_layers must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(config_error(format!("dropout must be in [0, 1), got {}", self.dropout)));

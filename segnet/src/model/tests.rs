@@ -239,19 +239,27 @@ fn pretraining_and_segmentation_models_differ_only_in_their_ends() {
     let only_seg: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
     let only_pre: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
     assert_eq!(only_seg, ["classifier.classifier.6.bias", "classifier.classifier.6.weight"]);
-    assert_eq!(
-        only_pre,
-        [
-            "projection.0.bias",
-            "projection.0.weight",
-            "projection.2.bias",
-            "projection.2.weight",
-            "projection.4.bias",
-            "projection.4.weight"
-        ]
-    );
+    // The official head: two hidden 1x1 conv (no bias) + BN (+ ReLU) layers, a final 1x1 conv.
+    let bn = |i: usize| {
+        ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"]
+            .map(move |k| format!("projection.{i}.{k}"))
+    };
+    let mut want: Vec<String> = vec!["projection.0.weight".into()];
+    want.extend(bn(1));
+    want.push("projection.3.weight".into());
+    want.extend(bn(4));
+    want.extend(["projection.6.bias".into(), "projection.6.weight".into()]);
+    assert_eq!(only_pre, want);
     assert_eq!(b["projection.0.weight"], [64, 64, 1, 1]);
-    assert_eq!(b["projection.4.weight"], [64, 64, 1, 1]);
+    assert_eq!(b["projection.4.running_var"], [64]);
+    assert_eq!(b["projection.6.weight"], [64, 64, 1, 1]);
+    let two = ModelSpec { projection_layers: 2, ..spec.clone() };
+    let mut pre2 = DeepLabV3Plus::for_pretraining(&two, &mut Rng::new(0)).unwrap();
+    let s2 = state_shapes(&mut pre2);
+    assert!(s2.contains_key("projection.3.bias") && !s2.contains_key("projection.4.weight"));
+    assert!(
+        DeepLabV3Plus::for_pretraining(&ModelSpec { projection_layers: 0, ..spec.clone() }, &mut Rng::new(0)).is_err()
+    );
     // Without the ends, classify/project refuse clearly.
     let x = Tensor::randn([2, 3, 32, 32], 1.0, DType::F32, &mut Rng::new(1));
     let mut ctx = Ctx::eval();
