@@ -7,6 +7,13 @@
 //! the same map (bilinear taps for the image, nearest for the label), so labels always move with the
 //! image. Colour distortion is composed into a single 3x3 affine map and applied together with
 //! normalisation in a second pass over the crop.
+//!
+//! Two views ([`AugmentConfig::two_views`], the contrastive recipe of Zhao et al.): the geometry
+//! pass runs once and the second pass twice over its output, once without colour distortion
+//! ([`Augmented::image`], the "original" view) and once with the sampled colour map
+//! ([`Augmented::distorted`]), so both views share the crop, the flip and the labels exactly and
+//! differ only by the colour map. The random draws are the same as for one distorted view, so a
+//! sample's augmentation still depends only on its RNG.
 
 use crate::error::{DatasetError, Result};
 use crate::rng::Rng;
@@ -59,6 +66,10 @@ pub struct AugmentConfig {
     pub hflip: bool,
     /// Colour distortion (contrastive stage); `None` = off.
     pub color: Option<ColorJitter>,
+    /// Produce two views of the same crop: [`Augmented::image`] without colour distortion and
+    /// [`Augmented::distorted`] with it (with `color` off the two are equal). When false the
+    /// colour distortion, if any, is applied to `image`.
+    pub two_views: bool,
     /// Normalisation: `(x / 255 - mean) / std` per channel.
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -75,6 +86,7 @@ impl AugmentConfig {
             scale: None,
             hflip: false,
             color: None,
+            two_views: false,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             pad: PadFill::Mean,
@@ -87,9 +99,10 @@ impl AugmentConfig {
         AugmentConfig { crop: Some([crop, crop]), scale: Some((0.5, 2.0)), hflip: true, ..Self::eval() }
     }
 
-    /// Contrastive pretraining recipe: the training recipe plus colour distortion.
+    /// Contrastive pretraining recipe: the training recipe, and two views of every crop, the
+    /// original and a colour-distorted one.
     pub fn contrastive(crop: usize) -> Self {
-        AugmentConfig { color: Some(ColorJitter::default()), ..Self::train(crop) }
+        AugmentConfig { color: Some(ColorJitter::default()), two_views: true, ..Self::train(crop) }
     }
 
     /// Rejects configurations that would divide by zero or produce empty/absurd outputs.
@@ -125,8 +138,12 @@ impl AugmentConfig {
 pub struct Augmented {
     pub height: usize,
     pub width: usize,
+    /// The image; without colour distortion when `two_views` is set.
     pub image: Vec<f32>,
     pub label: Vec<u8>,
+    /// With `two_views`: the colour-distorted view of the same crop (same layout as `image`,
+    /// same labels).
+    pub distorted: Option<Vec<f32>>,
 }
 
 /// A 3x3 colour matrix plus bias, acting on RGB in 0..255.
@@ -331,9 +348,28 @@ pub fn apply(s: &SampleRef<'_>, plan: &Plan, cfg: &AugmentConfig) -> Result<Augm
             ColorOp::Grayscale => aff.then(saturation_matrix(0.0), [0.0; 3]),
         };
     }
-    let jitter = !plan.color.is_empty();
+    let jitter = (!plan.color.is_empty()).then_some(aff);
 
-    // Pass 2: colour + normalisation; padding gets the fill value.
+    // Pass 2: colour + normalisation; padding gets the fill value. With two views the
+    // distorted copy is made from the same geometry output before it is overwritten.
+    let distorted = cfg.two_views.then(|| finish(image.clone(), &rows, &cols, plane, jitter, cfg));
+    let image = finish(image, &rows, &cols, plane, if cfg.two_views { None } else { jitter }, cfg);
+    Ok(Augmented { height: oh, width: ow, image, label, distorted })
+}
+
+type Taps = [Option<(usize, usize, f32, usize)>];
+
+/// The second pass over a geometry-pass output `image` (CHW, 0..255): the colour map `color` (if
+/// any, clamped to 0..255), then `(x / 255 - mean) / std`; padded pixels get the fill value.
+fn finish(
+    mut image: Vec<f32>,
+    rows: &Taps,
+    cols: &Taps,
+    plane: usize,
+    color: Option<Affine>,
+    cfg: &AugmentConfig,
+) -> Vec<f32> {
+    let ow = cols.len();
     let inv_std = cfg.std.map(|s| 1.0 / s);
     let pad_norm: [f32; 3] = std::array::from_fn(|c| match cfg.pad {
         PadFill::Mean => 0.0,
@@ -349,7 +385,7 @@ pub fn apply(s: &SampleRef<'_>, plan: &Plan, cfg: &AugmentConfig) -> Result<Augm
                 continue;
             }
             let mut x = [image[i], image[plane + i], image[2 * plane + i]];
-            if jitter {
+            if let Some(aff) = &color {
                 x = aff.apply(x).map(|v| v.clamp(0.0, 255.0));
             }
             for c in 0..3 {
@@ -357,7 +393,7 @@ pub fn apply(s: &SampleRef<'_>, plan: &Plan, cfg: &AugmentConfig) -> Result<Augm
             }
         }
     }
-    Ok(Augmented { height: oh, width: ow, image, label })
+    image
 }
 
 /// Plans and applies in one call.

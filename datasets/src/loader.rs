@@ -71,6 +71,9 @@ pub struct Batch {
     /// Labels, `label_shape = [B, H, W]`, ignore value where padded or unlabeled.
     pub labels: Vec<u8>,
     pub label_shape: [usize; 3],
+    /// With [`AugmentConfig::two_views`]: the colour-distorted views of the same crops, laid out
+    /// as `images` (`image_shape`), with the same labels; `images` are then the undistorted views.
+    pub distorted: Option<Vec<f32>>,
 }
 
 /// A loader over a sample source (a `Pack`, a `MemoryDataset`) and an optional index subset.
@@ -227,11 +230,24 @@ fn make_batch<S: SampleSource>(
     let b = items.len();
     let mut images = Vec::with_capacity(b * 3 * h * w);
     let mut labels = Vec::with_capacity(b * h * w);
+    let mut distorted = cfg.augment.two_views.then(|| Vec::with_capacity(b * 3 * h * w));
     for a in items {
         images.extend_from_slice(&a.image);
         labels.extend_from_slice(&a.label);
+        if let (Some(all), Some(d)) = (distorted.as_mut(), &a.distorted) {
+            all.extend_from_slice(d);
+        }
     }
-    Ok(Batch { epoch, step, indices: ids.to_vec(), images, image_shape: [b, 3, h, w], labels, label_shape: [b, h, w] })
+    Ok(Batch {
+        epoch,
+        step,
+        indices: ids.to_vec(),
+        images,
+        image_shape: [b, 3, h, w],
+        labels,
+        label_shape: [b, h, w],
+        distorted,
+    })
 }
 
 /// Iterator over one epoch's batches. Yields an error (then ends) if a record fails to load.

@@ -160,3 +160,46 @@ fn unlabeled_sample_gets_ignore_labels_and_bad_config_is_rejected() {
         assert!(augment(&s.view(), &bad, &mut Rng::new(0)).is_err());
     }
 }
+
+#[test]
+fn two_views_share_geometry_and_labels_and_differ_only_by_the_colour_map() {
+    let s = datasets::synth_sample(&datasets::SynthConfig { height: 40, width: 44, ..Default::default() }, 3).unwrap();
+    let jitter = ColorJitter { prob: 1.0, grayscale_prob: 0.0, ..ColorJitter::default() };
+    // Scale 0.5-2.0 of a 40x44 image into a 48 crop pads some crops, so padding is covered too.
+    let two = raw(AugmentConfig { color: Some(jitter), ..AugmentConfig::contrastive(48) });
+    assert!(two.two_views);
+    let one_distorted = AugmentConfig { two_views: false, ..two.clone() };
+    let plain = AugmentConfig { color: None, two_views: false, ..two.clone() };
+    let mut padded = 0;
+    for seed in 0..30 {
+        let p = plan(s.height, s.width, &two, &mut Rng::new(seed));
+        let a = apply(&s.view(), &p, &two).unwrap();
+        let d = a.distorted.as_ref().expect("two views");
+        assert_eq!(d.len(), a.image.len());
+        // The original view: the plan without colour draws the same geometry first, so it is
+        // exactly the uncoloured augmentation of the same crop.
+        let q = plan(s.height, s.width, &plain, &mut Rng::new(seed));
+        assert_eq!(
+            (q.scaled_h, q.scaled_w, q.off_y, q.off_x, q.flip),
+            (p.scaled_h, p.scaled_w, p.off_y, p.off_x, p.flip)
+        );
+        let orig = apply(&s.view(), &q, &plain).unwrap();
+        assert_eq!((&orig.image, &orig.label, orig.distorted.is_none()), (&a.image, &a.label, true));
+        // The distorted view: exactly the single colour-distorted view of the same plan.
+        let single = apply(&s.view(), &p, &one_distorted).unwrap();
+        assert_eq!((&single.image, &single.label), (d, &a.label));
+        assert_ne!(d, &a.image, "seed {seed}: colour jitter with probability 1 changes the colours");
+        // Both views pad the same pixels with the same fill.
+        let plane = a.height * a.width;
+        for i in (0..plane).filter(|&i| a.label[i] == 255) {
+            padded += 1;
+            for c in 0..3 {
+                assert_eq!(a.image[c * plane + i], d[c * plane + i]);
+            }
+        }
+    }
+    assert!(padded > 0, "some crop was padded");
+    // Deterministic: the same RNG gives the same two views.
+    let a = augment(&s.view(), &two, &mut Rng::new(9)).unwrap();
+    assert_eq!(augment(&s.view(), &two, &mut Rng::new(9)).unwrap(), a);
+}

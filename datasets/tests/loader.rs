@@ -33,6 +33,22 @@ fn batches_have_engine_shapes_and_cover_the_epoch() {
 }
 
 #[test]
+fn contrastive_batches_carry_an_undistorted_and_a_distorted_view_of_the_same_crops() {
+    let ds = Arc::new(synth_dataset(&cfg(10)).unwrap());
+    let two = Loader::new(ds.clone(), None, LoaderConfig::train(4, 7, AugmentConfig::contrastive(32))).unwrap();
+    let plain = Loader::new(ds, None, LoaderConfig::train(4, 7, AugmentConfig::train(32))).unwrap();
+    for step in 0..2 {
+        let (b, p) = (two.batch(1, step).unwrap(), plain.batch(1, step).unwrap());
+        let d = b.distorted.as_ref().expect("two views");
+        assert_eq!(d.len(), b.images.len());
+        assert_ne!(d, &b.images);
+        // Same seed, same geometry draws: the original view and labels are the fine-tuning recipe's.
+        assert_eq!((&b.indices, &b.images, &b.labels), (&p.indices, &p.images, &p.labels));
+        assert!(p.distorted.is_none());
+    }
+}
+
+#[test]
 fn same_seed_same_batches_regardless_of_workers_and_prefetch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.pack");
