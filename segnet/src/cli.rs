@@ -1,6 +1,6 @@
 //! The command line: `segnet train | eval | predict | data | experiment | bench`.
 
-use crate::config::{LossMode, Stage};
+use crate::config::{LossGrid, LossMode, Stage};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -78,9 +78,15 @@ pub struct TrainArgs {
     /// Use the SupCon denominator.
     #[arg(long)]
     pub supcon: bool,
-    /// Compute the contrastive loss at the decoder's full (stride 4) resolution.
-    #[arg(long)]
+    /// The contrastive loss grid: decoder (the stride-4 map), quarter ((crop-1)/4+1) or eighth ((crop-1)/8+1).
+    #[arg(long, value_enum)]
+    pub loss_grid: Option<LossGrid>,
+    /// Same as `--loss-grid decoder`: the contrastive loss at the decoder's full (stride 4) resolution.
+    #[arg(long, conflicts_with = "loss_grid")]
     pub full_res_loss: bool,
+    /// 1x1 convolutions of the projection head (3 in the paper).
+    #[arg(long)]
+    pub projection_layers: Option<usize>,
     /// Run directory (default: runs/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,

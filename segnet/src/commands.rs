@@ -89,7 +89,13 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.loss.supcon = true;
     }
     if a.full_res_loss {
-        cfg.loss.full_resolution = true;
+        cfg.loss.grid = crate::config::LossGrid::Decoder;
+    }
+    if let Some(v) = a.loss_grid {
+        cfg.loss.grid = v;
+    }
+    if let Some(v) = a.projection_layers {
+        cfg.loss.projection_layers = v;
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(cfg)

@@ -31,16 +31,47 @@ impl Stage {
     }
 }
 
-/// Which pixels the contrastive loss pairs (see `engine::ops::contrastive`).
+/// Which pixels the contrastive loss pairs. Every mode sees two views of each crop (same
+/// geometry and labels): the original and a colour-distorted copy (see `train::objective`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossMode {
-    /// Each image against itself (the paper's default).
+    /// Each image against itself, on the original and on the distorted views; the two losses
+    /// are summed (the official code's `within_image_loss=True`).
     Within,
-    /// Each image with a shuffled partner: positives from both, negatives from its own.
+    /// Each original image with the distorted view of a shuffled image (a random permutation,
+    /// possibly itself): anchors from both, positives from both, negatives from the anchor's own
+    /// image (the official code's default).
     Cross,
-    /// All pixels of the batch as one sampled bag.
+    /// All pixels of the batch as one sampled bag, per view, summed over the two views (not in
+    /// the official code).
     Batch,
+}
+
+/// The grid the contrastive loss is computed on. Features are bilinearly resized to it
+/// (`align_corners = true`) from the decoder's stride-4 map, labels by the matching
+/// `align_corners = true` nearest rule from the crop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossGrid {
+    /// The decoder's own stride-4 map (no feature resize).
+    Decoder,
+    /// `(crop - 1) / 4 + 1` per side (129 for a 513 crop).
+    Quarter,
+    /// `(crop - 1) / 8 + 1` per side (65 for a 513 crop, DeepLab's stride-8 grid).
+    Eighth,
+}
+
+impl LossGrid {
+    /// The loss grid for an `h x w` crop; `None` = the decoder's map as it comes.
+    pub fn size(self, h: usize, w: usize) -> Option<[usize; 2]> {
+        let side = |n: usize, s: usize| (n.max(1) - 1) / s + 1;
+        match self {
+            LossGrid::Decoder => None,
+            LossGrid::Quarter => Some([side(h, 4), side(w, 4)]),
+            LossGrid::Eighth => Some([side(h, 8), side(w, 8)]),
+        }
+    }
 }
 
 /// Model shape.
@@ -111,10 +142,14 @@ pub struct ContrastiveSettings {
     pub mode: LossMode,
     /// Use the SupCon denominator instead of the paper's per-positive one.
     pub supcon: bool,
-    /// Compute the loss at the decoder's stride-4 resolution instead of ~1/8 of the crop.
-    pub full_resolution: bool,
+    /// The grid the loss is computed on (`full_resolution = true` in older configs reads as
+    /// `decoder`, `false` as `eighth`).
+    pub grid: LossGrid,
     /// Pixel budget of the batch mode.
     pub max_pixels: usize,
+    /// 1x1 convolutions of the projection head (3 in the paper; conv + BN + ReLU for all but
+    /// the last).
+    pub projection_layers: usize,
 }
 
 impl Default for ContrastiveSettings {
@@ -123,8 +158,9 @@ impl Default for ContrastiveSettings {
             tau: 0.07,
             mode: LossMode::Within,
             supcon: false,
-            full_resolution: false,
+            grid: LossGrid::Eighth,
             max_pixels: 10_000,
+            projection_layers: 3,
         }
     }
 }
@@ -258,7 +294,8 @@ impl TrainConfig {
     /// value (so `[finetune] lr = 0.5` keeps the fine-tuning stage's default steps, not a generic
     /// stage default). Unknown keys are errors naming the key.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let file: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut file: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        upgrade_legacy_keys(&mut file)?;
         let mut merged = toml::Table::try_from(TrainConfig::default()).map_err(|e| e.to_string())?;
         merge(&mut merged, file);
         merged.try_into().map_err(|e: toml::de::Error| e.to_string())
@@ -311,6 +348,9 @@ impl TrainConfig {
         if self.loss.tau <= 0.0 {
             return Err(format!("loss.tau must be > 0, got {}", self.loss.tau));
         }
+        if self.loss.projection_layers == 0 {
+            return Err("loss.projection_layers must be at least 1".into());
+        }
         for s in &self.stages {
             let c = self.stage(*s);
             if !(c.lr > 0.0 && c.lr.is_finite()) {
@@ -319,6 +359,21 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// Rewrite keys of older configs (for example the run config inside an old checkpoint) into
+/// their current form: `loss.full_resolution = true | false` becomes `loss.grid = "decoder" |
+/// "eighth"` (what it meant then) unless the file also sets `loss.grid`.
+fn upgrade_legacy_keys(file: &mut toml::Table) -> Result<(), String> {
+    if let Some(toml::Value::Table(loss)) = file.get_mut("loss") {
+        if let Some(v) = loss.remove("full_resolution") {
+            let full = v.as_bool().ok_or_else(|| format!("loss.full_resolution must be true or false, got {v}"))?;
+            if !loss.contains_key("grid") {
+                loss.insert("grid".into(), toml::Value::String(if full { "decoder" } else { "eighth" }.into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Overlay `over` onto `base`, recursing into tables (a table in `over` updates, not replaces).
@@ -346,5 +401,27 @@ mod tests {
         let partial = TrainConfig::from_toml("[finetune]\nlr = 0.5\n").unwrap();
         assert_eq!(partial.finetune.lr, 0.5);
         assert_eq!(partial.finetune.steps, TrainConfig::default().finetune.steps);
+    }
+
+    #[test]
+    fn loss_grid_reads_its_names_and_the_legacy_flag() {
+        for (text, want) in
+            [("decoder", LossGrid::Decoder), ("quarter", LossGrid::Quarter), ("eighth", LossGrid::Eighth)]
+        {
+            let c = TrainConfig::from_toml(&format!("[loss]\ngrid = \"{text}\"\n")).unwrap();
+            assert_eq!(c.loss.grid, want);
+            assert!(c.to_toml().contains(&format!("grid = \"{text}\"")));
+        }
+        assert!(TrainConfig::from_toml("[loss]\ngrid = \"half\"\n").is_err());
+        let old = |v: &str| TrainConfig::from_toml(&format!("[loss]\nfull_resolution = {v}\n"));
+        assert_eq!(old("true").unwrap().loss.grid, LossGrid::Decoder);
+        assert_eq!(old("false").unwrap().loss.grid, LossGrid::Eighth);
+        assert!(old("3").unwrap_err().contains("full_resolution"));
+        let both = TrainConfig::from_toml("[loss]\nfull_resolution = true\ngrid = \"quarter\"\n").unwrap();
+        assert_eq!(both.loss.grid, LossGrid::Quarter);
+        // Grid sizes: (crop - 1) / s + 1 per side; the decoder grid is the map as it comes.
+        assert_eq!(LossGrid::Eighth.size(513, 64), Some([65, 8]));
+        assert_eq!(LossGrid::Quarter.size(513, 64), Some([129, 16]));
+        assert_eq!(LossGrid::Decoder.size(513, 64), None);
     }
 }

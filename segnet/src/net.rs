@@ -17,7 +17,10 @@ pub type Net = DeepLabV3Plus;
 /// The model shape a run's config asks for.
 pub fn spec(cfg: &TrainConfig, classes: usize) -> Result<ModelSpec> {
     let m = &cfg.model;
-    Ok(ModelSpec::from_config(&m.backbone, m.width, m.output_stride, m.head_channels, m.aspp_rates, classes)?)
+    let spec = ModelSpec::from_config(&m.backbone, m.width, m.output_stride, m.head_channels, m.aspp_rates, classes)?;
+    let spec = ModelSpec { projection_layers: cfg.loss.projection_layers, ..spec };
+    spec.validate()?;
+    Ok(spec)
 }
 
 /// A freshly initialised network (seeded): with the projection head for the contrastive stage,
@@ -71,7 +74,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// The loss grid of the contrastive stage: about 1/8 of the crop, `(crop - 1) / 8 + 1`
+/// The `eighth` loss grid side ([`crate::config::LossGrid::Eighth`]): `(crop - 1) / 8 + 1`
 /// (65 for a 513 crop, as DeepLab's stride-8 grid).
 pub fn contrastive_grid(crop: usize) -> usize {
     (crop.max(1) - 1) / 8 + 1

@@ -7,6 +7,7 @@
 //! the weights, batch-norm buffers, SGD momentum and the step, so a resumed run repeats the
 //! uninterrupted one exactly (on the CPU, same thread count).
 
+mod objective;
 mod pseudo;
 mod stage;
 
@@ -221,9 +222,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary { scores: Some(scores), table, dir: opts.out.clone(), interrupted: false })
 }
 
+/// What [`load_for_inference`] returns: the network, its run config, the class names and the
+/// pack's palette (if it has one).
+pub type LoadedModel = (Net, TrainConfig, Vec<String>, Option<Vec<[u8; 3]>>);
+
 /// Load a segmentation checkpoint for eval/predict: its model is rebuilt from the run config it
 /// carries, so a checkpoint of another architecture cannot be loaded into the wrong model.
-pub fn load_for_inference(path: &Path) -> Result<(Net, TrainConfig, Vec<String>, Option<Vec<[u8; 3]>>)> {
+pub fn load_for_inference(path: &Path) -> Result<LoadedModel> {
     let data = read_checkpoint(path)?;
     let cfg = TrainConfig::from_toml(&data.meta.config)
         .map_err(|e| anyhow::anyhow!("{}: the checkpoint's run config does not parse: {e}", path.display()))?;

@@ -1,15 +1,16 @@
-//! One stage's step loop: batches, loss, backward, SGD, logging, evaluation, checkpoints.
+//! One stage's step loop: batches, loss, backward, SGD, logging, evaluation, checkpoints. What the
+//! stage minimises (and how its loader augments) is its [`objective::Objective`], built once here.
 
+use super::objective;
 use super::{derive_seed, INTERRUPTED};
-use crate::config::{LossMode, Stage, TrainConfig};
+use crate::config::{Stage, TrainConfig};
 use crate::data::Source;
 use crate::evaluate::evaluate;
-use crate::net::{contrastive_grid, Net};
+use crate::net::Net;
 use crate::run_dir::RunDir;
 use anyhow::{bail, Context, Result};
-use datasets::{AugmentConfig, Batch, Loader, LoaderConfig, SampleSource};
-use engine::ops::{self, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
-use engine::{LabelMap, Rng, Tensor};
+use datasets::{Loader, LoaderConfig, SampleSource};
+use engine::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 use nn::{load_checkpoint, save_checkpoint, CheckpointMeta, Ctx, LrSchedule, ParamGroups, Sgd, SgdConfig};
 use std::collections::BTreeMap;
@@ -36,51 +37,6 @@ pub enum StageEnd {
     Finished(PathBuf),
     /// Interrupted (Ctrl-C or the step budget); the checkpoint to resume from.
     Stopped(PathBuf),
-}
-
-/// Build the loss settings of the contrastive stage.
-pub fn contrastive_config(cfg: &TrainConfig, classes: usize, step: usize) -> ContrastiveConfig {
-    ContrastiveConfig {
-        tau: cfg.loss.tau,
-        mode: match cfg.loss.mode {
-            LossMode::Within => ContrastiveMode::WithinImage,
-            LossMode::Cross => ContrastiveMode::CrossImage,
-            LossMode::Batch => ContrastiveMode::Batch,
-        },
-        form: if cfg.loss.supcon { ContrastiveForm::SupCon } else { ContrastiveForm::PerPositive },
-        classes,
-        ignore: 255,
-        max_pixels: cfg.loss.max_pixels,
-        seed: derive_seed(cfg.seed, &[7, step as u64]),
-        ..ContrastiveConfig::default()
-    }
-}
-
-/// The loss of one batch for `stage`.
-pub fn stage_loss(
-    net: &mut Net,
-    stage: Stage,
-    cfg: &TrainConfig,
-    b: &Batch,
-    classes: usize,
-    step: usize,
-    ctx: &mut Ctx,
-) -> Result<Tensor> {
-    let x = crate::net::input(net, b.images.clone(), b.image_shape)?;
-    let [n, h, w] = b.label_shape;
-    let labels = LabelMap::new(n, h, w, b.labels.clone())?;
-    match stage {
-        Stage::Contrastive => {
-            let size = if cfg.loss.full_resolution { None } else { Some([contrastive_grid(h), contrastive_grid(w)]) };
-            let z = crate::net::embed(net, &x, size, ctx)?;
-            let lab = ops::resize_nearest_labels(&labels, [z.dim(2), z.dim(3)])?;
-            Ok(ops::pixel_contrastive_loss(&z, &lab, &contrastive_config(cfg, classes, step))?)
-        }
-        _ => {
-            let logits = crate::net::logits(net, &x, ctx)?;
-            Ok(ops::cross_entropy(&logits, &labels, 255)?)
-        }
-    }
 }
 
 fn meta(
@@ -132,14 +88,8 @@ pub fn train_stage(
             cfg.batch
         );
     }
-    let mut aug = if stage == Stage::Contrastive && cfg.augment.color {
-        AugmentConfig::contrastive(cfg.crop)
-    } else {
-        AugmentConfig::train(cfg.crop)
-    };
-    let [lo, hi] = cfg.augment.scale;
-    aug.scale = (lo != 1.0 || hi != 1.0).then_some((lo as f32, hi as f32));
-    aug.hflip = cfg.augment.hflip;
+    let mut objective = objective::for_stage(stage, cfg, classes);
+    let aug = objective.augment(cfg);
     let loader = Loader::new(
         source.clone(),
         Some(indices),
@@ -187,7 +137,7 @@ pub fn train_stage(
         let t0 = Instant::now();
         let batch = loader.batch((step / bpe) as u64, step % bpe)?;
         let mut ctx = Ctx::train(Rng::new(derive_seed(cfg.seed, &[4, si as u64, step as u64])));
-        let loss = stage_loss(net, stage, cfg, &batch, classes, step, &mut ctx)?;
+        let loss = objective.loss(net, &batch, step, &mut ctx)?;
         let lv = loss.item()?;
         if !lv.is_finite() {
             pb.abandon_with_message("non-finite loss");
@@ -202,6 +152,7 @@ pub fn train_stage(
         let lr = sched.lr(step as u64);
         opt.step(net, &grads, lr)?;
         drop(grads);
+        objective.after_step(net)?;
         step += 1;
         if let Some(b) = sc.budget.as_mut() {
             *b -= 1;
@@ -214,7 +165,8 @@ pub fn train_stage(
         pb.set_position(step as u64);
         pb.set_message(format!("loss {lv:.4}"));
         let at_end = step == sc_cfg.steps;
-        if stage != Stage::Contrastive && (step % cfg.eval_every.max(1) == 0 || at_end) {
+        // Evaluation needs a classifier (the contrastive stage's network has none).
+        if net.head.classifier.is_some() && (step % cfg.eval_every.max(1) == 0 || at_end) {
             let cm = evaluate(net, &sc.val)?;
             let s = cm.scores();
             let mut rec = RunDir::record(stage.name(), step, sc.global_offset + step);
