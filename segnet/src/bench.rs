@@ -42,7 +42,7 @@ fn random_labels(b: usize, h: usize, w: usize, classes: usize, rng: &mut Rng) ->
         .map(|i| {
             let (n, r) = (i / (h * w), i % (h * w));
             let cell = (n * 7919 + (r / w / 8) * 31 + (r % w) / 8) as u64;
-            ((cell.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rng.next_u64() % 2) % classes as u64) as u8
+            ((cell.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rng.next_u64() % 2)) % classes as u64) as u8
         })
         .collect();
     LabelMap { n: b, h, w, data }

@@ -36,6 +36,7 @@ pub fn reshape(x: &Tensor, dims: &[usize]) -> Result<Tensor> {
     }
     if let Some(&i) = infer.first() {
         let known: usize = d.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &v)| v).product();
+        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than the workspace's MSRV
         if known == 0 || x.numel() % known != 0 {
             return Err(Error::shape("reshape", format!("cannot infer {dims:?} from {}", x.shape)));
         }

@@ -241,11 +241,11 @@ mod tests {
         let x: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64 + i as f64 * 0.1).collect();
         let mut y = vec![0.0; 30];
         let st = bn_train_forward(&x, d, None, None, 0.0, &mut y);
-        for ch in 0..3 {
+        for (ch, st) in st.iter().enumerate() {
             let v: Vec<f64> = (0..2).flat_map(|i| d.plane(&y, i, ch).to_vec()).collect();
             let mean = v.iter().sum::<f64>() / 10.0;
             let var = v.iter().map(|a| a * a).sum::<f64>() / 10.0;
-            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12, "{mean} {var} {:?}", st[ch]);
+            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12, "{mean} {var} {st:?}");
         }
     }
 }
