@@ -209,7 +209,8 @@ pub struct AugmentSettings {
     pub scale: [f64; 2],
     /// Random left-right flips.
     pub hflip: bool,
-    /// Colour distortion in the contrastive stage.
+    /// Colour distortion of the contrastive stage's second view (off: both views are the
+    /// original crop).
     pub color: bool,
 }
 

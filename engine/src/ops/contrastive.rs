@@ -145,6 +145,12 @@ pub fn pixel_contrastive_loss(features: &Tensor, labels: &LabelMap, cfg: &Contra
 /// other view, its negatives (and SupCon candidates) come from its own image only. The loss is the
 /// mean over the `2B` anchor images that have an anchor with a positive; gradients flow to both
 /// feature tensors. `cfg.mode` is not consulted (the pairing is given).
+///
+/// This is the cross-image loss of Zhao et al.'s official code (2N-pixel pairs, negatives masked
+/// to the anchor's own image) up to the reduction: the official code averages the anchors of a
+/// pair's 2N pixels together and then the B pairs (a pair without valid anchors counting 0), here
+/// each image's anchors are averaged, then the images having any; the two agree when both images
+/// of every pair have the same, non-zero, number of non-ignored pixels.
 pub fn pixel_contrastive_loss_pair(
     features_a: &Tensor,
     labels_a: &LabelMap,
