@@ -10,8 +10,9 @@
 //   SupCon (form 1): C_i = own pixels except i + partner's of class c, P_i = the class-c ones;
 //     L_i = logsumexp_{k in C_i} s_ik; loss_i = L_i - mean_{j in P_i} s_ij; anchors with P_i empty
 //     do not count.
-//   Loss = sum_i w_i loss_i, w_i = w_bag for counting anchors (host: 1 / (counting anchors of the
-//     bag * bags with an anchor)).
+//   Loss = sum_i w_i loss_i, w_i = w_bag for counting anchors (host, the CPU kernel's bag_weights:
+//     1 / (G * counting anchors of the bag's group), G = number of groups; a group is an image, an
+//     image pair or the batch bag, and one without counting anchors still counts in G).
 // Kernels:
 //   `contrastive_fwd_f32`: one block per anchor row (block-strided). The anchor's feature is
 //     staged in shared memory; threads stride over candidates computing dots (reads of one

@@ -5,14 +5,21 @@
 //! `-log(e_ij / (e_ij + sum of negatives))` (or SupCon's `-log(e_ij / sum_{k != i} e_ik)`) pair by pair,
 //! and differentiates by hand into an explicit `dS` matrix, then `dF = dS F / tau` for the anchor side
 //! and `dS^T F / tau` for the candidate side. Memory `O(N^2)`: small cases only.
+//!
+//! Reduction, as the official code (`compute_contrastive_loss` of google-research
+//! `supervised_pixel_contrastive_loss`): the anchors that have a positive are averaged per *unit*
+//! (an image in the within- and cross-image modes, an image pair of the pair loss, the batch bag),
+//! then the units are averaged with a plain mean, a unit without such an anchor counting as 0.
 
 use engine::ops::contrastive::{batch_sample, cross_image_partners};
 use engine::ops::{ContrastiveConfig, ContrastiveForm, ContrastiveMode};
 
-/// Pixels of one anchor image (or the batch bag): anchors/own candidates, and partner positives.
+/// Pixels of one anchor image (or the batch bag): anchors/own candidates, partner positives, and the
+/// unit its anchors are averaged in.
 struct RefBag {
     own: Vec<usize>,
     partner: Vec<usize>,
+    unit: usize,
 }
 
 /// Loss and gradient (same layout as the features `[images, d, hw]`).
@@ -32,7 +39,7 @@ fn valid(labels: &[u8], ignore: u8, img: usize, hw: usize) -> Vec<usize> {
 pub fn reference(feats: &[f64], b: usize, d: usize, hw: usize, labels: &[u8], cfg: &ContrastiveConfig) -> RefOut {
     let bags: Vec<RefBag> = match cfg.mode {
         ContrastiveMode::WithinImage => {
-            (0..b).map(|i| RefBag { own: valid(labels, cfg.ignore, i, hw), partner: vec![] }).collect()
+            (0..b).map(|i| RefBag { own: valid(labels, cfg.ignore, i, hw), partner: vec![], unit: i }).collect()
         }
         ContrastiveMode::CrossImage => {
             let perm = cross_image_partners(b, cfg.seed);
@@ -40,19 +47,21 @@ pub fn reference(feats: &[f64], b: usize, d: usize, hw: usize, labels: &[u8], cf
                 .map(|i| RefBag {
                     own: valid(labels, cfg.ignore, i, hw),
                     partner: if perm[i] == i { vec![] } else { valid(labels, cfg.ignore, perm[i], hw) },
+                    unit: i,
                 })
                 .collect()
         }
         ContrastiveMode::Batch => {
             let lm = engine::LabelMap::new(b, 1, hw, labels.to_vec()).unwrap();
             let ids = batch_sample(&lm, cfg.ignore, cfg.max_pixels, cfg.seed);
-            vec![RefBag { own: ids.into_iter().map(|g| g as usize).collect(), partner: vec![] }]
+            vec![RefBag { own: ids.into_iter().map(|g| g as usize).collect(), partner: vec![], unit: 0 }]
         }
     };
     evaluate(feats, d, hw, labels, &bags, cfg)
 }
 
 /// The reference for [`engine::ops::pixel_contrastive_loss_pair`]; the gradient is that of `[a; b]`.
+/// Image `i` of either view is in unit (pair) `i`: the anchors of both images are averaged together.
 #[allow(clippy::too_many_arguments)]
 pub fn reference_pair(
     fa: &[f64],
@@ -70,6 +79,7 @@ pub fn reference_pair(
         .map(|i| RefBag {
             own: valid(&labels, cfg.ignore, i, hw),
             partner: valid(&labels, cfg.ignore, (i + b) % (2 * b), hw),
+            unit: i % b,
         })
         .collect();
     evaluate(&feats, d, hw, &labels, &bags, cfg)
@@ -141,14 +151,19 @@ fn evaluate(feats: &[f64], d: usize, hw: usize, labels: &[u8], bags: &[RefBag], 
         }
         per_bag.push((sum, counted, ds, cand));
     }
-    let valid_bags = per_bag.iter().filter(|b| b.1 > 0).count();
+    // Anchors with a positive per unit; the loss is the mean over all units of their mean.
+    let units = bags.iter().map(|b| b.unit + 1).max().unwrap_or(0);
+    let mut per_unit = vec![0usize; units];
+    for (bag, (_, counted, _, _)) in bags.iter().zip(&per_bag) {
+        per_unit[bag.unit] += counted;
+    }
     let mut loss = 0.0;
     let mut grad_rows = vec![0.0; feats.len()];
     for (bag, (sum, counted, ds, cand)) in bags.iter().zip(&per_bag) {
         if *counted == 0 {
             continue;
         }
-        let w = 1.0 / (*counted as f64 * valid_bags as f64);
+        let w = 1.0 / (per_unit[bag.unit] as f64 * units as f64);
         loss += w * sum;
         let m = cand.len();
         for (i, &gi) in bag.own.iter().enumerate() {

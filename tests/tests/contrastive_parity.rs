@@ -3,6 +3,10 @@
 //! single-pixel classes, images without a valid pixel and all-invalid batches; f32 at 65x65 against
 //! f64; several tile blocks (every round of the symmetric schedule); anchors on the exact path next
 //! to shifted ones; stability for unnormalised features; determinism across thread counts; bad input.
+//! The reduction (per image, or per image pair, then the plain mean over the batch) against a
+//! hand-written transcription of the official TensorFlow code, loss and central-difference
+//! gradient, where its two images have different valid-pixel counts and where an image or a pair
+//! has none.
 
 use engine::ops::contrastive::{batch_sample, cross_image_partners};
 use engine::ops::{self, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
@@ -114,6 +118,182 @@ fn all_invalid_gives_zero_loss_and_zero_gradient() {
     }
 }
 
+/// Loss and gradients (of `[a; b]`) of the fused pair op.
+fn fused_pair(ta: &Tensor, la: &LabelMap, tb: &Tensor, lb: &LabelMap, cfg: &ContrastiveConfig) -> (f64, Vec<f64>) {
+    let tape = Tape::new();
+    let (xa, xb) = (tape.watch(ta), tape.watch(tb));
+    let loss = ops::pixel_contrastive_loss_pair(&xa, la, &xb, lb, cfg).unwrap();
+    let v = loss.item().unwrap();
+    let g = tape.backward(&loss).unwrap();
+    let grad_of = |x: &Tensor, t: &Tensor| g.get(x).map(|t| t.to_vec_f64().unwrap()).unwrap_or(vec![0.0; t.numel()]);
+    let mut grad = grad_of(&xa, ta);
+    grad.extend(grad_of(&xb, tb));
+    (v, grad)
+}
+
+/// The official code's `compute_contrastive_loss` for one batch element, written out as the
+/// TensorFlow code computes it (google-research `supervised_pixel_contrastive_loss`), pixel rows
+/// `f` with labels `y` and image ids `img` (negatives only between pixels of one image): per anchor
+/// `(sum_j nll_ij pos_ij / max(1e-6, sum_j pos_ij), valid_i)`.
+fn official_anchor_terms(f: &[Vec<f64>], y: &[u8], img: &[usize], tau: f64, ignore: u8) -> Vec<(f64, f64)> {
+    let n = f.len();
+    let ign = |i: usize| y[i] == ignore;
+    (0..n)
+        .map(|i| {
+            let logit = |j: usize| f[i].iter().zip(&f[j]).map(|(a, b)| a * b).sum::<f64>() / tau;
+            let valid = |j: usize| if ign(i) || ign(j) { 0.0 } else { 1.0 };
+            let pos = |j: usize| if y[i] == y[j] { valid(j) } else { 0.0 };
+            let neg = |j: usize| if y[i] != y[j] && img[i] == img[j] { valid(j) } else { 0.0 };
+            let exp = |j: usize| logit(j).exp() * valid(j);
+            let neg_sum: f64 = (0..n).map(|k| exp(k) * neg(k)).sum();
+            let pos_sum: f64 = (0..n).map(pos).sum();
+            let nll: f64 = (0..n)
+                .map(|j| {
+                    let den = exp(j) + neg_sum;
+                    let norm = if den == 0.0 { 0.0 } else { exp(j) / den };
+                    -(norm * valid(j) + (1.0 - valid(j))).ln() * pos(j) / pos_sum.max(1e-6)
+                })
+                .sum();
+            (nll, if pos_sum == 0.0 { 0.0 } else { 1.0 })
+        })
+        .collect()
+}
+
+/// `sum_i nll_i valid_i / max(1e-6, sum_i valid_i)`: one batch element's loss in the official code.
+fn official_element(terms: &[(f64, f64)]) -> f64 {
+    let valid: f64 = terms.iter().map(|t| t.1).sum();
+    terms.iter().map(|t| t.0 * t.1).sum::<f64>() / valid.max(1e-6)
+}
+
+/// Pixel rows of image `i` of `[b, d, hw]` features.
+fn image_rows(f: &[f64], i: usize, d: usize, hw: usize) -> Vec<Vec<f64>> {
+    (0..hw).map(|p| (0..d).map(|c| f[i * d * hw + c * hw + p]).collect()).collect()
+}
+
+/// The official cross-image loss (`cross_image_supervised_pixel_contrastive_loss`): per pair the
+/// 2N pixels of image `i` of `a` and image `i` of `b` concatenated, negatives masked to the
+/// anchor's image, then `reduce_mean` over the batch.
+#[allow(clippy::too_many_arguments)]
+fn official_pair(fa: &[f64], fb: &[f64], la: &[u8], lb: &[u8], b: usize, d: usize, hw: usize, tau: f64) -> f64 {
+    let elements: Vec<f64> = (0..b)
+        .map(|i| {
+            let rows: Vec<Vec<f64>> = image_rows(fa, i, d, hw).into_iter().chain(image_rows(fb, i, d, hw)).collect();
+            let y: Vec<u8> = la[i * hw..(i + 1) * hw].iter().chain(&lb[i * hw..(i + 1) * hw]).copied().collect();
+            let img: Vec<usize> = (0..2 * hw).map(|p| p / hw).collect();
+            official_element(&official_anchor_terms(&rows, &y, &img, tau, 255))
+        })
+        .collect();
+    elements.iter().sum::<f64>() / b as f64
+}
+
+/// The official within-image loss (`within_image_supervised_pixel_contrastive_loss`) of one view.
+fn official_within(f: &[f64], l: &[u8], b: usize, d: usize, hw: usize, tau: f64) -> f64 {
+    let elements: Vec<f64> = (0..b)
+        .map(|i| {
+            let terms =
+                official_anchor_terms(&image_rows(f, i, d, hw), &l[i * hw..(i + 1) * hw], &vec![0; hw], tau, 255);
+            official_element(&terms)
+        })
+        .collect();
+    elements.iter().sum::<f64>() / b as f64
+}
+
+/// `dF` of `loss` at `x` by central differences (f64, small cases).
+fn central_differences(x: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-5;
+    let mut v = x.to_vec();
+    (0..x.len())
+        .map(|k| {
+            v[k] = x[k] + h;
+            let up = loss(&v);
+            v[k] = x[k] - h;
+            let down = loss(&v);
+            v[k] = x[k];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+#[test]
+fn pair_reduction_is_the_official_one_when_valid_counts_differ() {
+    // Three pairs of 3x4 images: pair 0 has 12 valid pixels in the first image and 4 in the second
+    // (the case where averaging per image and averaging the pair's 2N anchors differ), pair 1 no
+    // valid pixel at all (0 that still counts in the mean over the batch), pair 2 none in the first
+    // image only.
+    let (b, d, h, w, tau) = (3, 4, 3, 4, 0.2);
+    let hw = h * w;
+    let (fa, fb) = (random_features(b, d, hw, true, 21), random_features(b, d, hw, true, 22));
+    let mut la: Vec<u8> = (0..b * hw).map(|g| ((g * 7 + g / 5) % 3) as u8).collect();
+    let mut lb: Vec<u8> = (0..b * hw).map(|g| ((g * 5 + 1) % 3) as u8).collect();
+    lb[4..hw].fill(255);
+    la[hw..2 * hw].fill(255);
+    lb[hw..2 * hw].fill(255);
+    la[2 * hw..].fill(255);
+    let valid = |l: &[u8], i: usize| l[i * hw..(i + 1) * hw].iter().filter(|&&v| v != 255).count();
+    assert_eq!([valid(&la, 0), valid(&lb, 0), valid(&la, 2), valid(&lb, 2)], [12, 4, 0, 12]);
+    let cfg = ContrastiveConfig { tau, classes: 3, ..Default::default() };
+    let (lma, lmb) = (LabelMap::new(b, h, w, la.clone()).unwrap(), LabelMap::new(b, h, w, lb.clone()).unwrap());
+    let ta = Tensor::from_f64_vec(fa.clone(), vec![b, d, h, w], DType::F64);
+    let tb = Tensor::from_f64_vec(fb.clone(), vec![b, d, h, w], DType::F64);
+    let (loss, grad) = fused_pair(&ta, &lma, &tb, &lmb, &cfg);
+    let want = official_pair(&fa, &fb, &la, &lb, b, d, hw, tau);
+    assert!((loss - want).abs() <= 1e-12 * want.abs(), "fused {loss:.15e} vs official {want:.15e}");
+    // The per-image reduction (each image's anchors averaged, then the images that have any) gives
+    // a different value here, so the comparison above tells the two apart.
+    let per_image = {
+        let mut means = vec![];
+        for i in 0..b {
+            let rows: Vec<Vec<f64>> = image_rows(&fa, i, d, hw).into_iter().chain(image_rows(&fb, i, d, hw)).collect();
+            let y: Vec<u8> = la[i * hw..(i + 1) * hw].iter().chain(&lb[i * hw..(i + 1) * hw]).copied().collect();
+            let img: Vec<usize> = (0..2 * hw).map(|p| p / hw).collect();
+            let terms = official_anchor_terms(&rows, &y, &img, tau, 255);
+            means.extend(terms.chunks(hw).filter(|t| t.iter().any(|v| v.1 > 0.0)).map(official_element));
+        }
+        means.iter().sum::<f64>() / means.len() as f64
+    };
+    assert!((per_image - want).abs() > 1e-3 * want.abs(), "per-image {per_image} vs official {want}");
+    // The gradient of the official form, by central differences over both views.
+    let x: Vec<f64> = fa.iter().chain(&fb).copied().collect();
+    let n = fa.len();
+    let num = central_differences(&x, |v| official_pair(&v[..n], &v[n..], &la, &lb, b, d, hw, tau));
+    let scale = num.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    for (k, (a, e)) in grad.iter().zip(&num).enumerate() {
+        assert!((a - e).abs() <= 1e-7 * scale, "grad[{k}]: fused {a:.12e} vs official {e:.12e} (scale {scale:.3e})");
+    }
+    // The naive reference agrees too.
+    let reference = reference_pair(&fa, &fb, b, d, hw, &la, &lb, &cfg);
+    compare("pair vs reference", (loss, &grad), &reference, 1e-10).unwrap();
+}
+
+#[test]
+fn within_reduction_counts_images_without_valid_pixels_as_official() {
+    // Image 1 has no valid pixel: the official code's mean over the batch counts it as 0.
+    let (b, d, h, w, tau) = (3, 4, 3, 4, 0.2);
+    let hw = h * w;
+    let f = random_features(b, d, hw, true, 23);
+    let mut l: Vec<u8> = (0..b * hw).map(|g| ((g * 7 + g / 5) % 3) as u8).collect();
+    l[hw..2 * hw].fill(255);
+    l[2 * hw + 5..].fill(255);
+    let cfg = ContrastiveConfig { tau, classes: 3, ..Default::default() };
+    let t = Tensor::from_f64_vec(f.clone(), vec![b, d, h, w], DType::F64);
+    let (loss, grad) = fused(&t, &LabelMap::new(b, h, w, l.clone()).unwrap(), &cfg);
+    let want = official_within(&f, &l, b, d, hw, tau);
+    assert!((loss - want).abs() <= 1e-12 * want.abs(), "fused {loss:.15e} vs official {want:.15e}");
+    let num = central_differences(&f, |v| official_within(v, &l, b, d, hw, tau));
+    let scale = num.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (k, (a, e)) in grad.iter().zip(&num).enumerate() {
+        assert!((a - e).abs() <= 1e-7 * scale, "grad[{k}]: fused {a:.12e} vs official {e:.12e} (scale {scale:.3e})");
+    }
+    // That is (L_0 + L_2) / 3, not the (L_0 + L_2) / 2 of a mean over the images that have anchors.
+    let image = |i: usize| official_within(&f[i * d * hw..(i + 1) * d * hw], &l[i * hw..(i + 1) * hw], 1, d, hw, tau);
+    let (l0, l2) = (image(0), image(2));
+    assert!(l0 > 0.0 && l2 > 0.0);
+    assert!(((l0 + l2) / 3.0 - want).abs() <= 1e-12 * want, "{l0} {l2} {want}");
+    let reference = reference(&f, b, d, hw, &l, &cfg);
+    compare("within vs reference", (loss, &grad), &reference, 1e-10).unwrap();
+}
+
 #[test]
 fn pair_matches_naive() {
     property("contrastive_parity_pair", 40, |c: &Medium| {
@@ -126,13 +306,7 @@ fn pair_matches_naive() {
         let (fa, fb) = (c.features(), random_features(c.b, c.d, hw, c.normalised, o.seed));
         let ta = Tensor::from_f64_vec(fa.clone(), vec![c.b, c.d, c.h, c.w], DType::F64);
         let tb = Tensor::from_f64_vec(fb.clone(), vec![c.b, c.d, c.h, c.w], DType::F64);
-        let tape = Tape::new();
-        let (xa, xb) = (tape.watch(&ta), tape.watch(&tb));
-        let loss = ops::pixel_contrastive_loss_pair(&xa, &la, &xb, &lb, &c.cfg).unwrap();
-        let v = loss.item().unwrap();
-        let g = tape.backward(&loss).unwrap();
-        let mut grad = g.get(&xa).unwrap().to_vec_f64().unwrap();
-        grad.extend(g.get(&xb).unwrap().to_vec_f64().unwrap());
+        let (v, grad) = fused_pair(&ta, &la, &tb, &lb, &c.cfg);
         let want = reference_pair(&fa, &fb, c.b, c.d, hw, &la.data, &lb.data, &c.cfg);
         compare("pair", (v, &grad), &want, 1e-10)
     });
@@ -246,7 +420,7 @@ fn mixed_norms_send_some_anchors_to_the_exact_path_and_agree() {
     // The path taken, seen from the kernel: image 0 as one bag.
     let items: Vec<(u8, u32)> =
         (0..hw).filter(|&p| labels.data[p] != 255).map(|p| (labels.data[p], p as u32)).collect();
-    let bags = [Bag::from_pixels(items, None)];
+    let bags = [Bag::from_pixels(items, None, 0)];
     let f32s: Vec<f32> = fv[..d * hw].iter().map(|&v| v as f32).collect();
     for (form, name) in [(Form::PerPositive, "per-positive"), (Form::SupCon, "supcon")] {
         let p = Problem { feats: &f32s, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form };

@@ -924,17 +924,19 @@ fn contrastive_loss_both_forms_with_partners() {
     }
     let labels: Vec<u8> =
         (0..images * hw).map(|_| if rng.uniform() < 0.1 { 255 } else { rng.below(4) as u8 }).collect();
-    let bag_of = |img: usize, partner: Option<usize>| {
+    let bag_of = |img: usize, partner: Option<usize>, group: usize| {
         let items = (0..hw)
             .filter(|&p| labels[img * hw + p] != 255)
             .map(|p| (labels[img * hw + p], (img * hw + p) as u32))
             .collect();
-        Bag::from_pixels(items, partner)
+        Bag::from_pixels(items, partner, group)
     };
-    let within: Vec<Bag> = (0..images).map(|i| bag_of(i, None)).collect();
-    let cross: Vec<Bag> = (0..images).map(|i| bag_of(i, Some((i + 1) % images))).collect();
+    let within: Vec<Bag> = (0..images).map(|i| bag_of(i, None, i)).collect();
+    let cross: Vec<Bag> = (0..images).map(|i| bag_of(i, Some((i + 1) % images), i)).collect();
+    // Images 0 and 1 a pair (mutual partners, one reduction group), image 2 a group of its own.
+    let paired = vec![bag_of(0, Some(1), 0), bag_of(1, Some(0), 0), bag_of(2, None, 1)];
     let fd = up(dev, &f);
-    for (bags, name) in [(&within, "within"), (&cross, "cross")] {
+    for (bags, name) in [(&within, "within"), (&cross, "cross"), (&paired, "paired")] {
         for form in [Form::PerPositive, Form::SupCon] {
             let p = Problem { feats: &f, d, hw, bags, inv_tau: 1.0 / 0.07f32, form };
             let fwd = forward(&p);

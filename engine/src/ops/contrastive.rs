@@ -13,8 +13,18 @@
 //!   `P_i` = those of class `y_i`, `l_ij = -log(e_ij / sum_{k in C_i} e_ik)`, `loss_i = mean_{j in P_i} l_ij`;
 //!   anchors with no positive other than themselves are skipped.
 //!
-//! The image (bag) loss is the mean of `loss_i` over its anchors that have a positive; the loss is the
-//! mean over images that have such an anchor, and 0 (with zero gradient) when none has.
+//! Reduction, as the official code's `compute_contrastive_loss`: an anchor *counts* when it has a
+//! positive (every non-ignored pixel in the per-positive form, which includes `i` in `P_i`). The
+//! loss averages `loss_i` over the counting anchors of each *unit* and then takes the plain mean
+//! over the units, a unit without a counting anchor contributing 0 but still counted:
+//!
+//! `loss = (1/U) sum_u [n_u > 0] (1/n_u) sum_{i in u, i counts} loss_i`,
+//!
+//! i.e. `sum_i w_i loss_i` with `w_i = 1 / (U n_u)` for a counting anchor of unit `u` (0 otherwise),
+//! `U` units and `n_u` counting anchors in unit `u`. The units are the `B` images (within- and
+//! cross-image modes: the official `reduce_mean` over the batch), the `B` image pairs of
+//! [`pixel_contrastive_loss_pair`] (the anchors of both images of a pair averaged together), and the
+//! one batch bag (batch mode). The loss is 0 (with zero gradient) when no anchor counts.
 //!
 //! Modes ([`ContrastiveMode`]):
 //! * `WithinImage`: each image contrasted with itself.
@@ -115,15 +125,16 @@ pub fn pixel_contrastive_loss(features: &Tensor, labels: &LabelMap, cfg: &Contra
     let [b, d, h, w] = validate(OP, features, labels, cfg)?;
     let hw = h * w;
     let bags = match cfg.mode {
-        ContrastiveMode::WithinImage => image_bags(labels, cfg.ignore, &vec![None; b]),
+        // One unit (group) per image in the within- and cross-image modes, one for the batch bag.
+        ContrastiveMode::WithinImage => image_bags(labels, cfg.ignore, &vec![None; b], |i| i),
         ContrastiveMode::CrossImage => {
             let partners: Vec<Option<usize>> =
                 cross_image_partners(b, cfg.seed).into_iter().enumerate().map(|(i, p)| (p != i).then_some(p)).collect();
-            image_bags(labels, cfg.ignore, &partners)
+            image_bags(labels, cfg.ignore, &partners, |i| i)
         }
         ContrastiveMode::Batch => {
             let ids = batch_sample(labels, cfg.ignore, cfg.max_pixels, cfg.seed);
-            vec![Bag::from_pixels(ids.into_iter().map(|g| (labels.data[g as usize], g)).collect(), None)]
+            vec![Bag::from_pixels(ids.into_iter().map(|g| (labels.data[g as usize], g)).collect(), None, 0)]
         }
     };
     #[cfg(feature = "cuda")]
@@ -140,17 +151,22 @@ pub fn pixel_contrastive_loss(features: &Tensor, labels: &LabelMap, cfg: &Contra
 }
 
 /// The cross-view loss: image `b` of `features_a` is paired with image `b` of `features_b` (for
-/// example two augmentations of the same crop) and vice versa. Anchors are the pixels of both views;
-/// an anchor's positives are the pixels of its class in its own image and in the paired image of the
-/// other view, its negatives (and SupCon candidates) come from its own image only. The loss is the
-/// mean over the `2B` anchor images that have an anchor with a positive; gradients flow to both
-/// feature tensors. `cfg.mode` is not consulted (the pairing is given).
+/// example two augmentations of the same crop, or the original and a shuffled distorted view).
+/// Anchors are the pixels of both images of a pair; an anchor's positives are the pixels of its
+/// class in its own image and in the other image of the pair, its negatives (and SupCon
+/// candidates) come from its own image only. The reduction (see the module docs) averages the
+/// counting anchors of each pair's `2N` pixels together, then takes the mean over the `B` pairs:
 ///
-/// This is the cross-image loss of Zhao et al.'s official code (2N-pixel pairs, negatives masked
-/// to the anchor's own image) up to the reduction: the official code averages the anchors of a
-/// pair's 2N pixels together and then the B pairs (a pair without valid anchors counting 0), here
-/// each image's anchors are averaged, then the images having any; the two agree when both images
-/// of every pair have the same, non-zero, number of non-ignored pixels.
+/// `loss = (1/B) sum_b [n_b + n'_b > 0] (sum_{i in A_b} loss_i + sum_{i in A'_b} loss_i) / (n_b + n'_b)`,
+///
+/// `A_b`, `A'_b` the counting anchors of image `b` of `features_a` and of `features_b` and `n_b`,
+/// `n'_b` their numbers: a pair without a counting anchor contributes 0 and still counts in `B`,
+/// and the image of a pair with more valid pixels weighs more. Gradients flow to both feature tensors.
+/// `cfg.mode` is not consulted (the pairing is given).
+///
+/// This is `cross_image_supervised_pixel_contrastive_loss` of Zhao et al.'s official code (2N-pixel
+/// pairs, positives by label anywhere in the pair, negatives masked to the anchor's own image,
+/// weights `valid_i / max(1e-6, sum valid)` over the 2N anchors, `reduce_mean` over the batch).
 pub fn pixel_contrastive_loss_pair(
     features_a: &Tensor,
     labels_a: &LabelMap,
@@ -175,7 +191,8 @@ pub fn pixel_contrastive_loss_pair(
     }
     let both = LabelMap { n: 2 * b, h, w, data: labels_a.data.iter().chain(&labels_b.data).copied().collect() };
     let partners: Vec<Option<usize>> = (0..2 * b).map(|i| Some((i + b) % (2 * b))).collect();
-    let bags = image_bags(&both, cfg.ignore, &partners);
+    // Image b of either view is in pair (group) b: its anchors are averaged with its partner's.
+    let bags = image_bags(&both, cfg.ignore, &partners, |i| i % b);
     #[cfg(feature = "cuda")]
     if let crate::Device::Cuda(_) = features_a.device() {
         return on_cuda::pair(features_a, features_b, [b, d, h, w], bags, cfg);
@@ -266,8 +283,8 @@ fn validate(op: &'static str, f: &Tensor, labels: &LabelMap, cfg: &ContrastiveCo
     Ok([b, d, h, w])
 }
 
-/// One bag per image of its non-ignored pixels, with the given partners.
-fn image_bags(labels: &LabelMap, ignore: u8, partners: &[Option<usize>]) -> Vec<Bag> {
+/// One bag per image of its non-ignored pixels, with the given partners, image `i` in group `group(i)`.
+fn image_bags(labels: &LabelMap, ignore: u8, partners: &[Option<usize>], group: impl Fn(usize) -> usize) -> Vec<Bag> {
     let hw = labels.h * labels.w;
     (0..labels.n)
         .map(|i| {
@@ -275,7 +292,7 @@ fn image_bags(labels: &LabelMap, ignore: u8, partners: &[Option<usize>]) -> Vec<
                 .filter(|&g| labels.data[g] != ignore)
                 .map(|g| (labels.data[g], g as u32))
                 .collect();
-            Bag::from_pixels(items, partners[i])
+            Bag::from_pixels(items, partners[i], group(i))
         })
         .collect()
 }

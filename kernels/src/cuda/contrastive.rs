@@ -4,14 +4,15 @@
 //!
 //! [`forward`] uploads each bag (pixel ids and per-row classes), runs one block per anchor, keeps
 //! the per-anchor state `(L_i, c_pos, c_exp)` on the device (3 floats per pixel: O(N)) and sums the
-//! per-anchor `w_i loss_i` on the host in f64, in bag and row order. [`backward`] accumulates
-//! `scale * dloss/df` into a gradient buffer the caller zeroed.
+//! per-anchor `w_i loss_i` on the host in f64, in bag and row order. The weights (the reduction:
+//! a mean per [`Bag::group`], then over the groups) come from the CPU kernel's [`bag_weights`].
+//! [`backward`] accumulates `scale * dloss/df` into a gradient buffer the caller zeroed.
 
 use super::alloc::CudaBuf;
 use super::device::CudaDevice;
 use super::error::{CudaError, CudaResult};
 use super::launch::{grid_blocks, i32_of, same_device, BLOCK};
-use crate::cpu::contrastive::{Bag, Form};
+use crate::cpu::contrastive::{bag_weights, Bag, Form};
 use crate::kargs;
 
 /// One bag on the device with the forward's per-anchor state.
@@ -56,29 +57,6 @@ fn row_classes(b: &Bag) -> Vec<i32> {
     cls
 }
 
-/// Anchors of `b` that count (have a positive), given the bags (for the partner).
-fn counting_anchors(bags: &[Bag], b: &Bag, form: Form) -> usize {
-    match form {
-        Form::PerPositive => b.len(),
-        Form::SupCon => b
-            .runs
-            .iter()
-            .map(|r| {
-                let own = r.end - r.start;
-                let partner = b.partner.map_or(0, |p| {
-                    let (s, e) = bags[p].class_rows(r.class);
-                    e - s
-                });
-                if own - 1 + partner > 0 {
-                    own
-                } else {
-                    0
-                }
-            })
-            .sum(),
-    }
-}
-
 fn shared_bwd(d: usize) -> u32 {
     ((2 * d + 2 * BLOCK as usize) * 4) as u32
 }
@@ -118,7 +96,8 @@ pub fn forward(
             return Err(CudaError::invalid("pixel_contrastive_loss: pixel id outside the feature buffer"));
         }
     }
-    let with_anchor = bags.iter().filter(|b| counting_anchors(bags, b, form) > 0).count();
+    // The reduction's weights, as the CPU kernel forms them (one mean per group, then over groups).
+    let weights = bag_weights(bags, form);
     let mut uploaded = Vec::with_capacity(bags.len());
     for b in bags {
         let pix: Vec<i32> = b.pixels.iter().map(|&p| p as i32).collect();
@@ -135,11 +114,10 @@ pub fn forward(
     let (d32, hw32, form32) = (i32_of(d, "contrastive")?, i32_of(hw, "contrastive")?, form_code(form));
     let mut loss = 0.0f64;
     for (bi, b) in bags.iter().enumerate() {
-        let count = counting_anchors(bags, b, form);
         if b.is_empty() {
             continue;
         }
-        let w_bag = if count == 0 { 0.0 } else { 1.0 / (count as f64 * with_anchor as f64) } as f32;
+        let w_bag = weights[bi] as f32;
         let lossw = dev.alloc(b.len() * 4)?;
         let (n32, np, ppix, pcls) = match b.partner {
             Some(p) => (b.len() as i32, uploaded[p].n as i32, uploaded[p].pix.ptr(), uploaded[p].cls.ptr()),

@@ -14,8 +14,19 @@
 //!   class `c`; positives `P_i` = the candidates of class `c`. `L_i = log sum_{k in C_i} exp(s_ik)`,
 //!   `loss_i = L_i - mean_{j in P_i} s_ij`. Anchors with `P_i` empty are skipped.
 //!
-//! The loss is `sum_i w_i loss_i` where `w_i = 1 / (anchors of i's bag * bags with an anchor)` for every
-//! anchor that counts (all pixels in the per-positive form, which always has `i in P_i`), 0 otherwise.
+//! An anchor *counts* when `P_i` is not empty: every pixel in the per-positive form (which always has
+//! `i in P_i`), the anchors with a positive other than themselves in SupCon. Each bag belongs to a
+//! *group* ([`Bag::group`]), the unit the loss is averaged over (an image, an image pair, the batch
+//! bag). With `G` the number of distinct groups of the problem and `n_g` the counting anchors of all
+//! bags of group `g`, the loss is the mean over the `G` groups of the mean of `loss_i` over their
+//! counting anchors,
+//!
+//! `loss = (1/G) sum_g [n_g > 0] (1/n_g) sum_{i in g, i counts} loss_i = sum_i w_i loss_i`,
+//! `w_i = 1 / (G n_g)` for a counting anchor `i` of group `g`, 0 otherwise ([`bag_weights`]):
+//!
+//! a group without a counting anchor contributes 0 but still counts in `G`, as in the official code
+//! of Zhao et al. (`compute_contrastive_loss`: weights `valid_i / max(1e-6, sum valid)` over the
+//! anchors of one batch element, then `reduce_mean` over the batch).
 //!
 //! # Gradient
 //! Let `sig(x) = 1 / (1 + exp(-x))`. In the per-positive form, with `A_i = sum_{j in P_i} sig(L_i - s_ij)`,
@@ -114,11 +125,15 @@ pub struct Bag {
     pub runs: Vec<ClassRun>,
     /// A bag whose pixels of the anchor's class are extra positives (never negatives).
     pub partner: Option<usize>,
+    /// The reduction unit the bag's anchors are averaged in (see the module docs): bags of one group
+    /// share one mean over their counting anchors, and the loss is the mean over the groups.
+    pub group: usize,
 }
 
 impl Bag {
-    /// Build a bag from `(class, global pixel id)` pairs; they are sorted by class, then pixel id.
-    pub fn from_pixels(mut items: Vec<(u8, u32)>, partner: Option<usize>) -> Bag {
+    /// Build a bag of group `group` from `(class, global pixel id)` pairs; they are sorted by class,
+    /// then pixel id.
+    pub fn from_pixels(mut items: Vec<(u8, u32)>, partner: Option<usize>, group: usize) -> Bag {
         items.sort_unstable();
         let mut runs: Vec<ClassRun> = Vec::new();
         for (r, &(c, _)) in items.iter().enumerate() {
@@ -127,7 +142,7 @@ impl Bag {
                 _ => runs.push(ClassRun { class: c, start: r, end: r + 1 }),
             }
         }
-        Bag { pixels: items.into_iter().map(|(_, p)| p).collect(), runs, partner }
+        Bag { pixels: items.into_iter().map(|(_, p)| p).collect(), runs, partner, group }
     }
     /// Number of pixels.
     pub fn len(&self) -> usize {
@@ -210,23 +225,32 @@ fn partner_rows(bags: &[Bag], bag: &Bag, class: u8) -> (usize, usize) {
     bag.partner.map(|q| bags[q].class_rows(class)).unwrap_or((0, 0))
 }
 
-/// Per-anchor weight of each bag: `1 / (counting anchors * bags with a counting anchor)`, or 0.
-fn bag_weights(bags: &[Bag], form: Form) -> Vec<f64> {
-    let counts: Vec<usize> = bags
+/// Counting anchors of `bag` (those with a positive), given all the bags (for the partner).
+pub fn counting_anchors(bags: &[Bag], bag: &Bag, form: Form) -> usize {
+    bag.runs
         .iter()
-        .map(|bag| {
-            bag.runs
-                .iter()
-                .filter(|run| {
-                    let (ps, pe) = partner_rows(bags, bag, run.class);
-                    positives(form, run, pe - ps) > 0
-                })
-                .map(|run| run.end - run.start)
-                .sum()
+        .filter(|run| {
+            let (ps, pe) = partner_rows(bags, bag, run.class);
+            positives(form, run, pe - ps) > 0
         })
-        .collect();
-    let valid = counts.iter().filter(|&&c| c > 0).count();
-    counts.iter().map(|&c| if c > 0 { 1.0 / (c as f64 * valid as f64) } else { 0.0 }).collect()
+        .map(|run| run.end - run.start)
+        .sum()
+}
+
+/// The per-anchor weight of each bag's counting anchors: `1 / (G n_g)` with `n_g` the counting
+/// anchors of the bag's group and `G` the number of distinct groups; 0 for a bag without a counting
+/// anchor (see the module docs). Shared by the CPU and CUDA forwards.
+pub fn bag_weights(bags: &[Bag], form: Form) -> Vec<f64> {
+    let counts: Vec<usize> = bags.iter().map(|bag| counting_anchors(bags, bag, form)).collect();
+    let mut per_group = std::collections::BTreeMap::<usize, usize>::new();
+    for (bag, &c) in bags.iter().zip(&counts) {
+        *per_group.entry(bag.group).or_default() += c;
+    }
+    let groups = per_group.len() as f64;
+    bags.iter()
+        .zip(&counts)
+        .map(|(bag, &c)| if c > 0 { 1.0 / (per_group[&bag.group] as f64 * groups) } else { 0.0 })
+        .collect()
 }
 
 /// The class run `(start, end)` of every row of a bag.
@@ -736,6 +760,34 @@ pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: 
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bag_weights_average_each_group_then_over_all_groups() {
+        // Group 0: a pair of bags (3 and 1 pixels, mutual partners); group 1: one empty bag;
+        // group 2: one bag of 2 pixels of different classes.
+        let bags = [
+            Bag::from_pixels(vec![(0, 0), (0, 1), (1, 2)], Some(1), 0),
+            Bag::from_pixels(vec![(1, 10)], Some(0), 0),
+            Bag::from_pixels(vec![], None, 1),
+            Bag::from_pixels(vec![(0, 20), (2, 21)], None, 2),
+        ];
+        // Per-positive: every pixel counts; 4 anchors in group 0, 0 in group 1, 2 in group 2, and
+        // the empty group still counts in G = 3.
+        let w = bag_weights(&bags, Form::PerPositive);
+        assert_eq!(w, [1.0 / 12.0, 1.0 / 12.0, 0.0, 1.0 / 6.0]);
+        // SupCon: an anchor counts with a positive other than itself. Group 0: the two class-0
+        // pixels, and the class-1 pixels of both bags (each the other's partner positive);
+        // group 2: no anchor (singleton classes, no partner).
+        let w = bag_weights(&bags, Form::SupCon);
+        assert_eq!(w, [1.0 / 12.0, 1.0 / 12.0, 0.0, 0.0]);
+        let alone = [Bag::from_pixels(vec![(1, 10)], None, 0), Bag::from_pixels(vec![(0, 0), (0, 1)], None, 1)];
+        assert_eq!(bag_weights(&alone, Form::SupCon), [0.0, 1.0 / 4.0]);
+    }
+}
+
+#[cfg(test)]
 mod timing {
     use super::*;
 
@@ -756,7 +808,7 @@ mod timing {
         }
         let bag = |img: usize| {
             let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
-            Bag::from_pixels(items, None)
+            Bag::from_pixels(items, None, img)
         };
         let bags = [bag(0), bag(1)];
         let p = Problem { feats: &feats, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form: Form::PerPositive };
