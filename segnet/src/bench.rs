@@ -1,12 +1,19 @@
 //! `segnet bench step | loss`: one JSON line (with `--json`) of timings and peak memory on random
 //! data, after warm-up. Peak memory is the process's peak resident set (VmHWM).
+//!
+//! `bench step` times one training step of `--stage` as the step loop runs it: the stage's
+//! [`objective`] (the same code as training, with the default loss settings) computes the loss of
+//! a random batch, then backward and SGD. For the contrastive stage that is two views per crop
+//! (the original and a colour-mapped copy, each through the network), their losses summed.
 
 use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
 use crate::config::{Stage, TrainConfig};
-use crate::net::{self, contrastive_grid};
+use crate::net;
+use crate::objective;
 use crate::train::derive_seed;
 use anyhow::{bail, Result};
+use datasets::Batch;
 use engine::ops::{self, ContrastiveConfig};
 use engine::{DType, LabelMap, Rng, Tape, Tensor};
 use nn::{Ctx, LrSchedule, Sgd, SgdConfig};
@@ -48,7 +55,43 @@ fn random_labels(b: usize, h: usize, w: usize, classes: usize, rng: &mut Rng) ->
     LabelMap { n: b, h, w, data }
 }
 
+/// A batch of random crops with blocky labels, as the loader hands it to an objective; with
+/// `two_views`, the second view of each crop is a per-channel colour map of the first (same labels).
+fn random_batch(b: usize, crop: usize, classes: usize, two_views: bool, rng: &mut Rng) -> Result<Batch> {
+    let images = Tensor::randn(vec![b, 3, crop, crop], 1.0, DType::F32, rng).to_vec_f32()?;
+    let plane = crop * crop;
+    let distorted = two_views.then(|| {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| [0.8, 1.1, 0.9][i / plane % 3] * v + [0.1, -0.05, 0.2][i / plane % 3])
+            .collect()
+    });
+    let labels = random_labels(b, crop, crop, classes, rng).data;
+    Ok(Batch {
+        epoch: 0,
+        step: 0,
+        indices: (0..b).collect(),
+        images,
+        image_shape: [b, 3, crop, crop],
+        labels,
+        label_shape: [b, crop, crop],
+        distorted,
+    })
+}
+
 fn step(a: BenchStepArgs) -> Result<()> {
+    let v = step_report(&a)?;
+    if a.json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// The timings of `bench step` as its JSON object.
+fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     let dev = check_device(&a.device)?;
     set_threads(a.threads);
     if a.iters == 0 {
@@ -64,44 +107,32 @@ fn step(a: BenchStepArgs) -> Result<()> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let spec = net::spec(&cfg, a.classes)?;
     let mut rng = Rng::new(1);
-    let contrastive = a.stage == Stage::Contrastive;
-    let mut net = net::new_net(&spec, contrastive, &mut rng)?;
+    let mut net = net::new_net(&spec, a.stage == Stage::Contrastive, &mut rng)?;
     nn::to_device(&mut net, dev)?;
     let mut opt = Sgd::new(SgdConfig { weight_decay: 1e-4, ..SgdConfig::default() })?;
     let sched = LrSchedule::cosine(0.01, 1000)?;
-    let x = Tensor::randn(vec![a.batch, 3, a.crop, a.crop], 1.0, DType::F32, &mut rng).to_device(dev)?;
-    let labels = random_labels(a.batch, a.crop, a.crop, a.classes, &mut rng);
+    let mut objective = objective::for_stage(a.stage, &cfg, a.classes);
+    let two_views = objective.augment(&cfg).two_views;
+    let batch = random_batch(a.batch, a.crop, a.classes, two_views, &mut rng)?;
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
         let t0 = Instant::now();
         let mut ctx = Ctx::train(Rng::new(derive_seed(0, &[it as u64])));
-        let loss = if contrastive {
-            let g = contrastive_grid(a.crop);
-            let z = net::embed(&mut net, &x, Some([g, g]), &mut ctx)?;
-            let lab = ops::resize_nearest_labels(&labels, [g, g])?;
-            let c = ContrastiveConfig { classes: a.classes, ..ContrastiveConfig::default() };
-            ops::pixel_contrastive_loss(&z, &lab, &c)?
-        } else {
-            ops::cross_entropy(&net::logits(&mut net, &x, &mut ctx)?, &labels, 255)?
-        };
+        let loss = objective.loss(&mut net, &batch, it, &mut ctx)?;
+        let _ = loss.item()?;
         let grads = ctx.backward(&loss)?;
         opt.step(&mut net, &grads, sched.lr(it as u64))?;
+        objective.after_step(&mut net)?;
         if it >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    let v = json!({
+    Ok(json!({
         "bench": "step", "backbone": a.backbone, "stage": a.stage.name(), "batch": a.batch, "crop": a.crop,
         "output_stride": a.output_stride, "width": a.width, "threads": a.threads, "iters": a.iters,
         "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "peak_rss_mb": peak_rss_mb(),
-    });
-    if a.json {
-        println!("{v}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    }
-    Ok(())
+    }))
 }
 
 fn loss(a: BenchLossArgs) -> Result<()> {
@@ -145,4 +176,44 @@ fn loss(a: BenchLossArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(stage: Stage) -> BenchStepArgs {
+        BenchStepArgs {
+            backbone: "resnet18".into(),
+            batch: 2,
+            crop: 33,
+            stage,
+            output_stride: 16,
+            width: 0.125,
+            classes: 3,
+            threads: 0,
+            iters: 1,
+            warmup: 0,
+            json: true,
+            device: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn step_runs_the_stage_objective_with_two_views_for_contrastive() {
+        // The contrastive objective refuses one-view batches, so this runs only with two views.
+        for stage in [Stage::Contrastive, Stage::Finetune] {
+            let v = step_report(&tiny(stage)).unwrap();
+            assert_eq!(v["stage"], stage.name());
+            assert!(v["median_step_s"].as_f64().unwrap() > 0.0, "{v}");
+            for key in ["backbone", "batch", "crop", "output_stride", "width", "threads", "iters", "min_step_s"] {
+                assert!(v.get(key).is_some(), "{key} missing from {v}");
+            }
+        }
+        let b = random_batch(2, 9, 3, true, &mut Rng::new(0)).unwrap();
+        let d = b.distorted.as_ref().unwrap();
+        assert_eq!(d.len(), b.images.len());
+        assert_ne!(d, &b.images, "the second view differs");
+        assert!(random_batch(2, 9, 3, false, &mut Rng::new(0)).unwrap().distorted.is_none());
+    }
 }

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod objective;
 pub mod plot;
 pub mod predict;
 pub mod run_dir;
