@@ -6,7 +6,8 @@
 //!
 //! 0 background: a smooth, low-frequency shaded surface with clutter (flat smudges);
 //! 1 stripes: parallel bands; 2 checker: a rotated checkerboard; 3 dots: a lattice of round dots;
-//! 4 grid: thin crossing lines; 5 rings: concentric rings about a point off the blob.
+//! 4 blotches: an irregular camouflage of rounded patches; 5 rings: concentric rings about a point
+//! off the blob.
 //!
 //! What varies per instance (the nuisances a model has to become invariant to): both pattern
 //! colours and their contrast, the pattern's period (3-9 px, a 3x scale range) and orientation,
@@ -30,7 +31,7 @@ use crate::rng::Rng;
 use crate::sample::{MemoryDataset, Sample};
 
 /// Names of all synthetic classes, in label order.
-pub const CLASS_NAMES: [&str; 6] = ["background", "stripes", "checker", "dots", "grid", "rings"];
+pub const CLASS_NAMES: [&str; 6] = ["background", "stripes", "checker", "dots", "blotches", "rings"];
 
 /// Parameters of the generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +123,8 @@ struct Blob {
     warp: (f32, f32, f32),
     /// Centre of the rings (pattern coordinates), off the blob's centre.
     ring_centre: [f32; 2],
+    /// Seed of the blotches' noise field.
+    noise_seed: u64,
     a: [f32; 3],
     b: [f32; 3],
 }
@@ -155,14 +158,33 @@ impl Blob {
         match self.class {
             1 => fu < 0.5,
             2 => ((fu < 0.5) as u8 + (fv < 0.5) as u8) % 2 == 0,
-            3 => (fu - 0.5).powi(2) + (fv - 0.5).powi(2) < 0.07,
-            4 => fu < 0.28 || fv < 0.28,
+            3 => (fu - 0.5).powi(2) + (fv - 0.5).powi(2) < 0.08,
+            4 => lattice_noise(self.noise_seed, (u + self.phase[0]) / p * 1.5, (v + self.phase[1]) / p * 1.5) > 0.0,
             _ => {
                 let (ru, rv) = (u - self.ring_centre[0], v - self.ring_centre[1]);
                 ((ru * ru + rv * rv).sqrt() / p).rem_euclid(1.0) < 0.5
             }
         }
     }
+}
+
+/// Value noise on an unbounded lattice: a hashed value in `[-1, 1]` per integer point, blended
+/// with smoothstep weights; thresholded at 0 it gives rounded, irregular patches ~1 cell across.
+fn lattice_noise(seed: u64, x: f32, y: f32) -> f32 {
+    let corner = |i: i64, j: i64| -> f32 {
+        let mut h = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        h ^= h >> 31;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 29;
+        (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let (fx, fy) = (x.floor(), y.floor());
+    let (i, j) = (fx as i64, fy as i64);
+    let (tx, ty) = (x - fx, y - fy);
+    let (sx, sy) = (tx * tx * (3.0 - 2.0 * tx), ty * ty * (3.0 - 2.0 * ty));
+    let top = corner(i, j) * (1.0 - sx) + corner(i + 1, j) * sx;
+    let bot = corner(i, j + 1) * (1.0 - sx) + corner(i + 1, j + 1) * sx;
+    top * (1.0 - sy) + bot * sy
 }
 
 /// Smooth value noise: bilinear interpolation of a coarse random grid (`cells` per side).
@@ -251,6 +273,7 @@ pub fn synth_sample(cfg: &SynthConfig, index: usize) -> Result<Sample> {
             phase: [rng.uniform(0.0, period), rng.uniform(0.0, period)],
             warp: (rng.uniform(0.0, 0.6) * period, rng.uniform(6.0, 16.0) * scale, rng.uniform(0.0, 6.3)),
             ring_centre: [rng.uniform(-1.5, 1.5) * r, rng.uniform(-1.5, 1.5) * r],
+            noise_seed: rng.next_u64(),
             a,
             b,
         };

@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train: with no arguments, the embedded default (synthetic data, contrastive + fine-tune).
-    Train(TrainArgs),
+    Train(TrainCmdArgs),
     /// Evaluate a checkpoint: confusion matrix, per-class IoU, mIoU, pixel accuracy.
     Eval(EvalArgs),
     /// Write label PNGs (with the palette) and colour overlays for images.
@@ -31,6 +31,18 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+/// `segnet train`: the shared training options plus the labeled count.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainCmdArgs {
+    /// Number of labeled training images (the rest are treated as unlabeled).
+    #[arg(long)]
+    pub labeled: Option<usize>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Training options shared by `train` and `experiment` (the labeled count is each command's own:
+/// one number for `train`, a list for `experiment`).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
     /// TOML config file (flags override it).
@@ -42,9 +54,6 @@ pub struct TrainArgs {
     /// Validation pack.
     #[arg(long)]
     pub val_data: Option<PathBuf>,
-    /// Number of labeled training images (the rest are treated as unlabeled).
-    #[arg(long)]
-    pub labeled: Option<usize>,
     /// Stages in order, e.g. `contrastive,finetune` or `ce-only` or `contrastive,finetune,pseudo`.
     #[arg(long, value_delimiter = ',')]
     pub stages: Option<Vec<Stage>>,
@@ -203,15 +212,47 @@ pub enum ExperimentCommand {
 
 #[derive(Args, Debug)]
 pub struct LabelEfficiencyArgs {
-    /// Labeled-image counts to compare.
-    #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
-    pub labeled: Vec<usize>,
-    /// Seeds per setting (results are averaged).
-    #[arg(long, default_value_t = 1)]
+    /// Labeled-image counts to compare (`all` = every labeled training image).
+    #[arg(long, value_delimiter = ',', default_value = "10,20,all")]
+    pub labeled: Vec<LabeledCount>,
+    /// Seeds per cell: seed k uses master seed `--seed + k`, i.e. a different labeled subset and init.
+    #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// Recipes (columns): ce-only, contrastive (+ fine-tune), contrastive-within, contrastive-cross,
+    /// contrastive-decoder, contrastive-quarter, contrastive-eighth (loss variants), pseudo
+    /// (contrastive, fine-tune, pseudo-labels).
+    #[arg(long, value_delimiter = ',', default_value = "ce-only,contrastive")]
+    pub recipes: Vec<crate::experiment::Recipe>,
+    /// Budget protocols for the CE-only baseline: same-schedule (its steps = the fine-tuning
+    /// steps, the paper's comparison), equal-steps (its steps = pretraining + fine-tuning), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub protocol: crate::experiment::ProtocolChoice,
     /// Base training options (config, data, steps, ...).
     #[command(flatten)]
     pub train: TrainArgs,
+}
+
+/// A labeled count on the command line: a number or `all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabeledCount {
+    /// This many labeled images.
+    N(usize),
+    /// Every labeled training image.
+    All,
+}
+
+impl std::str::FromStr for LabeledCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "all" => Ok(LabeledCount::All),
+            t => match t.parse::<usize>() {
+                Ok(0) => Err("a labeled count must be at least 1 (or `all`)".into()),
+                Ok(n) => Ok(LabeledCount::N(n)),
+                Err(_) => Err(format!("{t:?} is not a labeled count (a positive number or `all`)")),
+            },
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

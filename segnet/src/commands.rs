@@ -1,9 +1,9 @@
 //! What each subcommand does.
 
-use crate::cli::{Command, ExperimentCommand, LabelEfficiencyArgs, TrainArgs};
-use crate::config::{Stage, TrainConfig};
+use crate::cli::{Command, ExperimentCommand, TrainArgs, TrainCmdArgs};
+use crate::config::TrainConfig;
 use crate::train::{self, RunOptions};
-use crate::{bench, data_cmd, evaluate, predict, run_dir};
+use crate::{bench, data_cmd, evaluate, experiment, predict, run_dir};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ pub fn run(cmd: Command) -> Result<()> {
         }
         Command::Predict(a) => predict::run(&a.checkpoint, &a.images, &a.out),
         Command::Data(d) => data_cmd::run(d),
-        Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => label_efficiency(a),
+        Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment::label_efficiency(a),
         Command::Bench(b) => bench::run(b),
     }
 }
@@ -35,8 +35,9 @@ pub fn set_threads(n: usize) {
     }
 }
 
-/// The config of a `train` invocation: defaults, then the TOML file, then flags.
-pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
+/// The config of a `train` invocation: defaults, then the TOML file, then flags (`labeled` is
+/// the `train` command's own flag; experiments set it per run).
+pub fn resolve_config(a: &TrainArgs, labeled: Option<usize>) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("--config {}: cannot read", p.display()))?;
@@ -50,7 +51,7 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = &a.val_data {
         cfg.val_data = Some(v.clone());
     }
-    if let Some(v) = a.labeled {
+    if let Some(v) = labeled {
         cfg.labeled = Some(v);
     }
     if let Some(v) = &a.stages {
@@ -101,15 +102,16 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-fn train_cmd(a: TrainArgs) -> Result<()> {
+fn train_cmd(t: TrainCmdArgs) -> Result<()> {
+    let a = &t.train;
     let device = check_device(&a.device)?;
     let (cfg, out) = match &a.resume {
         Some(ck) => train::resume_config(ck)?,
-        None => (resolve_config(&a)?, a.out.clone().unwrap_or_else(run_dir::default_path)),
+        None => (resolve_config(a, t.labeled)?, a.out.clone().unwrap_or_else(run_dir::default_path)),
     };
     set_threads(cfg.threads);
     let t0 = std::time::Instant::now();
-    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device })?;
+    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false })?;
     if s.interrupted {
         std::process::exit(130);
     }
@@ -161,60 +163,5 @@ fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool, dev: engi
         println!();
         print!("{}", cm.table(&names));
     }
-    Ok(())
-}
-
-fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
-    let base = resolve_config(&a.train)?;
-    set_threads(base.threads);
-    let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
-    let mut rows = Vec::new();
-    println!(
-        "same budget: CE-only {} steps vs contrastive {} + fine-tune {} steps; batch min({}, labeled)",
-        base.contrastive.steps + base.finetune.steps,
-        base.contrastive.steps,
-        base.finetune.steps,
-        base.batch
-    );
-    println!("{:>8} {:>6} {:>12} {:>22} {:>8}", "labeled", "seed", "CE-only mIoU", "contrastive+FT mIoU", "delta");
-    for &n in &a.labeled {
-        for seed in 0..a.seeds {
-            let mut scores = Vec::new();
-            for recipe in ["ce-only", "contrastive-finetune"] {
-                let mut cfg = base.clone();
-                cfg.labeled = Some(n);
-                cfg.seed = base.seed + seed;
-                // With fewer labeled images than the batch, every step sees all of them once.
-                cfg.batch = base.batch.min(n.max(2));
-                if recipe == "ce-only" {
-                    cfg.stages = vec![Stage::CeOnly];
-                    // Same budget: as many steps as both stages of the other recipe together.
-                    cfg.ce_only.steps = base.contrastive.steps + base.finetune.steps;
-                } else {
-                    cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
-                }
-                let dir = out.join(format!("n{n}-s{seed}-{recipe}"));
-                let opts =
-                    RunOptions { out: dir, quiet: true, device: check_device(&a.train.device)?, ..Default::default() };
-                let s = train::run(&cfg, &opts)?;
-                if s.interrupted {
-                    std::process::exit(130);
-                }
-                scores.push(s.scores.map(|s| s.miou).unwrap_or(f64::NAN));
-            }
-            println!(
-                "{:>8} {:>6} {:>12.2} {:>22.2} {:>+8.2}",
-                n,
-                seed,
-                scores[0] * 100.0,
-                scores[1] * 100.0,
-                (scores[1] - scores[0]) * 100.0
-            );
-            rows.push(json!({ "labeled": n, "seed": seed, "ce_only_miou": scores[0], "contrastive_finetune_miou": scores[1] }));
-        }
-    }
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("label_efficiency.json"), serde_json::to_string_pretty(&rows)?)?;
-    println!("results: {}", out.join("label_efficiency.json").display());
     Ok(())
 }

@@ -11,11 +11,17 @@ use std::sync::Arc;
 
 /// Confusion matrix of `net` (eval mode) over every labeled record of `source`.
 pub fn evaluate(net: &mut Net, source: &Arc<Source>) -> Result<ConfusionMatrix> {
+    let indices = source.labeled_indices()?;
+    evaluate_records(net, source, indices)
+}
+
+/// Confusion matrix of `net` (eval mode) over the records `indices` of `source` (all labeled),
+/// e.g. a run's labeled training subset, to compare training and validation scores.
+pub fn evaluate_records(net: &mut Net, source: &Arc<Source>, indices: Vec<usize>) -> Result<ConfusionMatrix> {
     let classes = source.num_classes();
     let ignore = source.ignore_index();
     // Same-size images are batched; mixed sizes go one at a time (no resizing of the ground truth).
     let batch = if source.uniform_size()?.is_some() { 8 } else { 1 };
-    let indices = source.labeled_indices()?;
     let loader = Loader::new(source.clone(), Some(indices), LoaderConfig::eval(batch))?;
     let mut cm = ConfusionMatrix::new(classes);
     for b in loader.epoch(0) {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod data_cmd;
 pub mod evaluate;
+pub mod experiment;
 pub mod metrics;
 pub mod model;
 pub mod net;

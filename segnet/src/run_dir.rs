@@ -34,6 +34,18 @@ pub fn default_path() -> PathBuf {
     PathBuf::from(format!("runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
+/// Write `bytes` to `path` without ever leaving a half-written file: a temp file next to it,
+/// synced, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
 impl RunDir {
     /// Create (or reopen, when resuming) a run directory; metrics are appended.
     pub fn open(path: &Path) -> Result<RunDir> {
@@ -67,13 +79,9 @@ impl RunDir {
         }
     }
 
-    /// Write a file into the run directory (atomically: temp file + rename).
+    /// Write a file into the run directory (atomically: temp file, fsync, rename).
     pub fn write(&self, name: &str, text: &str) -> Result<()> {
-        let p = self.path.join(name);
-        let tmp = self.path.join(format!("{name}.tmp"));
-        fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, &p).with_context(|| format!("cannot rename to {}", p.display()))?;
-        Ok(())
+        write_atomic(&self.path.join(name), text.as_bytes())
     }
 
     /// Append one metrics record.

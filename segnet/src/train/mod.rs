@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Where to train.
     pub device: engine::Device,
+    /// Also score the final network on the labeled training images (no augmentation), to show
+    /// how well it fits the labels it had against how well it generalises.
+    pub score_train: bool,
 }
 
 /// What a finished run reports.
@@ -53,6 +56,8 @@ pub struct RunSummary {
     pub scores: Option<Scores>,
     /// The printable table.
     pub table: String,
+    /// Scores on the labeled training images (only with [`RunOptions::score_train`]).
+    pub train_scores: Option<Scores>,
     /// The run directory.
     pub dir: PathBuf,
     /// How the run ended.
@@ -195,7 +200,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             StageEnd::Stopped(path) => {
                 eprintln!("segnet: stopped; resume with: segnet train --resume {}", path.display());
-                return Ok(RunSummary { scores: None, table: String::new(), dir: opts.out.clone(), interrupted: true });
+                return Ok(RunSummary {
+                    scores: None,
+                    train_scores: None,
+                    table: String::new(),
+                    dir: opts.out.clone(),
+                    interrupted: true,
+                });
             }
         }
     }
@@ -218,8 +229,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let scores = cm.scores();
     let table = cm.table(&class_names);
     dir.write("final_scores.json", &serde_json::to_string_pretty(&scores)?)?;
+    let train_scores = if opts.score_train {
+        let s = crate::evaluate::evaluate_records(&mut net, &train, subset.labeled.clone())?.scores();
+        dir.write("final_train_scores.json", &serde_json::to_string_pretty(&s)?)?;
+        Some(s)
+    } else {
+        None
+    };
     dir.plot()?;
-    Ok(RunSummary { scores: Some(scores), table, dir: opts.out.clone(), interrupted: false })
+    Ok(RunSummary { scores: Some(scores), train_scores, table, dir: opts.out.clone(), interrupted: false })
 }
 
 /// What [`load_for_inference`] returns: the network, its run config, the class names and the

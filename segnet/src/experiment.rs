@@ -1,0 +1,415 @@
+//! `segnet experiment label-efficiency`: recipes against the CE-only baseline at several labeled
+//! counts, several seeds each, run as a paper would.
+//!
+//! The rules, the same for every recipe:
+//! - seed `k` runs with master seed `base + k`: a different labeled subset and initialisation, and
+//!   the same subset for every recipe of that seed (a paired comparison);
+//! - the score is the *final* checkpoint's validation mIoU (no choosing the best step on val);
+//! - each cell is the mean and the sample standard deviation over the seeds;
+//! - two budget protocols for the baseline: `same-schedule` gives CE-only the fine-tuning stage's
+//!   steps (the paper's comparison: the same fine-tuning with pretraining on top), `equal-steps`
+//!   gives it the pretraining steps plus the fine-tuning steps (equal total optimiser steps).
+//!
+//! Everything lands in the output folder: one run directory per run, `results.json` (every run,
+//! with per-class IoU and the training-subset mIoU, plus the cell summaries), `results.md` (the
+//! table) and `label_efficiency.png` (mIoU against the labeled count, one line per recipe, error
+//! bars of one standard deviation).
+
+use crate::cli::{LabelEfficiencyArgs, LabeledCount};
+use crate::commands::{check_device, resolve_config, set_threads};
+use crate::config::{LossGrid, LossMode, Stage, TrainConfig};
+use crate::plot::{write_lines_png, LineSeries};
+use crate::run_dir::{self, write_atomic};
+use crate::train::{self, RunOptions};
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// A column of the experiment: how the labeled images are used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recipe {
+    /// Cross-entropy from scratch (run once per budget protocol).
+    CeOnly,
+    /// Contrastive pretraining with the config's loss settings, then fine-tuning.
+    Contrastive,
+    /// As `contrastive`, with the within-image loss.
+    ContrastiveWithin,
+    /// As `contrastive`, with the cross-image loss.
+    ContrastiveCross,
+    /// As `contrastive`, with the loss on the decoder's full stride-4 map.
+    ContrastiveDecoder,
+    /// As `contrastive`, with the loss on the (crop-1)/4+1 grid.
+    ContrastiveQuarter,
+    /// As `contrastive`, with the loss on the (crop-1)/8+1 grid.
+    ContrastiveEighth,
+    /// Contrastive, fine-tune, then pseudo-label retraining on the unlabeled images.
+    Pseudo,
+}
+
+impl Recipe {
+    /// The name in tables and folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::CeOnly => "ce-only",
+            Recipe::Contrastive => "contrastive",
+            Recipe::ContrastiveWithin => "contrastive-within",
+            Recipe::ContrastiveCross => "contrastive-cross",
+            Recipe::ContrastiveDecoder => "contrastive-decoder",
+            Recipe::ContrastiveQuarter => "contrastive-quarter",
+            Recipe::ContrastiveEighth => "contrastive-eighth",
+            Recipe::Pseudo => "pseudo",
+        }
+    }
+
+    /// The run config of this recipe over `base`.
+    fn config(self, base: &TrainConfig, protocol: Protocol) -> TrainConfig {
+        let mut cfg = base.clone();
+        cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
+        match self {
+            Recipe::CeOnly => {
+                cfg.stages = vec![Stage::CeOnly];
+                cfg.ce_only.steps = match protocol {
+                    Protocol::SameSchedule => base.finetune.steps,
+                    Protocol::EqualSteps => base.contrastive.steps + base.finetune.steps,
+                };
+            }
+            Recipe::Contrastive => {}
+            Recipe::ContrastiveWithin => cfg.loss.mode = LossMode::Within,
+            Recipe::ContrastiveCross => cfg.loss.mode = LossMode::Cross,
+            Recipe::ContrastiveDecoder => cfg.loss.grid = LossGrid::Decoder,
+            Recipe::ContrastiveQuarter => cfg.loss.grid = LossGrid::Quarter,
+            Recipe::ContrastiveEighth => cfg.loss.grid = LossGrid::Eighth,
+            Recipe::Pseudo => cfg.stages.push(Stage::Pseudo),
+        }
+        cfg
+    }
+}
+
+/// Which budget protocols to run the baseline under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolChoice {
+    /// CE-only steps = fine-tuning steps.
+    SameSchedule,
+    /// CE-only steps = pretraining + fine-tuning steps.
+    EqualSteps,
+    /// Both.
+    Both,
+}
+
+/// One budget protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// (a) the same fine-tuning schedule.
+    SameSchedule,
+    /// (b) equal total optimiser steps.
+    EqualSteps,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::SameSchedule => "same-schedule",
+            Protocol::EqualSteps => "equal-steps",
+        }
+    }
+}
+
+/// A column of the table: a recipe, and for the baseline its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Column {
+    recipe: Recipe,
+    protocol: Option<Protocol>,
+}
+
+impl Column {
+    fn name(&self) -> String {
+        match self.protocol {
+            Some(p) => format!("{} ({})", self.recipe.name(), p.name()),
+            None => self.recipe.name().to_string(),
+        }
+    }
+    fn folder(&self) -> String {
+        match self.protocol {
+            Some(p) => format!("{}-{}", self.recipe.name(), p.name()),
+            None => self.recipe.name().to_string(),
+        }
+    }
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+fn columns(recipes: &[Recipe], protocol: ProtocolChoice) -> Vec<Column> {
+    let protocols: Vec<Protocol> = match protocol {
+        ProtocolChoice::SameSchedule => vec![Protocol::SameSchedule],
+        ProtocolChoice::EqualSteps => vec![Protocol::EqualSteps],
+        ProtocolChoice::Both => vec![Protocol::SameSchedule, Protocol::EqualSteps],
+    };
+    let mut cols = Vec::new();
+    for &r in recipes {
+        if r == Recipe::CeOnly {
+            cols.extend(protocols.iter().map(|&p| Column { recipe: r, protocol: Some(p) }));
+        } else if !cols.iter().any(|c: &Column| c.recipe == r) {
+            cols.push(Column { recipe: r, protocol: None });
+        }
+    }
+    cols
+}
+
+/// The experiment command.
+pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    if a.recipes.is_empty() {
+        bail!("--recipes: name at least one recipe");
+    }
+    let base = resolve_config(&a.train, None)?;
+    set_threads(base.threads);
+    let device = check_device(&a.train.device)?;
+    let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
+    std::fs::create_dir_all(&out)?;
+    // The labeled images there are, to resolve `all` and to refuse counts larger than that.
+    let available = {
+        let (train, _) = crate::data::open(&base)?;
+        train.labeled_indices()?.len()
+    };
+    let mut counts = Vec::new();
+    for c in &a.labeled {
+        let n = match *c {
+            LabeledCount::All => available,
+            LabeledCount::N(n) if n > available => {
+                bail!("--labeled {n}: the training data has only {available} labeled images")
+            }
+            LabeledCount::N(n) => n,
+        };
+        if !counts.contains(&n) {
+            counts.push(n);
+        }
+    }
+    let cols = columns(&a.recipes, a.protocol);
+    let total_runs = counts.len() * a.seeds as usize * cols.len();
+    println!(
+        "label efficiency: {} labeled counts x {} seeds x {} columns = {total_runs} runs; pretraining {} + fine-tuning {} steps, CE-only {} (same-schedule) / {} (equal-steps) steps; final checkpoints; output {}",
+        counts.len(),
+        a.seeds,
+        cols.len(),
+        base.contrastive.steps,
+        base.finetune.steps,
+        base.finetune.steps,
+        base.contrastive.steps + base.finetune.steps,
+        out.display()
+    );
+    let t0 = Instant::now();
+    let mut runs: Vec<Value> = Vec::new();
+    let mut done = 0usize;
+    for &n in &counts {
+        for seed in 0..a.seeds {
+            for col in &cols {
+                let mut cfg = col.recipe.config(&base, col.protocol.unwrap_or(Protocol::SameSchedule));
+                cfg.labeled = Some(n);
+                cfg.seed = base.seed + seed;
+                // With fewer labeled images than the batch, every step sees all of them once.
+                cfg.batch = base.batch.min(n.max(2));
+                let dir = out.join(format!("n{n}-s{seed}-{}", col.folder()));
+                let opts = RunOptions { out: dir.clone(), quiet: true, device, score_train: true, ..Default::default() };
+                let t = Instant::now();
+                let s = train::run(&cfg, &opts)?;
+                if s.interrupted {
+                    eprintln!("interrupted; results so far are in {}", out.display());
+                    std::process::exit(130);
+                }
+                let secs = t.elapsed().as_secs_f64();
+                let val = s.scores.expect("a finished run has scores");
+                let tr = s.train_scores.expect("score_train was set");
+                done += 1;
+                let elapsed = t0.elapsed().as_secs_f64();
+                let eta = elapsed / done as f64 * (total_runs - done) as f64;
+                println!(
+                    "[{done}/{total_runs}] labeled {n:>4} seed {seed} {:<34} val mIoU {:>6.2}%  train mIoU {:>6.2}%  {:>5.0} s  (eta {})",
+                    col.name(),
+                    val.miou * 100.0,
+                    tr.miou * 100.0,
+                    secs,
+                    hms(eta)
+                );
+                runs.push(json!({
+                    "labeled": n, "seed": seed, "master_seed": cfg.seed, "recipe": col.recipe.name(),
+                    "protocol": col.protocol.map(|p| p.name()), "column": col.name(),
+                    "stages": cfg.stages.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                    "steps": cfg.stages.iter().map(|s| cfg.stage(*s).steps).collect::<Vec<_>>(),
+                    "miou": val.miou, "pixel_accuracy": val.pixel_accuracy, "iou": val.iou,
+                    "train_miou": tr.miou, "train_iou": tr.iou, "secs": secs, "dir": dir,
+                }));
+                // Written after every run, so an interrupted experiment keeps what it measured.
+                write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
+            }
+        }
+    }
+    let table = write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
+    println!("\n{table}");
+    println!(
+        "results: {} (every run), {} (table), {} (plot)",
+        out.join("results.json").display(),
+        out.join("results.md").display(),
+        out.join("label_efficiency.png").display()
+    );
+    Ok(())
+}
+
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The per-cell summaries, the markdown table, the plot and the JSON; returns the table.
+fn write_results(
+    out: &Path,
+    base: &TrainConfig,
+    counts: &[usize],
+    cols: &[Column],
+    runs: &[Value],
+    seeds: u64,
+) -> Result<String> {
+    let scores = |n: usize, col: &Column, key: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r["labeled"] == n && r["column"] == col.name().as_str())
+            .filter_map(|r| r[key].as_f64())
+            .map(|v| v * 100.0)
+            .collect()
+    };
+    let mut cells = Vec::new();
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Validation mIoU (%) of the final checkpoint, mean ± std over {seeds} seed(s) (each a different labeled subset and init); in brackets the mIoU on the labeled training images. Pretraining {} + fine-tuning {} steps; CE-only {} steps (same-schedule) or {} (equal-steps).\n\n",
+        base.contrastive.steps,
+        base.finetune.steps,
+        base.finetune.steps,
+        base.contrastive.steps + base.finetune.steps
+    ));
+    md.push_str("| labeled |");
+    for c in cols {
+        md.push_str(&format!(" {} |", c.name()));
+    }
+    md.push_str("\n|---:|");
+    md.push_str(&"---:|".repeat(cols.len()));
+    md.push('\n');
+    for &n in counts {
+        md.push_str(&format!("| {n} |"));
+        for c in cols {
+            let v = scores(n, c, "miou");
+            let t = scores(n, c, "train_miou");
+            if v.is_empty() {
+                md.push_str(" |");
+                continue;
+            }
+            let (m, s) = mean_std(&v);
+            let (tm, _) = mean_std(&t);
+            md.push_str(&format!(" {m:.2} ± {s:.2} [{tm:.1}] |"));
+            cells.push(json!({ "labeled": n, "column": c.name(), "mean": m, "std": s, "runs": v.len(), "train_mean": tm }));
+        }
+        md.push('\n');
+    }
+    // Paired differences against each baseline protocol (same seed = same labeled subset).
+    let baselines: Vec<&Column> = cols.iter().filter(|c| c.recipe == Recipe::CeOnly).collect();
+    let others: Vec<&Column> = cols.iter().filter(|c| c.recipe != Recipe::CeOnly).collect();
+    if !baselines.is_empty() && !others.is_empty() {
+        md.push_str("\nGain over CE-only (points; mean ± std of the per-seed paired differences):\n\n| labeled | recipe | vs CE-only |");
+        for b in &baselines {
+            md.push_str(&format!(" {} |", b.protocol.map(|p| p.name()).unwrap_or("")));
+        }
+        md.push_str("\n|---:|---|---|");
+        md.push_str(&"---:|".repeat(baselines.len()));
+        md.push('\n');
+        for &n in counts {
+            for o in &others {
+                md.push_str(&format!("| {n} | {} | |", o.name()));
+                for b in &baselines {
+                    let d: Vec<f64> = (0..seeds)
+                        .filter_map(|s| {
+                            let get = |c: &Column| {
+                                runs.iter()
+                                    .find(|r| r["labeled"] == n && r["seed"] == s && r["column"] == c.name().as_str())
+                                    .and_then(|r| r["miou"].as_f64())
+                            };
+                            Some((get(o)? - get(b)?) * 100.0)
+                        })
+                        .collect();
+                    if d.is_empty() {
+                        md.push_str(" |");
+                    } else {
+                        let (m, s) = mean_std(&d);
+                        md.push_str(&format!(" {m:+.2} ± {s:.2} |"));
+                        cells.push(json!({
+                            "labeled": n, "column": o.name(), "versus": b.name(), "gain_mean": m, "gain_std": s, "pairs": d.len()
+                        }));
+                    }
+                }
+                md.push('\n');
+            }
+        }
+    }
+    let colours: [[u8; 3]; 8] =
+        [[90, 90, 90], [150, 150, 150], [214, 39, 40], [31, 119, 180], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
+    let series: Vec<LineSeries> = cols
+        .iter()
+        .enumerate()
+        .map(|(k, c)| LineSeries {
+            name: c.name(),
+            color: colours[k % colours.len()],
+            points: counts
+                .iter()
+                .filter_map(|&n| {
+                    let v = scores(n, c, "miou");
+                    (!v.is_empty()).then(|| {
+                        let (m, s) = mean_std(&v);
+                        (n as f64, m, s)
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    write_lines_png(&out.join("label_efficiency.png"), "VAL MIOU % VS LABELED IMAGES", &series)?;
+    let doc = json!({ "config": base.to_toml(), "seeds": seeds, "labeled": counts, "runs": runs, "cells": cells });
+    write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    write_atomic(&out.join("results.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        assert!((s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn baseline_budgets_follow_the_protocol() {
+        let base = TrainConfig::default();
+        let a = Recipe::CeOnly.config(&base, Protocol::SameSchedule);
+        let b = Recipe::CeOnly.config(&base, Protocol::EqualSteps);
+        assert_eq!(a.stages, vec![Stage::CeOnly]);
+        assert_eq!(a.ce_only.steps, base.finetune.steps);
+        assert_eq!(b.ce_only.steps, base.contrastive.steps + base.finetune.steps);
+        let c = Recipe::Contrastive.config(&base, Protocol::SameSchedule);
+        assert_eq!(c.stages, vec![Stage::Contrastive, Stage::Finetune]);
+        assert_eq!(Recipe::ContrastiveCross.config(&base, Protocol::SameSchedule).loss.mode, LossMode::Cross);
+        assert_eq!(Recipe::ContrastiveDecoder.config(&base, Protocol::SameSchedule).loss.grid, LossGrid::Decoder);
+        let cols = columns(&[Recipe::CeOnly, Recipe::Contrastive], ProtocolChoice::Both);
+        assert_eq!(cols.len(), 3);
+    }
+}
