@@ -158,8 +158,8 @@ impl Blob {
         match self.class {
             1 => fu < 0.5,
             2 => ((fu < 0.5) as u8 + (fv < 0.5) as u8) % 2 == 0,
-            3 => (fu - 0.5).powi(2) + (fv - 0.5).powi(2) < 0.08,
-            4 => lattice_noise(self.noise_seed, (u + self.phase[0]) / p * 1.5, (v + self.phase[1]) / p * 1.5) > 0.0,
+            3 => (fu - 0.5).powi(2) + (fv - 0.5).powi(2) < 0.05,
+            4 => lattice_noise(self.noise_seed, (u + self.phase[0]) / p * 2.2, (v + self.phase[1]) / p * 2.2) > 0.0,
             _ => {
                 let (ru, rv) = (u - self.ring_centre[0], v - self.ring_centre[1]);
                 ((ru * ru + rv * rv).sqrt() / p).rem_euclid(1.0) < 0.5
@@ -253,7 +253,7 @@ pub fn synth_sample(cfg: &SynthConfig, index: usize) -> Result<Sample> {
     rng.shuffle(&mut classes);
     let count = rng.range_inclusive(cfg.min_shapes, cfg.max_shapes);
     for k in 0..count {
-        let r = rng.uniform(0.16, 0.3) * side;
+        let r = rng.uniform(0.18, 0.32) * side;
         let theta = rng.uniform(0.0, std::f32::consts::TAU);
         let period = rng.uniform(6.0, 14.0) * scale;
         let (a, b) = colour_pair(&mut rng);
@@ -299,7 +299,7 @@ pub fn synth_sample(cfg: &SynthConfig, index: usize) -> Result<Sample> {
     let (gx, gy) = (rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4));
     let gain = rng.uniform(0.7, 1.2);
     let offset = rng.uniform(-30.0, 30.0);
-    let noise = rng.uniform(4.0, 20.0);
+    let noise = rng.uniform(3.0, 12.0);
     let mut image = vec![0u8; h * w * 3];
     for y in 0..h {
         for x in 0..w {

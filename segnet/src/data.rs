@@ -96,6 +96,7 @@ pub fn synth_config(cfg: &TrainConfig, val: bool) -> SynthConfig {
         num_images: if val { s.val_images } else { s.train_images },
         height: s.size,
         width: s.size,
+        num_classes: s.classes,
         ..SynthConfig::default()
     }
 }

@@ -196,3 +196,46 @@ fn data_commands_and_bad_input() {
     datasets::synth_pack(&three, &sc).unwrap();
     fails_with(&segnet(&["eval", "--checkpoint", ck.to_str().unwrap(), "--data", three.to_str().unwrap()]), "classes");
 }
+
+/// The label-efficiency experiment end to end on the tiny setup: two counts (one of them `all`),
+/// two seeds, both protocols; every run is in the JSON with per-class IoU, the table and the plot
+/// are written, and the help lists `--labeled` once.
+#[test]
+fn label_efficiency_experiment_writes_table_json_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let out = dir.path().join("exp");
+    let o = segnet(&[
+        "experiment", "label-efficiency", "--config", cfg.to_str().unwrap(), "--labeled", "4,all", "--seeds", "2",
+        "--out", out.to_str().unwrap(),
+    ]);
+    let stdout = ok(&o);
+    // 2 counts x 2 seeds x (CE-only twice + contrastive) = 12 runs, each with a progress line.
+    assert!(stdout.contains("[12/12]"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 12);
+    for r in runs {
+        assert_eq!(r["iou"].as_array().unwrap().len(), 5, "{r}");
+        assert!(r["train_miou"].as_f64().is_some());
+    }
+    // `all` resolved to the 16 training images; CE-only budgets follow the protocols.
+    assert!(runs.iter().any(|r| r["labeled"] == 16));
+    let ce_steps = |p: &str| {
+        runs.iter().find(|r| r["protocol"] == p).map(|r| r["steps"][0].as_u64().unwrap()).unwrap()
+    };
+    assert_eq!(ce_steps("same-schedule"), 4);
+    assert_eq!(ce_steps("equal-steps"), 8);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| 4 |") && md.contains("| 16 |") && md.contains("±"), "{md}");
+    let png = std::fs::read(out.join("label_efficiency.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    let help = String::from_utf8_lossy(&segnet(&["experiment", "label-efficiency", "--help"]).stdout).into_owned();
+    assert_eq!(help.matches("--labeled").count(), 1, "{help}");
+    fails_with(&segnet(&["experiment", "label-efficiency", "--labeled", "0"]), "at least 1");
+    fails_with(
+        &segnet(&["experiment", "label-efficiency", "--config", cfg.to_str().unwrap(), "--labeled", "999"]),
+        "only 16 labeled images",
+    );
+}
