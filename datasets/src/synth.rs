@@ -5,18 +5,19 @@
 //! covered with, never its colour, size or outline:
 //!
 //! 0 background: a smooth, low-frequency shaded surface with clutter (flat smudges);
-//! 1 stripes: parallel bands; 2 checker: a rotated checkerboard; 3 dots: a lattice of round dots;
-//! 4 blotches: an irregular camouflage of rounded patches; 5 rings: concentric rings about a point
-//! off the blob.
+//! 1 stripes: parallel bands; 2 checker: a rotated checkerboard; 3 dots: a sparse lattice of round
+//! dots; 4 blotches: an irregular camouflage of rounded patches; 5 rings: concentric rings about a
+//! point off the blob. The embedded default uses the first four (`segnet train` sets 4 classes).
 //!
-//! What varies per instance (the nuisances a model has to become invariant to): both pattern
-//! colours and their contrast, the pattern's period (3-9 px, a 3x scale range) and orientation,
-//! a smooth warp of the pattern (bent stripes, sheared lattices), the blob's outline (a star-convex
-//! shape with random low-order harmonics), its size and place, occlusion by later blobs, a global
-//! lighting gradient and brightness, and pixel noise. The class cues are local (a 3x3-conv stack
-//! sees a period of the pattern early), so the task is learnable from scratch in minutes; the
-//! nuisance space is wide, so a handful of labeled images covers little of it: the task is
-//! label-limited (measured in the README).
+//! What varies per instance (the nuisances a model has to become invariant to): the pattern's
+//! hue and brightness and its contrast (faint to stark), its period (6-14 px at 64 px, a 2.3x
+//! scale range) and orientation, a smooth warp of the pattern (bent stripes, sheared lattices),
+//! the blob's outline (a star-convex shape with random low-order harmonics), its size and place,
+//! occlusion by later blobs, a global lighting gradient and brightness, and pixel noise. The class
+//! cues are local (a few 3x3 convolutions see a period of the pattern), so the task is learnable
+//! from scratch in minutes; the nuisance space is wide, so a handful of labeled images covers
+//! little of it and a model fitted to them generalises poorly: the task is label-limited
+//! (measured in the README).
 //!
 //! Each sample is a pure function of `(seed, index)`, so images can be generated in parallel, in
 //! any order, and always come out identical.
@@ -49,7 +50,7 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { seed: 0, num_images: 200, height: 64, width: 64, num_classes: 5, min_shapes: 2, max_shapes: 4 }
+        SynthConfig { seed: 0, num_images: 200, height: 64, width: 64, num_classes: 4, min_shapes: 2, max_shapes: 4 }
     }
 }
 

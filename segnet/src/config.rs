@@ -158,7 +158,7 @@ impl Default for ContrastiveSettings {
             tau: 0.07,
             mode: LossMode::Within,
             supcon: false,
-            grid: LossGrid::Eighth,
+            grid: LossGrid::Decoder,
             max_pixels: 10_000,
             projection_layers: 3,
         }
@@ -199,7 +199,7 @@ pub struct SynthSettings {
 
 impl Default for SynthSettings {
     fn default() -> Self {
-        SynthSettings { train_images: 500, val_images: 100, size: 64, seed: 7, classes: 5 }
+        SynthSettings { train_images: 500, val_images: 100, size: 64, seed: 7, classes: 4 }
     }
 }
 

@@ -216,7 +216,7 @@ fn label_efficiency_experiment_writes_table_json_and_plot() {
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 12);
     for r in runs {
-        assert_eq!(r["iou"].as_array().unwrap().len(), 5, "{r}");
+        assert_eq!(r["iou"].as_array().unwrap().len(), 4, "{r}");
         assert!(r["train_miou"].as_f64().is_some());
     }
     // `all` resolved to the 16 training images; CE-only budgets follow the protocols.
