@@ -199,9 +199,13 @@ pub struct SynthArgs {
     /// Image side.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Generator seed.
+    /// Generator seed (the embedded default's training split is seed 7, its validation split
+    /// seed 18581050384).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Classes including background, 2..=6 (background, stripes, checker, dots, blotches, rings).
+    #[arg(long, default_value_t = 4)]
+    pub classes: usize,
 }
 
 #[derive(Subcommand, Debug)]

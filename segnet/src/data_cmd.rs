@@ -64,8 +64,14 @@ fn pack(a: PackArgs) -> Result<()> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
-    let cfg =
-        SynthConfig { seed: a.seed, num_images: a.images, height: a.size, width: a.size, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        seed: a.seed,
+        num_images: a.images,
+        height: a.size,
+        width: a.size,
+        num_classes: a.classes,
+        ..SynthConfig::default()
+    };
     let s = synth_pack(&a.output, &cfg)?;
     println!(
         "wrote {}: {} synthetic images of {}x{}, {} classes",
