@@ -67,6 +67,8 @@ pub struct MemoryDataset {
     pub samples: Vec<Sample>,
     pub class_names: Vec<String>,
     pub ignore_index: u8,
+    /// Colour of each label value, for rendering predictions (as a pack's palette).
+    pub palette: Option<Vec<[u8; 3]>>,
 }
 
 impl SampleSource for MemoryDataset {

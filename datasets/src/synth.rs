@@ -320,7 +320,7 @@ pub fn synth_dataset(cfg: &SynthConfig) -> Result<MemoryDataset> {
     cfg.validate()?;
     let samples = (0..cfg.num_images).into_par_iter().map(|i| synth_sample(cfg, i)).collect::<Result<Vec<_>>>()?;
     let spec = cfg.spec();
-    Ok(MemoryDataset { samples, class_names: spec.class_names, ignore_index: spec.ignore_index })
+    Ok(MemoryDataset { samples, class_names: spec.class_names, ignore_index: spec.ignore_index, palette: spec.palette })
 }
 
 /// Writes the configured dataset as a pack at `path` (streaming, in chunks generated in parallel).

@@ -50,6 +50,13 @@ impl Source {
             Source::Memory(m) => m.class_names.clone(),
         }
     }
+    /// The colour of each label value, if the data has one (packs may; the synthetic data does).
+    pub fn palette(&self) -> Option<&[[u8; 3]]> {
+        match self {
+            Source::Pack(p) => p.palette(),
+            Source::Memory(m) => m.palette.as_deref(),
+        }
+    }
     /// Indices of the records that carry labels.
     pub fn labeled_indices(&self) -> Result<Vec<usize>> {
         match self {

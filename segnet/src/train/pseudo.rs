@@ -85,6 +85,11 @@ pub fn pseudo_label(
         );
     }
     let stats = json!({ "images": unlabeled.len(), "kept_pixels": kept, "total_pixels": total, "kept_fraction": frac });
-    let ds = MemoryDataset { samples, class_names: train.class_names(), ignore_index: ignore };
+    let ds = MemoryDataset {
+        samples,
+        class_names: train.class_names(),
+        ignore_index: ignore,
+        palette: train.palette().map(<[_]>::to_vec),
+    };
     Ok(Pseudo { source: Source::Memory(ds), stats })
 }

@@ -55,13 +55,11 @@ fn meta(
     extra.insert("classes".into(), classes.to_string());
     let names = val.class_names();
     extra.insert("class_names".into(), names.join("\u{1f}"));
-    if let Source::Pack(p) = source {
-        if let Some(pal) = p.palette() {
-            extra.insert(
-                "palette".into(),
-                pal.iter().map(|c| format!("{},{},{}", c[0], c[1], c[2])).collect::<Vec<_>>().join(";"),
-            );
-        }
+    if let Some(pal) = source.palette() {
+        extra.insert(
+            "palette".into(),
+            pal.iter().map(|c| format!("{},{},{}", c[0], c[1], c[2])).collect::<Vec<_>>().join(";"),
+        );
     }
     CheckpointMeta { step: step as u64, rng: None, config: cfg.to_toml(), extra }
 }
