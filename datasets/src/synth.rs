@@ -173,7 +173,8 @@ impl Blob {
 /// with smoothstep weights; thresholded at 0 it gives rounded, irregular patches ~1 cell across.
 fn lattice_noise(seed: u64, x: f32, y: f32) -> f32 {
     let corner = |i: i64, j: i64| -> f32 {
-        let mut h = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let mut h =
+            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         h ^= h >> 31;
         h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         h ^= h >> 29;

@@ -111,7 +111,10 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
     };
     set_threads(cfg.threads);
     let t0 = std::time::Instant::now();
-    let s = train::run(&cfg, &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false })?;
+    let s = train::run(
+        &cfg,
+        &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false },
+    )?;
     if s.interrupted {
         std::process::exit(130);
     }

@@ -221,7 +221,8 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                 // With fewer labeled images than the batch, every step sees all of them once.
                 cfg.batch = base.batch.min(n.max(2));
                 let dir = out.join(format!("n{n}-s{seed}-{}", col.folder()));
-                let opts = RunOptions { out: dir.clone(), quiet: true, device, score_train: true, ..Default::default() };
+                let opts =
+                    RunOptions { out: dir.clone(), quiet: true, device, score_train: true, ..Default::default() };
                 let t = Instant::now();
                 let s = train::run(&cfg, &opts)?;
                 if s.interrupted {
@@ -315,7 +316,9 @@ fn write_results(
             let (m, s) = mean_std(&v);
             let (tm, _) = mean_std(&t);
             md.push_str(&format!(" {m:.2} ± {s:.2} [{tm:.1}] |"));
-            cells.push(json!({ "labeled": n, "column": c.name(), "mean": m, "std": s, "runs": v.len(), "train_mean": tm }));
+            cells.push(
+                json!({ "labeled": n, "column": c.name(), "mean": m, "std": s, "runs": v.len(), "train_mean": tm }),
+            );
         }
         md.push('\n');
     }
@@ -358,8 +361,16 @@ fn write_results(
             }
         }
     }
-    let colours: [[u8; 3]; 8] =
-        [[90, 90, 90], [150, 150, 150], [214, 39, 40], [31, 119, 180], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
+    let colours: [[u8; 3]; 8] = [
+        [90, 90, 90],
+        [150, 150, 150],
+        [214, 39, 40],
+        [31, 119, 180],
+        [44, 160, 44],
+        [148, 103, 189],
+        [255, 127, 14],
+        [23, 190, 207],
+    ];
     let series: Vec<LineSeries> = cols
         .iter()
         .enumerate()

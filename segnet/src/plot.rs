@@ -195,14 +195,19 @@ pub fn write_lines_png(path: &Path, title: &str, series: &[LineSeries]) -> std::
     if !pts.is_empty() {
         let lx = |x: f64| x.ln();
         let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(lx(p.0)), a.1.max(lx(p.0))));
-        let (mut ymin, mut ymax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2)));
+        let (mut ymin, mut ymax) =
+            pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2)));
         // Round the y range out to multiples of 10 (percent).
         ymin = (ymin / 10.0).floor() * 10.0;
         ymax = ((ymax / 10.0).ceil() * 10.0).max(ymin + 10.0);
         let xr = (xmax - xmin).max(1e-12);
         let pad = 20i64;
         let map = |x: f64, y: f64| -> (i64, i64) {
-            let px = if xmax > xmin { x0 + pad + ((lx(x) - xmin) / xr * (x1 - x0 - 2 * pad) as f64) as i64 } else { (x0 + x1) / 2 };
+            let px = if xmax > xmin {
+                x0 + pad + ((lx(x) - xmin) / xr * (x1 - x0 - 2 * pad) as f64) as i64
+            } else {
+                (x0 + x1) / 2
+            };
             (px, y1 - ((y - ymin) / (ymax - ymin) * (y1 - y0) as f64) as i64)
         };
         // Horizontal grid lines and y labels every 10 points.

@@ -206,13 +206,22 @@ fn label_efficiency_experiment_writes_table_json_and_plot() {
     let cfg = tiny_config(dir.path());
     let out = dir.path().join("exp");
     let o = segnet(&[
-        "experiment", "label-efficiency", "--config", cfg.to_str().unwrap(), "--labeled", "4,all", "--seeds", "2",
-        "--out", out.to_str().unwrap(),
+        "experiment",
+        "label-efficiency",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--labeled",
+        "4,all",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let stdout = ok(&o);
     // 2 counts x 2 seeds x (CE-only twice + contrastive) = 12 runs, each with a progress line.
     assert!(stdout.contains("[12/12]"), "{stdout}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 12);
     for r in runs {
@@ -221,9 +230,7 @@ fn label_efficiency_experiment_writes_table_json_and_plot() {
     }
     // `all` resolved to the 16 training images; CE-only budgets follow the protocols.
     assert!(runs.iter().any(|r| r["labeled"] == 16));
-    let ce_steps = |p: &str| {
-        runs.iter().find(|r| r["protocol"] == p).map(|r| r["steps"][0].as_u64().unwrap()).unwrap()
-    };
+    let ce_steps = |p: &str| runs.iter().find(|r| r["protocol"] == p).map(|r| r["steps"][0].as_u64().unwrap()).unwrap();
     assert_eq!(ce_steps("same-schedule"), 4);
     assert_eq!(ce_steps("equal-steps"), 8);
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
