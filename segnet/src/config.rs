@@ -156,7 +156,10 @@ impl Default for ContrastiveSettings {
     fn default() -> Self {
         ContrastiveSettings {
             tau: 0.07,
-            mode: LossMode::Within,
+            // Cross-image, the official code's default (`within_image_loss=False`), chosen by the
+            // label-efficiency experiment (README): on the default task it gains ~+8 points at
+            // 20 labels where within-image gains nothing.
+            mode: LossMode::Cross,
             supcon: false,
             grid: LossGrid::Decoder,
             max_pixels: 10_000,

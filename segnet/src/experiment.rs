@@ -326,16 +326,16 @@ fn write_results(
     let baselines: Vec<&Column> = cols.iter().filter(|c| c.recipe == Recipe::CeOnly).collect();
     let others: Vec<&Column> = cols.iter().filter(|c| c.recipe != Recipe::CeOnly).collect();
     if !baselines.is_empty() && !others.is_empty() {
-        md.push_str("\nGain over CE-only (points; mean ± std of the per-seed paired differences):\n\n| labeled | recipe | vs CE-only |");
+        md.push_str("\nGain over CE-only (points; mean ± std of the per-seed paired differences):\n\n| labeled | recipe |");
         for b in &baselines {
-            md.push_str(&format!(" {} |", b.protocol.map(|p| p.name()).unwrap_or("")));
+            md.push_str(&format!(" vs {} |", b.name()));
         }
-        md.push_str("\n|---:|---|---|");
+        md.push_str("\n|---:|---|");
         md.push_str(&"---:|".repeat(baselines.len()));
         md.push('\n');
         for &n in counts {
             for o in &others {
-                md.push_str(&format!("| {n} | {} | |", o.name()));
+                md.push_str(&format!("| {n} | {} |", o.name()));
                 for b in &baselines {
                     let d: Vec<f64> = (0..seeds)
                         .filter_map(|s| {
