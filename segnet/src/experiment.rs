@@ -326,7 +326,9 @@ fn write_results(
     let baselines: Vec<&Column> = cols.iter().filter(|c| c.recipe == Recipe::CeOnly).collect();
     let others: Vec<&Column> = cols.iter().filter(|c| c.recipe != Recipe::CeOnly).collect();
     if !baselines.is_empty() && !others.is_empty() {
-        md.push_str("\nGain over CE-only (points; mean ± std of the per-seed paired differences):\n\n| labeled | recipe |");
+        md.push_str(
+            "\nGain over CE-only (points; mean ± std of the per-seed paired differences):\n\n| labeled | recipe |",
+        );
         for b in &baselines {
             md.push_str(&format!(" vs {} |", b.name()));
         }
