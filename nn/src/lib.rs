@@ -53,6 +53,7 @@ mod module;
 mod optim;
 mod param;
 
+pub use checkpoint::write_atomically;
 pub use checkpoint::{
     load_checkpoint, read_checkpoint, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
     StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,

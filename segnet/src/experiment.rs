@@ -156,9 +156,12 @@ fn columns(recipes: &[Recipe], protocol: ProtocolChoice) -> Vec<Column> {
     };
     let mut cols = Vec::new();
     for &r in recipes {
+        if cols.iter().any(|c: &Column| c.recipe == r) {
+            continue; // a recipe named twice is one column (or one per protocol)
+        }
         if r == Recipe::CeOnly {
             cols.extend(protocols.iter().map(|&p| Column { recipe: r, protocol: Some(p) }));
-        } else if !cols.iter().any(|c: &Column| c.recipe == r) {
+        } else {
             cols.push(Column { recipe: r, protocol: None });
         }
     }
@@ -211,6 +214,7 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
     );
     let t0 = Instant::now();
     let mut runs: Vec<Value> = Vec::new();
+    let mut table = String::new();
     let mut done = 0usize;
     for &n in &counts {
         for seed in 0..a.seeds {
@@ -252,11 +256,10 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                     "train_miou": tr.miou, "train_iou": tr.iou, "secs": secs, "dir": dir,
                 }));
                 // Written after every run, so an interrupted experiment keeps what it measured.
-                write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
+                table = write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
             }
         }
     }
-    let table = write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
     println!("\n{table}");
     println!(
         "results: {} (every run), {} (table), {} (plot)",

@@ -187,11 +187,12 @@ pub fn write_lines_png(path: &Path, title: &str, series: &[LineSeries]) -> std::
     cv.text(x0, 8, title, [0, 0, 0]);
     cv.line((x0, y1), (x1, y1), grey);
     cv.line((x0, y0), (x0, y1), grey);
-    let pts: Vec<(f64, f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .filter(|(x, m, s)| *x > 0.0 && m.is_finite() && s.is_finite())
-        .collect();
+    // Only drawable points (log x needs x > 0), per series and all together for the ranges.
+    let drawable = |s: &LineSeries| -> Vec<(f64, f64, f64)> {
+        s.points.iter().copied().filter(|(x, m, d)| *x > 0.0 && m.is_finite() && d.is_finite()).collect()
+    };
+    let per_series: Vec<Vec<(f64, f64, f64)>> = series.iter().map(drawable).collect();
+    let pts: Vec<(f64, f64, f64)> = per_series.iter().flatten().copied().collect();
     if !pts.is_empty() {
         let lx = |x: f64| x.ln();
         let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(lx(p.0)), a.1.max(lx(p.0))));
@@ -231,13 +232,11 @@ pub fn write_lines_png(path: &Path, title: &str, series: &[LineSeries]) -> std::
             cv.text(px - 4 * label.len() as i64, y1 + 8, &label, grey);
         }
         cv.text((x0 + x1) / 2 - 60, y1 + 24, "LABELED IMAGES", grey);
-        for s in series {
-            let p: Vec<(f64, f64, f64)> =
-                s.points.iter().copied().filter(|(x, m, d)| *x > 0.0 && m.is_finite() && d.is_finite()).collect();
+        for (s, p) in series.iter().zip(&per_series) {
             for w2 in p.windows(2) {
                 cv.line(map(w2[0].0, w2[0].1), map(w2[1].0, w2[1].1), s.color);
             }
-            for &(x, m, d) in &p {
+            for &(x, m, d) in p {
                 let (px, top) = map(x, m + d);
                 let (_, bot) = map(x, m - d);
                 cv.line((px, top), (px, bot), s.color);

@@ -34,16 +34,10 @@ pub fn default_path() -> PathBuf {
     PathBuf::from(format!("runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
-/// Write `bytes` to `path` without ever leaving a half-written file: a temp file next to it,
-/// synced, then renamed over the target.
+/// Write `bytes` to `path` without ever leaving a half-written file ([`nn::write_atomically`]:
+/// temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    nn::write_atomically(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 impl RunDir {

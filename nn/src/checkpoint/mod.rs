@@ -68,27 +68,26 @@ pub fn save_checkpoint<M: Module + ?Sized>(
     let map = meta_to_map(meta, optim.map(Sgd::steps), sum);
     let bytes = safetensors::serialize(encoded.iter().map(|(k, e)| (k.as_str(), e)), Some(map))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &bytes).map_err(|e| Error::checkpoint(path, e.to_string()))
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| Error::checkpoint(path, format!("{what}: {e}"));
+/// Write `bytes` to `path` so that a crash never leaves a half-written file: create the parent
+/// folder, write a `<path>.tmp` next to it, fsync, rename it over `path`, then (best effort) fsync
+/// the folder so the rename itself is durable. Used for checkpoints and for every file a run
+/// directory or an experiment writes.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let ctx = |what: String| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory", e))?;
+        std::fs::create_dir_all(dir).map_err(ctx("cannot create the directory".into()))?;
     }
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&format!("cannot create {}", tmp.display()), e))?;
-    f.write_all(bytes).map_err(|e| io("cannot write", e))?;
-    f.sync_all().map_err(|e| io("cannot sync", e))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(ctx(format!("cannot create {}", tmp.display())))?;
+    f.write_all(bytes).map_err(ctx("cannot write".into()))?;
+    f.sync_all().map_err(ctx("cannot sync".into()))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io(&format!("cannot rename {} over it", tmp.display()), e))?;
-    // Make the rename itself durable; not every platform lets a directory be opened, so best effort.
+    std::fs::rename(&tmp, path).map_err(ctx(format!("cannot rename {} over it", tmp.display())))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
