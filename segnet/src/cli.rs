@@ -34,9 +34,9 @@ pub enum Command {
 /// `segnet train`: the shared training options plus the labeled count.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainCmdArgs {
-    /// Number of labeled training images (the rest are treated as unlabeled).
+    /// Number of labeled training images, or `all` (the rest are treated as unlabeled).
     #[arg(long)]
-    pub labeled: Option<usize>,
+    pub labeled: Option<LabeledCount>,
     #[command(flatten)]
     pub train: TrainArgs,
 }

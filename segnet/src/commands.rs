@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::cli::{Command, ExperimentCommand, TrainArgs, TrainCmdArgs};
+use crate::cli::{Command, ExperimentCommand, LabeledCount, TrainArgs, TrainCmdArgs};
 use crate::config::TrainConfig;
 use crate::train::{self, RunOptions};
 use crate::{bench, data_cmd, evaluate, experiment, predict, run_dir};
@@ -37,7 +37,7 @@ pub fn set_threads(n: usize) {
 
 /// The config of a `train` invocation: defaults, then the TOML file, then flags (`labeled` is
 /// the `train` command's own flag; experiments set it per run).
-pub fn resolve_config(a: &TrainArgs, labeled: Option<usize>) -> Result<TrainConfig> {
+pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("--config {}: cannot read", p.display()))?;
@@ -51,8 +51,10 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<usize>) -> Result<TrainConf
     if let Some(v) = &a.val_data {
         cfg.val_data = Some(v.clone());
     }
-    if let Some(v) = labeled {
-        cfg.labeled = Some(v);
+    match labeled {
+        Some(LabeledCount::N(n)) => cfg.labeled = Some(n),
+        Some(LabeledCount::All) => cfg.labeled = None,
+        None => {}
     }
     if let Some(v) = &a.stages {
         cfg.stages = v.clone();

@@ -164,6 +164,8 @@ fn data_commands_and_bad_input() {
     fails_with(&segnet(&["eval", "--checkpoint", pack.to_str().unwrap()]), "s.pack");
     fails_with(&segnet(&["data", "info", tmp.path().join("missing.pack").to_str().unwrap()]), "missing.pack");
     fails_with(&segnet(&["train", "--device", "tpu"]), "device");
+    fails_with(&segnet(&["train", "--labeled", "0"]), "at least 1");
+    fails_with(&segnet(&["train", "--labeled", "many"]), "not a labeled count");
     let garbage = tmp.path().join("garbage.png");
     std::fs::write(&garbage, b"not a png").unwrap();
     let cfg = tiny_config(tmp.path());
@@ -179,6 +181,38 @@ fn data_commands_and_bad_input() {
         "ce-only",
     ]));
     let ck = run.join("checkpoints/ce-only-final.safetensors");
+    // `--labeled all` uses every labeled training image; more than there are is an error.
+    let all = tmp.path().join("all");
+    ok(&segnet(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        all.to_str().unwrap(),
+        "--quiet",
+        "--stages",
+        "ce-only",
+        "--steps",
+        "1",
+        "--labeled",
+        "all",
+    ]));
+    let subset: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(all.join("subset.json")).unwrap()).unwrap();
+    assert_eq!(subset["labeled"].as_array().unwrap().len(), 16, "{subset}");
+    fails_with(
+        &segnet(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().join("x").to_str().unwrap(),
+            "--quiet",
+            "--labeled",
+            "17",
+        ]),
+        "only 16 labeled images",
+    );
     fails_with(
         &segnet(&[
             "predict",

@@ -122,7 +122,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // The labeled subset: chosen once from the seed, recorded in the run.
     let candidates = train.labeled_indices()?;
-    let n_labeled = cfg.labeled.unwrap_or(candidates.len()).min(candidates.len());
+    let n_labeled = match cfg.labeled {
+        Some(n) if n > candidates.len() => anyhow::bail!(
+            "labeled = {n} (--labeled): the training data has only {} labeled images (`--labeled all` uses every one)",
+            candidates.len()
+        ),
+        Some(n) => n,
+        None => candidates.len(),
+    };
     let subset = choose_labeled(train.len(), &candidates, n_labeled, derive_seed(cfg.seed, &[1]))?;
     dir.write(
         "subset.json",
