@@ -41,6 +41,33 @@ cargo test -p segnet-tests -p kernels -p segnet --features segnet-tests/cuda,ker
 step "cargo test -p kernels --features cuda --lib (host-only tests: no driver call)"
 cargo test -p kernels --features cuda --lib
 
+step "the CUDA parity suite against the stub driver: every test must report why it skipped"
+# The stub (every call returns CUDA_ERROR_STUB_LIBRARY) is put on LD_LIBRARY_PATH for this one run
+# only, under its SONAME, so the test binary starts; each test must then print `skipped: <reason>`
+# and pass. A test that neither skips nor fails would mean a GPU path ran nowhere.
+PARITY=$(ls -t "$CARGO_TARGET_DIR"/debug/deps/cuda_parity-* 2>/dev/null | grep -v '\.d$' | head -1)
+RUNLIB=$CARGO_TARGET_DIR/cuda-stub-run
+mkdir -p "$RUNLIB"
+ln -sf "$CUDA_STUB_DIR/lib64/libcuda.so" "$RUNLIB/libcuda.so.1"
+ntests=$(LD_LIBRARY_PATH=$RUNLIB "$PARITY" --list 2>/dev/null | grep -c ': test$')
+LD_LIBRARY_PATH=$RUNLIB "$PARITY" --test-threads 1 --nocapture > "$RUNLIB/parity.log" 2>&1 || { cat "$RUNLIB/parity.log"; echo "cuda_parity failed on the stub"; exit 1; }
+# With --nocapture a test's output follows its `test NAME ... ` line.
+nskip=$(grep -c '^test .* \.\.\. skipped: ' "$RUNLIB/parity.log" || true)
+echo "cuda_parity: $ntests tests, $nskip skipped; reasons:"
+grep -o '\.\.\. skipped: .*' "$RUNLIB/parity.log" | cut -c5- | sort | uniq -c
+grep '^test result' "$RUNLIB/parity.log"
+if [ "$ntests" -eq 0 ] || [ "$nskip" -ne "$ntests" ]; then
+  echo "expected every one of the $ntests tests to print 'skipped: <reason>' without a GPU"; exit 1
+fi
+
+step "segnet --device cuda without a GPU: a clear error, no panic"
+SEGNET_BIN=$(ls -t "$CARGO_TARGET_DIR"/debug/segnet 2>/dev/null | head -1)
+if out=$(LD_LIBRARY_PATH=$RUNLIB "$SEGNET_BIN" train --device cuda --steps 1 --quiet --out "$RUNLIB/run" 2>&1); then
+  echo "$out"; echo "segnet train --device cuda succeeded on the stub driver"; exit 1
+fi
+echo "$out" | tail -2
+if echo "$out" | grep -q panicked; then echo "segnet panicked"; exit 1; fi
+
 step "ptxas -arch=sm_90 on every embedded PTX"
 # Keep only the newest build dir's PTX (stale OUT_DIRs of older builds may linger).
 NEWEST=$(ls -td "$CARGO_TARGET_DIR"/debug/build/kernels-*/out 2>/dev/null | while read -r d; do [ -n "$(ls "$d"/*.ptx 2>/dev/null)" ] && echo "$d" && break; done)

@@ -65,6 +65,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" | "cuda:0" => {
             if cfg!(feature = "cuda") {
+                // Open the GPU now, so a machine without one fails here, naming the flag, rather
+                // than at the first op.
+                #[cfg(feature = "cuda")]
+                engine::cuda::device(0).map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU 0: {e}"))?;
                 Ok(Device::Cuda(0))
             } else {
                 anyhow::bail!("--device cuda: this binary was built without CUDA support; rebuild with `cargo build --release -p segnet --features cuda` (see kernels/README.md)")

@@ -1,9 +1,12 @@
 //! CUDA against CPU on the same random inputs (feature `cuda`).
 //!
 //! Every test first opens `cuda:0`; when no device can be initialised it prints
-//! `skipped: <reason>` and returns, so the suite passes on a machine that has libcuda but no GPU.
-//! (A `--features cuda` test binary needs `libcuda.so.1` just to start; CI therefore only builds it
-//! with `--no-run`, and scripts/run-gpu-bundle.sh runs it on the GPU machine.)
+//! `skipped: <reason>` and returns, so the suite passes on a machine that has libcuda but no GPU
+//! (scripts/ci-cuda-check.sh runs it against the stub driver and requires every test to say so;
+//! without the feature, `cuda_parity_skipped.rs` reports the suite as ignored, with the reason).
+//! (A `--features cuda` test binary needs `libcuda.so.1` just to start: CI builds it with
+//! `--no-run` and starts it with the stub on `LD_LIBRARY_PATH`; scripts/run-gpu-bundle.sh runs it on
+//! the GPU machine.)
 //!
 //! * engine level (ops dispatched on `Device::Cuda(0)`): elementwise with broadcasting, unary maps,
 //!   sums/means, matmul (batched, shared B), permute/concat/split, and every gradient through the
