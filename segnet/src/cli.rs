@@ -145,7 +145,7 @@ pub struct InferArgs {
     pub flip: bool,
     /// Multi-scale inference: resize the image by each factor, run it, resize the logits back and
     /// average them, e.g. `0.75,1,1.25` (default: 1).
-    #[arg(long, value_delimiter = ',', value_name = "F,F,...")]
+    #[arg(long, value_delimiter = ',', value_name = "F,F,...", allow_negative_numbers = true)]
     pub scales: Option<Vec<f64>>,
 }
 
