@@ -4,8 +4,8 @@ use std::fs;
 use std::path::Path;
 
 use datasets::import::{
-    cityscapes_items, folder_items, voc_items, write_pack, CityscapesLabels, CityscapesOptions, FolderOptions,
-    VocLabels, VocOptions,
+    cityscapes_items, class_names_from_list, folder_items, read_class_file, voc_items, voc_palette, write_pack,
+    CityscapesLabels, CityscapesOptions, FolderOptions, UnknownLabels, VocLabels, VocOptions,
 };
 use datasets::{DatasetError, Pack, Rng};
 
@@ -68,7 +68,7 @@ fn voc_round_trip_palette_and_aug_labels() {
         let dir = tempfile::tempdir().unwrap();
         let ids = ["2007_000032", "2007_000039", "2008_000001"];
         let want = voc_tree(dir.path(), &ids, aug);
-        let opts = VocOptions { labels: if aug { VocLabels::Aug } else { VocLabels::Class }, list: None };
+        let opts = VocOptions { labels: if aug { VocLabels::Aug } else { VocLabels::Class }, ..Default::default() };
         // Works from the VOCdevkit folder as well as from VOC2012 itself.
         let plan = voc_items(&dir.path().join("VOCdevkit"), "train", &opts).unwrap();
         let out = dir.path().join("voc.pack");
@@ -161,7 +161,7 @@ fn cityscapes_maps_label_ids_to_train_ids() {
     assert_eq!(l, expect);
 
     // Identity option keeps the 34 label ids.
-    let opts = CityscapesOptions { labels: CityscapesLabels::LabelIds };
+    let opts = CityscapesOptions { labels: CityscapesLabels::LabelIds, ..Default::default() };
     let plan = cityscapes_items(dir.path(), "val", &opts).unwrap();
     write_pack(&plan, &out, None).unwrap();
     let pack = Pack::open(&out).unwrap();
@@ -221,4 +221,122 @@ fn folder_pairs_by_stem_and_reports_orphans() {
     let err = folder_items(&im, &mk, &opts).unwrap_err();
     assert!(matches!(&err, DatasetError::MissingImage { name, .. } if name == "d"), "{err}");
     assert!(err.to_string().contains("masks"), "{err}");
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A VOC-layout tree whose labels hold 0..3 and 255 (a dataset of one's own, 3 classes).
+fn own_voc_tree(root: &Path, ids: &[&str]) -> Vec<Vec<u8>> {
+    let base = root.join("VOC2012");
+    let mut out = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        save_jpeg(&base.join(format!("JPEGImages/{id}.jpg")), &rgb(6, 8, k as u64));
+        let l = labels(6, 8, k as u64, &[0, 1, 2, 255]);
+        save_label(&base.join(format!("SegmentationClass/{id}.png")), 6, 8, &l, true);
+        out.push(l);
+    }
+    fs::create_dir_all(base.join("ImageSets/Segmentation")).unwrap();
+    fs::write(base.join("ImageSets/Segmentation/train.txt"), ids.join("\n")).unwrap();
+    out
+}
+
+#[test]
+fn voc_layout_with_own_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = own_voc_tree(dir.path(), &["x", "y"]);
+    let opts = VocOptions { class_names: Some(names(&["sea", "sand", "rock"])), ..Default::default() };
+    let plan = voc_items(dir.path(), "train", &opts).unwrap();
+    let out = dir.path().join("own.pack");
+    let summary = write_pack(&plan, &out, None).unwrap();
+    assert_eq!(summary.unknown_to_ignore, 0);
+    let pack = Pack::open(&out).unwrap();
+    assert_eq!(pack.class_names(), names(&["sea", "sand", "rock"]).as_slice());
+    assert_eq!(pack.palette().unwrap(), voc_palette().as_slice(), "own classes get the VOC colour map");
+    assert_eq!(pack.record(1).unwrap().label.unwrap(), want[1].as_slice());
+
+    // A value outside the 3 classes: an error naming the file and the value ...
+    let base = dir.path().join("VOC2012");
+    let mut bad = want[1].clone();
+    bad[5] = 7;
+    bad[9] = 3;
+    save_label(&base.join("SegmentationClass/y.png"), 6, 8, &bad, true);
+    let err = write_pack(&plan, &dir.path().join("bad.pack"), None).unwrap_err();
+    assert!(matches!(err, DatasetError::LabelOutOfRange { value: 7, index: 1, x: 5, y: 0, .. }), "{err}");
+    assert!(err.to_string().contains("y.png") && err.to_string().contains("label value 7"), "{err}");
+    assert!(!dir.path().join("bad.pack").exists());
+    // ... or, asked for, the ignore value.
+    let mut plan = plan;
+    plan.unknown_labels = UnknownLabels::Ignore;
+    let summary = write_pack(&plan, &dir.path().join("ign.pack"), None).unwrap();
+    assert_eq!(summary.unknown_to_ignore, 2);
+    let pack = Pack::open(dir.path().join("ign.pack")).unwrap();
+    let l = pack.record(1).unwrap().label.unwrap().to_vec();
+    let mut expect = want[1].clone();
+    expect[5] = 255;
+    expect[9] = 255;
+    assert_eq!(l, expect, "only the unknown pixels change");
+}
+
+#[test]
+fn class_lists_are_checked_and_files_read_sensibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("names.txt");
+    fs::write(&f, "\u{feff}# my classes\r\nbackground\r\n\r\n  road surface  \n# a comment\ncar\n\n").unwrap();
+    assert_eq!(read_class_file(&f).unwrap(), names(&["background", "road surface", "car"]));
+
+    fs::write(&f, "# nothing but comments\n\n").unwrap();
+    let err = read_class_file(&f).unwrap_err().to_string();
+    assert!(err.contains("names.txt") && err.contains("empty"), "{err}");
+    let err = read_class_file(&dir.path().join("nope.txt")).unwrap_err().to_string();
+    assert!(err.contains("nope.txt"), "{err}");
+    fs::write(&f, "a\nb\na\n").unwrap();
+    let err = read_class_file(&f).unwrap_err().to_string();
+    assert!(err.contains("names.txt") && err.contains("\"a\" is listed twice"), "{err}");
+
+    assert!(class_names_from_list(names(&[""]), "--classes").unwrap_err().to_string().contains("empty"));
+    let err = class_names_from_list(names(&["a", "", "b"]), "--classes").unwrap_err().to_string();
+    assert!(err.contains("--classes") && err.contains("class 1 has an empty name"), "{err}");
+    let err = class_names_from_list(names(&["a\tb"]), "--classes").unwrap_err().to_string();
+    assert!(err.contains("control character"), "{err}");
+    let many: Vec<String> = (0..256).map(|k| format!("c{k}")).collect();
+    assert!(class_names_from_list(many, "--classes").unwrap_err().to_string().contains("at most 255"));
+    assert_eq!(class_names_from_list(names(&[" a", "b "]), "--classes").unwrap(), names(&["a", "b"]));
+}
+
+#[test]
+fn cityscapes_own_classes_name_train_ids_or_label_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    // Custom train ids 0..3 (e.g. from an own labels.py) plus void.
+    let vals: Vec<u8> = (0..24).map(|i| [0u8, 1, 2, 255][i % 4]).collect();
+    city_tree(dir.path(), "train", &[("bonn", "bonn_000000_000019", vals.clone())], true);
+    let own = names(&["flat", "thing", "sky"]);
+    let opts = CityscapesOptions { class_names: Some(own.clone()), ..Default::default() };
+    let plan = cityscapes_items(dir.path(), "train", &opts).unwrap();
+    let out = dir.path().join("t.pack");
+    write_pack(&plan, &out, None).unwrap();
+    let pack = Pack::open(&out).unwrap();
+    assert_eq!(pack.class_names(), own.as_slice());
+    assert_eq!(pack.record(0).unwrap().label.unwrap(), vals.as_slice());
+    // Two names for three train ids: id 2 is unknown.
+    let opts = CityscapesOptions { class_names: Some(names(&["flat", "thing"])), ..Default::default() };
+    let plan = cityscapes_items(dir.path(), "train", &opts).unwrap();
+    let err = write_pack(&plan, &out, None).unwrap_err();
+    assert!(matches!(err, DatasetError::LabelOutOfRange { value: 2, .. }), "{err}");
+    assert!(err.to_string().contains("labelTrainIds.png"), "{err}");
+
+    // labelIds through the official table: at most 19 names; identity names the raw ids.
+    let raw: Vec<u8> = vec![7; 24];
+    city_tree(dir.path(), "val", &[("ulm", "ulm_000000_000019", raw.clone())], false);
+    let twenty: Vec<String> = (0..20).map(|k| format!("c{k}")).collect();
+    let opts = CityscapesOptions { class_names: Some(twenty.clone()), ..Default::default() };
+    let err = cityscapes_items(dir.path(), "val", &opts).unwrap_err().to_string();
+    assert!(err.contains("only 19 train ids") && err.contains("identity"), "{err}");
+    let opts = CityscapesOptions { labels: CityscapesLabels::LabelIds, class_names: Some(twenty) };
+    let plan = cityscapes_items(dir.path(), "val", &opts).unwrap();
+    write_pack(&plan, &out, None).unwrap();
+    let pack = Pack::open(&out).unwrap();
+    assert_eq!((pack.num_classes(), pack.class_names()[7].as_str()), (20, "c7"));
+    assert_eq!(pack.record(0).unwrap().label.unwrap(), raw.as_slice());
 }

@@ -18,7 +18,8 @@ pub enum Command {
     Train(TrainCmdArgs),
     /// Evaluate a checkpoint: confusion matrix, per-class IoU, mIoU, pixel accuracy.
     Eval(EvalArgs),
-    /// Write label PNGs (with the palette) and colour overlays for images.
+    /// Write label PNGs (with the palette), colour overlays and, with ground truth, image |
+    /// prediction | ground truth side by side.
     Predict(PredictArgs),
     /// Make, import and inspect data packs.
     #[command(subcommand)]
@@ -124,6 +125,61 @@ pub struct EvalArgs {
     /// Device: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub infer: InferArgs,
+}
+
+/// How `eval` and `predict` run the network on whole images (`segnet::infer`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct InferArgs {
+    /// Sliding-window inference: an image larger than N pixels in height or width is cut into
+    /// N x N windows, overlapping by N - stride, whose logits are averaged (default: every image in
+    /// one pass, whatever its size). `crop`: the checkpoint's training crop.
+    #[arg(long, value_name = "N|crop")]
+    pub window: Option<WindowArg>,
+    /// Sliding-window step in pixels, 1..=window (default: two thirds of the window).
+    #[arg(long, value_name = "S")]
+    pub stride: Option<usize>,
+    /// Also run the left-right mirrored image and average the logits.
+    #[arg(long)]
+    pub flip: bool,
+    /// Multi-scale inference: resize the image by each factor, run it, resize the logits back and
+    /// average them, e.g. `0.75,1,1.25` (default: 1).
+    #[arg(long, value_delimiter = ',', value_name = "F,F,...", allow_negative_numbers = true)]
+    pub scales: Option<Vec<f64>>,
+}
+
+impl InferArgs {
+    /// The checked options; `crop` is the checkpoint's training crop (for `--window crop`).
+    pub fn options(&self, crop: usize) -> anyhow::Result<crate::infer::InferOptions> {
+        let window = self.window.map(|w| match w {
+            WindowArg::Crop => crop,
+            WindowArg::N(n) => n,
+        });
+        crate::infer::InferOptions::new(window, self.stride, self.flip, self.scales.clone())
+    }
+}
+
+/// `--window`: a size in pixels or `crop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowArg {
+    /// The checkpoint's training crop.
+    Crop,
+    /// This many pixels.
+    N(usize),
+}
+
+impl std::str::FromStr for WindowArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "crop" => Ok(WindowArg::Crop),
+            t => t
+                .parse::<usize>()
+                .map(WindowArg::N)
+                .map_err(|_| format!("{t:?} is not a window size (a number of pixels or `crop`)")),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -134,9 +190,19 @@ pub struct PredictArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Images (PNG or JPEG).
-    #[arg(required = true)]
+    /// Images (PNG or JPEG), folders (their images, sorted) or glob patterns such as
+    /// 'photos/*.jpg' (expanded here, for shells that do not).
+    #[arg(required_unless_present = "pack")]
     pub images: Vec<PathBuf>,
+    /// Ground-truth folder: `<stem>.png` label masks (class indices); where one exists, also write
+    /// `<stem>_compare.png` (image | prediction | ground truth) and print the pixel accuracy.
+    #[arg(long, value_name = "DIR")]
+    pub labels: Option<PathBuf>,
+    /// Also predict every record of this pack (labeled records get the side-by-side picture).
+    #[arg(long, value_name = "PACK")]
+    pub pack: Option<PathBuf>,
+    #[command(flatten)]
+    pub infer: InferArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -183,9 +249,27 @@ pub struct PackArgs {
     /// Folder: the masks folder (default: ROOT/../masks).
     #[arg(long)]
     pub masks: Option<PathBuf>,
-    /// Folder: class names, comma separated (their count is the class count).
-    #[arg(long, value_delimiter = ',')]
+    /// Own class names, comma separated, in label order (label value k is class k; their count is
+    /// the class count). Required for `folder`; for `voc` instead of the 21 PASCAL classes; for
+    /// `cityscapes` they name train ids 0..n with `--label-map train-ids`, raw label ids 0..n with
+    /// `identity`. Own classes get the VOC colour map.
+    #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
     pub classes: Option<Vec<String>>,
+    /// Own class names from a file, one per line in label order (blank lines and lines starting
+    /// with `#` are skipped); as `--classes`.
+    #[arg(long, value_name = "FILE")]
+    pub classes_file: Option<PathBuf>,
+    /// A label value that is neither a class nor the ignore value 255: `error` (stop, naming the
+    /// file and the value) or `ignore` (store 255 and count such pixels).
+    #[arg(long, value_enum, default_value = "error")]
+    pub unknown_labels: UnknownLabelsArg,
+}
+
+/// `--unknown-labels`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum UnknownLabelsArg {
+    Error,
+    Ignore,
 }
 
 #[derive(Args, Debug)]

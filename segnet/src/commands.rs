@@ -14,9 +14,9 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => {
             let dev = check_device(&a.device)?;
-            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, dev)
+            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, dev, &a.infer)
         }
-        Command::Predict(a) => predict::run(&a.checkpoint, &a.images, &a.out),
+        Command::Predict(a) => predict::run(&a),
         Command::Data(d) => data_cmd::run(d),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment::label_efficiency(a),
         Command::Bench(b) => bench::run(b),
@@ -130,8 +130,15 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
     Ok(())
 }
 
-fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool, dev: engine::Device) -> Result<()> {
+fn evaluate_cmd(
+    ckpt: &PathBuf,
+    data: Option<&PathBuf>,
+    as_json: bool,
+    dev: engine::Device,
+    infer_args: &crate::cli::InferArgs,
+) -> Result<()> {
     let (mut net, mut cfg, names, _) = train::load_for_inference(ckpt)?;
+    let opts = infer_args.options(cfg.crop)?;
     nn::to_device(&mut net, dev)?;
     cfg.val_data = data.cloned();
     if data.is_none() && cfg.data.is_some() {
@@ -149,16 +156,29 @@ fn evaluate_cmd(ckpt: &PathBuf, data: Option<&PathBuf>, as_json: bool, dev: engi
             names.len()
         );
     }
-    let cm = evaluate::evaluate(&mut net, &val)?;
+    if let Some(p) = data {
+        let pack_names = val.class_names();
+        if pack_names != names {
+            eprintln!(
+                "warning: {} names its classes [{}], the checkpoint [{}]; reporting the checkpoint's names",
+                p.display(),
+                pack_names.join(", "),
+                names.join(", ")
+            );
+        }
+    }
+    let cm = evaluate::evaluate_with(&mut net, &val, &opts)?;
     let s = cm.scores();
     if as_json {
         let v = json!({
             "checkpoint": ckpt, "miou": s.miou, "pixel_accuracy": s.pixel_accuracy, "pixels": s.pixels,
             "iou": s.iou, "class_names": names, "confusion": cm.counts(), "classes": classes,
             "protocol": "classes absent from both ground truth and predictions are left out of the mean",
+            "inference": opts.to_json(),
         });
         println!("{v}");
     } else {
+        println!("inference: {}", opts.describe());
         println!("confusion matrix (rows: ground truth, columns: prediction):");
         let c = cm.classes();
         for g in 0..c {

@@ -138,5 +138,14 @@ pub fn open(cfg: &TrainConfig) -> Result<(Arc<Source>, Arc<Source>)> {
             val.num_classes()
         );
     }
+    // Same count, other names: tables and checkpoints would name the classes wrongly.
+    let (tn, vn) = (train.class_names(), val.class_names());
+    if tn != vn {
+        bail!(
+            "the training data's classes are [{}] but the validation data's are [{}] (same order needed)",
+            tn.join(", "),
+            vn.join(", ")
+        );
+    }
     Ok((Arc::new(train), Arc::new(val)))
 }

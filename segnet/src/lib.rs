@@ -10,6 +10,7 @@ pub mod data;
 pub mod data_cmd;
 pub mod evaluate;
 pub mod experiment;
+pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -280,3 +280,235 @@ fn label_efficiency_experiment_writes_table_json_and_plot() {
         "only 16 labeled images",
     );
 }
+
+/// A dataset of one's own in VOC layout: `n` images of 40x48, labels 0..3 (left, middle and
+/// right bands, each band's colour its class) with a void border column; returns the root.
+fn own_voc_dataset(dir: &Path, split: &str, n: usize, seed: u64) {
+    let base = dir.join("VOC2012");
+    for sub in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+        std::fs::create_dir_all(base.join(sub)).unwrap();
+    }
+    let (h, w) = (40u32, 48u32);
+    let mut ids = Vec::new();
+    for k in 0..n {
+        let id = format!("{split}_{k:03}");
+        let shift = ((k as u64 * 7 + seed) % 9) as u32;
+        let class_at = |x: u32| ((x + shift) * 3 / (w + 9)).min(2) as u8;
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let c = class_at(x);
+            let noise = ((x * 31 + y * 17 + k as u32 * 13) % 23) as u8;
+            image::Rgb(match c {
+                0 => [20 + noise, 40, 200],
+                1 => [220, 200 - noise, 120],
+                _ => [90, 90 + noise, 90],
+            })
+        });
+        img.save_with_format(base.join(format!("JPEGImages/{id}.jpg")), image::ImageFormat::Jpeg).unwrap();
+        let label: Vec<u8> = (0..h).flat_map(|_| (0..w).map(|x| if x == 0 { 255 } else { class_at(x) })).collect();
+        let f = std::fs::File::create(base.join(format!("SegmentationClass/{id}.png"))).unwrap();
+        let mut enc = png::Encoder::new(f, w, h);
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_palette((0..256 * 3).map(|i| (i * 5 % 256) as u8).collect::<Vec<u8>>());
+        enc.write_header().unwrap().write_image_data(&label).unwrap();
+        ids.push(id);
+    }
+    std::fs::write(base.join(format!("ImageSets/Segmentation/{split}.txt")), ids.join("\n") + "\n").unwrap();
+}
+
+/// Own classes end to end: a VOC-layout folder with 3 classes of one's own is packed with
+/// `--classes-file`, `data info` shows the names, a short training run, `eval` and `predict`
+/// name them; whole-image inference options on the same checkpoint; the errors of bad class lists
+/// and bad inference flags.
+#[test]
+fn own_classes_flow_from_a_voc_layout_folder_to_eval_and_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mydata");
+    own_voc_dataset(&root, "train", 6, 0);
+    own_voc_dataset(&root, "val", 3, 4);
+    let names = tmp.path().join("names.txt");
+    std::fs::write(&names, "# my three classes\nsea\n\nsand\nrock\n").unwrap();
+    let (train, val) = (tmp.path().join("train.pack"), tmp.path().join("val.pack"));
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    for (split, out) in [("train", &train), ("val", &val)] {
+        let o = ok(&segnet(&[
+            "data",
+            "pack",
+            "voc",
+            &s(&root),
+            "--split",
+            split,
+            "-o",
+            &s(out),
+            "--classes-file",
+            &s(&names),
+        ]));
+        assert!(o.contains("classes: sea, sand, rock"), "{o}");
+    }
+    let info = ok(&segnet(&["data", "info", &s(&train), "--verify"]));
+    assert!(info.contains("classes    3: sea, sand, rock"), "{info}");
+    // --classes gives the same pack.
+    let again = tmp.path().join("again.pack");
+    ok(&segnet(&["data", "pack", "voc", &s(&root), "-o", &s(&again), "--classes", "sea,sand,rock"]));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&train).unwrap());
+
+    let cfg = tiny_config(tmp.path());
+    let run = tmp.path().join("run");
+    let t = ok(&segnet(&[
+        "train",
+        "--config",
+        &s(&cfg),
+        "--data",
+        &s(&train),
+        "--val-data",
+        &s(&val),
+        "--labeled",
+        "all",
+        "--stages",
+        "ce-only",
+        "--steps",
+        "2",
+        "--out",
+        &s(&run),
+        "--quiet",
+    ]));
+    for n in ["sea", "sand", "rock"] {
+        assert!(t.contains(n), "the training table names {n}: {t}");
+    }
+    let ck = s(&run.join("checkpoints/ce-only-final.safetensors"));
+    let ev = ok(&segnet(&["eval", "--checkpoint", &ck, "--data", &s(&val)]));
+    for n in ["sea", "sand", "rock"] {
+        assert!(ev.contains(n), "eval names {n}: {ev}");
+    }
+    assert!(ev.contains("inference: whole image"), "{ev}");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["eval", "--checkpoint", ck.as_str(), "--data", val.to_str().unwrap(), "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(ok(&segnet(&a)).trim()).unwrap()
+    };
+    let plain = json(&[]);
+    assert_eq!(plain["class_names"], serde_json::json!(["sea", "sand", "rock"]));
+    for key in ["checkpoint", "miou", "pixel_accuracy", "pixels", "iou", "confusion", "classes", "protocol"] {
+        assert!(plain.get(key).is_some(), "eval --json keeps {key}: {plain}");
+    }
+    assert_eq!(plain["inference"]["window"], serde_json::Value::Null);
+    // A window no smaller than the 40x48 images is the same single pass.
+    let big = json(&["--window", "48", "--stride", "16"]);
+    assert_eq!(big["confusion"], plain["confusion"], "window >= image must equal one pass");
+    // Sliding windows (the 32 crop), flip and scales run and say so.
+    let tta = json(&["--window", "crop", "--stride", "16", "--flip", "--scales", "0.75,1,1.25"]);
+    assert_eq!(tta["inference"]["window"], 32);
+    assert_eq!(tta["inference"]["stride"], 16);
+    assert_eq!(tta["inference"]["flip"], true);
+    assert_eq!(tta["inference"]["scales"], serde_json::json!([0.75, 1.0, 1.25]));
+    assert_eq!(tta["pixels"], plain["pixels"], "every labeled pixel is scored once");
+    let m = tta["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&m));
+
+    let img = root.join("VOC2012/JPEGImages/val_000.jpg");
+    let pred = tmp.path().join("pred");
+    let p = ok(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&pred), "--window", "32", "--flip", &s(&img)]));
+    assert!(["sea", "sand", "rock"].iter().any(|n| p.contains(n)), "predict names the classes: {p}");
+    assert!(pred.join("val_000_label.png").is_file());
+    assert!(!pred.join("val_000_compare.png").exists(), "no ground truth, no comparison");
+
+    // Folders and glob patterns (quoted: expanded by segnet), ground truth side by side.
+    let jpegs = root.join("VOC2012/JPEGImages");
+    let gt = root.join("VOC2012/SegmentationClass");
+    let side = tmp.path().join("side");
+    let pattern = format!("{}/val_*.jpg", jpegs.display());
+    let p = ok(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&side), "--labels", &s(&gt), &pattern]));
+    assert_eq!(p.matches("pixel accuracy").count(), 3, "{p}");
+    for k in 0..3 {
+        let cmp = image::open(side.join(format!("val_{k:03}_compare.png"))).unwrap();
+        assert_eq!((cmp.width(), cmp.height()), (3 * 48 + 8, 40), "image | prediction | ground truth");
+    }
+    assert!(!side.join("train_000_label.png").exists(), "the pattern picks the val images only");
+    let all = tmp.path().join("all");
+    let p = ok(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&all), &s(&jpegs)]));
+    assert!(p.contains("for 9 images"), "a folder gives all its images: {p}");
+    let packed = tmp.path().join("packed");
+    let p = ok(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&packed), "--pack", &s(&val)]));
+    assert_eq!(p.matches("pixel accuracy").count(), 3, "{p}");
+    assert!(packed.join("val_002_compare.png").is_file());
+    let nothing = format!("{}/*.bmp", jpegs.display());
+    fails_with(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&all), &nothing]), "matches no file");
+    let emptydir = tmp.path().join("emptydir");
+    std::fs::create_dir_all(&emptydir).unwrap();
+    fails_with(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&all), &s(&emptydir)]), "emptydir");
+    fails_with(
+        &segnet(&["predict", "--checkpoint", &ck, "--out", &s(&all), &s(&tmp.path().join("ghost.jpg"))]),
+        "ghost.jpg: no such file",
+    );
+    fails_with(
+        &segnet(&[
+            "predict",
+            "--checkpoint",
+            &ck,
+            "--out",
+            &s(&all),
+            "--labels",
+            &s(&tmp.path().join("nolabels")),
+            &s(&img),
+        ]),
+        "--labels",
+    );
+
+    // Bad inference flags name the flag.
+    let evfail = |args: &[&str], needle: &str| {
+        let mut a = vec!["eval", "--checkpoint", ck.as_str(), "--data", val.to_str().unwrap()];
+        a.extend_from_slice(args);
+        fails_with(&segnet(&a), needle);
+    };
+    evfail(&["--window", "32", "--stride", "0"], "--stride");
+    evfail(&["--window", "16", "--stride", "17"], "--stride 17 is larger than --window 16");
+    evfail(&["--stride", "8"], "--stride needs --window");
+    evfail(&["--scales", "1,0"], "--scales");
+    evfail(&["--scales", "-1"], "--scales");
+    evfail(&["--scales", "big"], "--scales");
+    evfail(&["--window", "huge"], "--window");
+    fails_with(&segnet(&["predict", "--checkpoint", &ck, "--out", &s(&pred), "--scales", "0", &s(&img)]), "--scales");
+
+    // Bad class lists, and labels outside the list.
+    let x = s(&tmp.path().join("x.pack"));
+    let r = s(&root);
+    fails_with(
+        &segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", "a,b", "--classes-file", &s(&names)]),
+        "cannot be used with",
+    );
+    fails_with(&segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", ""]), "--classes: the class list is empty");
+    fails_with(&segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", "a,,b"]), "empty name");
+    fails_with(&segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", "a,b,a"]), "listed twice");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "# none\n").unwrap();
+    fails_with(&segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes-file", &s(&empty)]), "empty.txt");
+    fails_with(
+        &segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes-file", &s(&tmp.path().join("nope.txt"))]),
+        "nope.txt",
+    );
+    let o = segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", "sea,sand"]);
+    fails_with(&o, "label value 2");
+    fails_with(&o, ".png");
+    fails_with(&o, "--unknown-labels ignore");
+    assert!(!Path::new(&x).exists(), "a failed pack leaves no file");
+    let o = ok(&segnet(&["data", "pack", "voc", &r, "-o", &x, "--classes", "sea,sand", "--unknown-labels", "ignore"]));
+    assert!(o.contains("set to the ignore value 255"), "{o}");
+    let info = ok(&segnet(&["data", "info", &x, "--verify"]));
+    assert!(info.contains("classes    2: sea, sand"), "{info}");
+    // Without own classes a VOC pack still claims the 21 PASCAL classes.
+    let voc = s(&tmp.path().join("voc.pack"));
+    ok(&segnet(&["data", "pack", "voc", &r, "-o", &voc]));
+    assert!(ok(&segnet(&["data", "info", &voc])).contains("classes    21: background, aeroplane"));
+
+    // Every new flag is in --help.
+    let help = String::from_utf8_lossy(&segnet(&["data", "pack", "--help"]).stdout).into_owned();
+    for f in ["--classes", "--classes-file", "--unknown-labels"] {
+        assert!(help.contains(f), "{help}");
+    }
+    for cmd in ["eval", "predict"] {
+        let help = String::from_utf8_lossy(&segnet(&[cmd, "--help"]).stdout).into_owned();
+        let extra: &[&str] = if cmd == "predict" { &["--labels", "--pack"] } else { &[] };
+        for f in ["--window", "--stride", "--flip", "--scales"].iter().chain(extra) {
+            assert!(help.contains(f), "{cmd} --help lacks {f}: {help}");
+        }
+    }
+}

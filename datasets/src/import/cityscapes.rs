@@ -109,6 +109,13 @@ pub enum CityscapesLabels {
 #[derive(Debug, Clone, Default)]
 pub struct CityscapesOptions {
     pub labels: CityscapesLabels,
+    /// Own class names. With [`CityscapesLabels::TrainIds`] they name train ids `0..n` (the values
+    /// of `*_labelTrainIds.png`, e.g. made by a custom `labels.py`, or of the official label-id ->
+    /// train-id table, which yields 19, so then at most 19 names); with
+    /// [`CityscapesLabels::LabelIds`] they name raw label ids `0..n`. Other values are unknown
+    /// labels ([`super::UnknownLabels`]). `None`: the official 19 train classes or 34 label ids.
+    /// Own classes get the VOC colour map.
+    pub class_names: Option<Vec<String>>,
 }
 
 /// Maps label ids to train ids (everything else, and 255, to 255).
@@ -176,16 +183,31 @@ pub fn cityscapes_items(root: &Path, split: &str, opts: &CityscapesOptions) -> R
             gt_root.display()
         )));
     }
-    let (names, palette): (Vec<String>, _) = match opts.labels {
-        CityscapesLabels::TrainIds => {
+    let (names, palette): (Vec<String>, _) = match (&opts.class_names, opts.labels) {
+        (Some(own), _) => {
+            if use_map && own.len() > TRAIN_CLASSES.len() {
+                return Err(DatasetError::Config(format!(
+                    "{}: {} class names given, but these labels are *_labelIds.png mapped by the official table, \
+                     which yields only {} train ids; give at most {} names, provide *_labelTrainIds.png, or use \
+                     --label-map identity to name the raw label ids",
+                    gt_root.display(),
+                    own.len(),
+                    TRAIN_CLASSES.len(),
+                    TRAIN_CLASSES.len()
+                )));
+            }
+            (own.clone(), Some(super::voc::voc_palette()))
+        }
+        (None, CityscapesLabels::TrainIds) => {
             (TRAIN_CLASSES.iter().map(|s| s.to_string()).collect(), Some(TRAIN_PALETTE.to_vec()))
         }
-        CityscapesLabels::LabelIds => (LABEL_ID_CLASSES.iter().map(|s| s.to_string()).collect(), None),
+        (None, CityscapesLabels::LabelIds) => (LABEL_ID_CLASSES.iter().map(|s| s.to_string()).collect(), None),
     };
     Ok(ImportPlan {
         source: img_root,
         items,
         spec: PackSpec { class_names: names, ignore_index: 255, palette },
         label_map: use_map.then(label_id_to_train_id),
+        unknown_labels: Default::default(),
     })
 }

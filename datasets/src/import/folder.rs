@@ -73,7 +73,13 @@ pub fn folder_items(images: &Path, masks: &Path, opts: &FolderOptions) -> Result
     Ok(ImportPlan {
         source: images.to_path_buf(),
         items,
-        spec: PackSpec { class_names: opts.class_names.clone(), ignore_index: opts.ignore_index, palette: None },
+        // Own classes are drawn with the VOC colour map (label k: VOC colour k).
+        spec: PackSpec {
+            class_names: opts.class_names.clone(),
+            ignore_index: opts.ignore_index,
+            palette: Some(super::voc::voc_palette()),
+        },
         label_map: None,
+        unknown_labels: Default::default(),
     })
 }

@@ -49,6 +49,9 @@ pub struct VocOptions {
     pub labels: VocLabels,
     /// A split list to use instead of `ImageSets/Segmentation/<split>.txt` (e.g. `train_aug.txt`).
     pub list: Option<PathBuf>,
+    /// Own class names for a dataset in VOC layout (label value `k` is class `k`); `None`: the 21
+    /// PASCAL classes. Check a user's list with [`super::class_names_from_list`] first.
+    pub class_names: Option<Vec<String>>,
 }
 
 /// The standard VOC colour map (bit-interleaved), for rendering.
@@ -77,7 +80,8 @@ fn voc_root(root: &Path) -> PathBuf {
     root.to_path_buf()
 }
 
-/// Lists a VOC split. Every listed id must have an image and a label.
+/// Lists a VOC split. Every listed id must have an image and a label. The classes are the 21 PASCAL
+/// classes or `opts.class_names`; the palette is the VOC colour map either way.
 pub fn voc_items(root: &Path, split: &str, opts: &VocOptions) -> Result<ImportPlan> {
     let root = voc_root(root);
     let list = opts.list.clone().unwrap_or_else(|| root.join("ImageSets/Segmentation").join(format!("{split}.txt")));
@@ -105,10 +109,14 @@ pub fn voc_items(root: &Path, split: &str, opts: &VocOptions) -> Result<ImportPl
         source: list,
         items,
         spec: PackSpec {
-            class_names: VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
+            class_names: opts
+                .class_names
+                .clone()
+                .unwrap_or_else(|| VOC_CLASSES.iter().map(|s| s.to_string()).collect()),
             ignore_index: 255,
             palette: Some(voc_palette()),
         },
         label_map: None,
+        unknown_labels: Default::default(),
     })
 }

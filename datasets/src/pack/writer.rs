@@ -20,6 +20,9 @@ pub struct PackSummary {
     pub records: usize,
     pub labeled: usize,
     pub bytes: u64,
+    /// Label pixels an importer set to the ignore value because their value was not a class
+    /// (`UnknownLabels::Ignore`); 0 otherwise.
+    pub unknown_to_ignore: u64,
 }
 
 /// Writes a pack record by record. Call [`PackWriter::finish`]; dropping without it deletes the
@@ -229,6 +232,7 @@ impl PackWriter {
             records: self.entries.len(),
             labeled: self.labeled as usize,
             bytes: header.file_len,
+            unknown_to_ignore: 0,
         })
     }
 }
