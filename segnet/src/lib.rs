@@ -18,3 +18,4 @@ pub mod plot;
 pub mod predict;
 pub mod run_dir;
 pub mod train;
+pub mod u2pl;
