@@ -204,7 +204,8 @@ fn bad_u2pl_input_gets_clear_errors() {
         ("low_rank = 0", "u2pl_settings.low_rank"),
         ("tau = 0.0", "u2pl_settings.tau"),
         ("unreliable_percent = 120.0", "u2pl_settings.unreliable_percent"),
-        ("anchors = 0", "u2pl_settings.anchors"),
+        ("high_rank = 3", "high_rank"),
+        ("anchor_threshold = 1.0", "u2pl_settings.anchor_threshold"),
         ("bogus = 1", "bogus"),
     ] {
         let bad =
