@@ -48,11 +48,11 @@ pub fn info_nce(anchors: &Tensor, keys: &Tensor, tau: f64) -> Result<Tensor> {
         let mut lse = vec![0f64; m];
         let mut total = 0f64;
         let mut l = vec![0f64; k];
-        for row in 0..m {
+        for (row, lse_row) in lse.iter_mut().enumerate() {
             logits_row(a, ks, row, k, d, tau, &mut l);
             let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let s = mx + l.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
-            lse[row] = s;
+            *lse_row = s;
             total += s - l[0];
         }
         let loss = if m == 0 { 0.0 } else { total / m as f64 };
@@ -98,8 +98,8 @@ impl Backward for InfoNceBackward {
             let mut l = vec![0f64; k];
             for row in 0..m {
                 logits_row(a, ks, row, k, d, self.tau, &mut l);
-                for j in 0..k {
-                    let coef = scale * ((l[j] - self.lse[row]).exp() - if j == 0 { 1.0 } else { 0.0 });
+                for (j, &lj) in l.iter().enumerate() {
+                    let coef = scale * ((lj - self.lse[row]).exp() - if j == 0 { 1.0 } else { 0.0 });
                     let base = (row * k + j) * d;
                     if let Some(da) = da.as_mut() {
                         for t in 0..d {
