@@ -4,7 +4,11 @@
 //! `bench step` times one training step of `--stage` as the step loop runs it: the stage's
 //! [`objective`] (the same code as training, with the default loss settings) computes the loss of
 //! a random batch, then backward and SGD. For the contrastive stage that is two views per crop
-//! (the original and a colour-mapped copy, each through the network), their losses summed.
+//! (the original and a colour-mapped copy, each through the network), their losses summed. For
+//! U2PL it is a full semi-supervised step (after the supervised warm-up): the teacher's forward
+//! on the labeled and unlabeled batches, the student's on both, the three loss terms, the queue
+//! pushes and the EMA update; `--batch` is the labeled batch and the unlabeled one has the same
+//! size (the paper's setting).
 
 use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
@@ -104,21 +108,38 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     cfg.model.aspp_rates = None;
     cfg.crop = a.crop;
     cfg.batch = a.batch;
+    cfg.u2pl_settings.sup_only_steps = 0;
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let spec = net::spec(&cfg, a.classes)?;
     let mut rng = Rng::new(1);
     let mut net = net::new_net(&spec, a.stage == Stage::Contrastive, &mut rng)?;
+    if a.stage == Stage::U2pl {
+        net.add_projection(&mut rng)?;
+    }
     nn::to_device(&mut net, dev)?;
     let mut opt = Sgd::new(SgdConfig { weight_decay: 1e-4, ..SgdConfig::default() })?;
     let sched = LrSchedule::cosine(0.01, 1000)?;
     let mut objective = objective::for_stage(a.stage, &cfg, a.classes);
     let two_views = objective.augment(&cfg).two_views;
     let batch = random_batch(a.batch, a.crop, a.classes, two_views, &mut rng)?;
+    objective.start(&mut net)?;
+    // An unlabeled batch for objectives that want one: random crops, no padding (all valid).
+    let unlabeled = match objective.unlabeled(&cfg) {
+        Some((n, _)) => {
+            let mut u = random_batch(n, a.crop, a.classes, false, &mut rng)?;
+            u.labels.iter_mut().for_each(|l| *l = 0);
+            Some(u)
+        }
+        None => None,
+    };
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
         let t0 = Instant::now();
         let mut ctx = Ctx::train(Rng::new(derive_seed(0, &[it as u64])));
-        let loss = objective.loss(&mut net, &batch, it, &mut ctx)?;
+        let loss = match &unlabeled {
+            Some(u) => objective.loss_semi(&mut net, &batch, u, it, &mut ctx)?,
+            None => objective.loss(&mut net, &batch, it, &mut ctx)?,
+        };
         let _ = loss.item()?;
         let grads = ctx.backward(&loss)?;
         opt.step(&mut net, &grads, sched.lr(it as u64))?;
@@ -131,7 +152,8 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         "bench": "step", "backbone": a.backbone, "stage": a.stage.name(), "batch": a.batch, "crop": a.crop,
         "output_stride": a.output_stride, "width": a.width, "threads": a.threads, "iters": a.iters,
         "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
+        "objective": objective.describe(),
     }))
 }
 
@@ -202,7 +224,7 @@ mod tests {
     #[test]
     fn step_runs_the_stage_objective_with_two_views_for_contrastive() {
         // The contrastive objective refuses one-view batches, so this runs only with two views.
-        for stage in [Stage::Contrastive, Stage::Finetune] {
+        for stage in [Stage::Contrastive, Stage::Finetune, Stage::U2pl] {
             let v = step_report(&tiny(stage)).unwrap();
             assert_eq!(v["stage"], stage.name());
             assert!(v["median_step_s"].as_f64().unwrap() > 0.0, "{v}");

@@ -55,7 +55,8 @@ pub struct TrainArgs {
     /// Validation pack.
     #[arg(long)]
     pub val_data: Option<PathBuf>,
-    /// Stages in order, e.g. `contrastive,finetune` or `ce-only` or `contrastive,finetune,pseudo`.
+    /// Stages in order, e.g. `contrastive,finetune` or `ce-only` or `contrastive,finetune,pseudo`
+    /// or `contrastive,u2pl` (U2PL: student + EMA teacher on labeled and unlabeled batches).
     #[arg(long, value_delimiter = ',')]
     pub stages: Option<Vec<Stage>>,
     /// Backbone: resnet18 | resnet34 | resnet50 | resnet101.
@@ -97,6 +98,19 @@ pub struct TrainArgs {
     /// 1x1 convolutions of the projection head (3 in the paper).
     #[arg(long)]
     pub projection_layers: Option<usize>,
+    /// U2PL: unlabeled images per step (default: the batch size).
+    #[arg(long)]
+    pub unlabeled_batch: Option<usize>,
+    /// U2PL: capacity of each class's queue of negative pixels (memory: classes x this x
+    /// representation channels x 4 bytes; default 4096).
+    #[arg(long)]
+    pub queue_size: Option<usize>,
+    /// U2PL: supervised-only warm-up steps before the teacher's pseudo-labels are used (default 200).
+    #[arg(long)]
+    pub sup_only_steps: Option<usize>,
+    /// U2PL: weight of the contrastive term (default 0.1, the paper's).
+    #[arg(long)]
+    pub lambda_c: Option<f64>,
     /// Run directory (default: runs/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -308,7 +322,8 @@ pub struct LabelEfficiencyArgs {
     pub seeds: u64,
     /// Recipes (columns): ce-only, contrastive (+ fine-tune), contrastive-within, contrastive-cross,
     /// contrastive-decoder, contrastive-quarter, contrastive-eighth (loss variants), pseudo
-    /// (contrastive, fine-tune, pseudo-labels).
+    /// (contrastive, fine-tune, pseudo-labels), u2pl (contrastive, then U2PL with the fine-tuning
+    /// stage's steps and learning rate).
     #[arg(long, value_delimiter = ',', default_value = "ce-only,contrastive")]
     pub recipes: Vec<crate::experiment::Recipe>,
     /// Budget protocols for the CE-only baseline: same-schedule (its steps = the fine-tuning

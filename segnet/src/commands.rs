@@ -75,7 +75,7 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
         cfg.batch = v;
     }
     if let Some(v) = a.steps {
-        for stage in [&mut cfg.contrastive, &mut cfg.finetune, &mut cfg.ce_only, &mut cfg.pseudo] {
+        for stage in [&mut cfg.contrastive, &mut cfg.finetune, &mut cfg.ce_only, &mut cfg.pseudo, &mut cfg.u2pl] {
             stage.steps = v;
         }
     }
@@ -99,6 +99,27 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
     }
     if let Some(v) = a.projection_layers {
         cfg.loss.projection_layers = v;
+    }
+    if let Some(v) = a.unlabeled_batch {
+        if v == 0 {
+            bail!("--unlabeled-batch must be at least 1");
+        }
+        cfg.u2pl_settings.unlabeled_batch = Some(v);
+    }
+    if let Some(v) = a.queue_size {
+        if v == 0 {
+            bail!("--queue-size must be at least 1");
+        }
+        cfg.u2pl_settings.queue_size = v;
+    }
+    if let Some(v) = a.sup_only_steps {
+        cfg.u2pl_settings.sup_only_steps = v;
+    }
+    if let Some(v) = a.lambda_c {
+        if !(v >= 0.0 && v.is_finite()) {
+            bail!("--lambda-c must be a number >= 0, got {v}");
+        }
+        cfg.u2pl_settings.lambda_c = v;
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(cfg)

@@ -17,6 +17,10 @@ pub enum Stage {
     CeOnly,
     /// Semi-supervised: pseudo-label the unlabeled images with the current model, then retrain.
     Pseudo,
+    /// Semi-supervised U2PL (Wang et al., CVPR 2022): a student and its EMA teacher, every step
+    /// one labeled and one unlabeled batch; reliable pseudo-labels trained on, unreliable pixels
+    /// used as negatives of the classes they are surely not (`[u2pl_settings]`).
+    U2pl,
 }
 
 impl Stage {
@@ -27,6 +31,7 @@ impl Stage {
             Stage::Finetune => "finetune",
             Stage::CeOnly => "ce-only",
             Stage::Pseudo => "pseudo",
+            Stage::U2pl => "u2pl",
         }
     }
 }
@@ -184,6 +189,115 @@ impl Default for PseudoSettings {
     }
 }
 
+/// The U2PL stage's settings (paper values unless said otherwise; see `objective::u2pl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct U2plSettings {
+    /// Unlabeled images per step (`None` = the labeled batch size, as the paper).
+    pub unlabeled_batch: Option<usize>,
+    /// EMA momentum of the teacher (0.99); the effective momentum is `min(1 - 1/(k+1), this)`,
+    /// `k` the steps since the supervised warm-up ended.
+    pub ema_momentum: f64,
+    /// Supervised-only warm-up steps at the start of the stage: the loss is the labeled
+    /// cross-entropy alone and the teacher is a copy of the student.
+    pub sup_only_steps: usize,
+    /// Probability of CutMix on a step's unlabeled batch (0.5).
+    pub cutmix: f64,
+    /// `alpha_0` in percent (20): the share of highest-entropy unlabeled pixels that are
+    /// unreliable, `alpha_t = alpha_0 (1 - t/T)`.
+    pub unreliable_percent: f64,
+    /// Weight of the contrastive term (0.1, the paper; the released code uses 1).
+    pub lambda_c: f64,
+    /// Temperature of the contrastive term (0.5).
+    pub tau: f64,
+    /// A pixel is an anchor of class `c` only if the teacher's probability of `c` is above this (0.3).
+    pub anchor_threshold: f64,
+    /// Rank range `[low_rank, high_rank)` of a class among an unreliable pixel's sorted teacher
+    /// probabilities (0 = top) for the pixel to be its negative (3..20); clamped at run time to
+    /// `1 <= low < high <= classes`. Labeled pixels are negatives of the classes ranked below
+    /// `low_rank` that are not their label.
+    pub low_rank: usize,
+    /// See `low_rank`.
+    pub high_rank: usize,
+    /// Anchors sampled per class and step, with replacement (256).
+    pub anchors: usize,
+    /// Negatives drawn per anchor from the class's queue, with replacement (50).
+    pub negatives: usize,
+    /// Capacity of each class's negative queue, in pixels (FIFO). Memory: classes x this x
+    /// representation channels x 4 bytes (the paper: 30000; 4096 x 64 channels = 1 MiB per class).
+    pub queue_size: usize,
+}
+
+impl Default for U2plSettings {
+    fn default() -> Self {
+        U2plSettings {
+            unlabeled_batch: None,
+            ema_momentum: 0.99,
+            sup_only_steps: 200,
+            cutmix: 0.5,
+            unreliable_percent: 20.0,
+            lambda_c: 0.1,
+            tau: 0.5,
+            anchor_threshold: 0.3,
+            low_rank: 3,
+            high_rank: 20,
+            anchors: 256,
+            negatives: 50,
+            queue_size: 4096,
+        }
+    }
+}
+
+impl U2plSettings {
+    /// The effective negative rank range `[low, high)` for `classes` classes: `high <=
+    /// classes`, `1 <= low < high` (the released code's fixed `low = 3` leaves no negative at
+    /// all with 2 or 3 classes; here 2 classes give `[1, 2)`, 4 give `[3, 4)`).
+    pub fn rank_range(&self, classes: usize) -> (usize, usize) {
+        let high = self.high_rank.min(classes).max(2);
+        let low = self.low_rank.clamp(1, high - 1);
+        (low, high)
+    }
+
+    /// Check every value, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let k = "u2pl_settings";
+        if self.unlabeled_batch == Some(0) {
+            return Err(format!("{k}.unlabeled_batch must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.ema_momentum) {
+            return Err(format!("{k}.ema_momentum must be in [0, 1), got {}", self.ema_momentum));
+        }
+        if !(0.0..=1.0).contains(&self.cutmix) {
+            return Err(format!("{k}.cutmix must be a probability in [0, 1], got {}", self.cutmix));
+        }
+        if !(0.0..=100.0).contains(&self.unreliable_percent) {
+            return Err(format!("{k}.unreliable_percent must be in [0, 100], got {}", self.unreliable_percent));
+        }
+        if !(self.lambda_c >= 0.0 && self.lambda_c.is_finite()) {
+            return Err(format!("{k}.lambda_c must be a number >= 0, got {}", self.lambda_c));
+        }
+        if !(self.tau > 0.0 && self.tau.is_finite()) {
+            return Err(format!("{k}.tau must be > 0, got {}", self.tau));
+        }
+        if !(0.0..1.0).contains(&self.anchor_threshold) {
+            return Err(format!("{k}.anchor_threshold must be in [0, 1), got {}", self.anchor_threshold));
+        }
+        if self.low_rank == 0 || self.high_rank <= self.low_rank {
+            return Err(format!(
+                "{k}.low_rank and high_rank must satisfy 1 <= low_rank < high_rank, got {} and {}",
+                self.low_rank, self.high_rank
+            ));
+        }
+        if self.anchors == 0 || self.negatives == 0 {
+            return Err(format!("{k}.anchors and {k}.negatives must be at least 1"));
+        }
+        if self.queue_size == 0 || self.queue_size > 1 << 24 {
+            return Err(format!("{k}.queue_size must be in 1..=16777216 pixels, got {}", self.queue_size));
+        }
+        Ok(())
+    }
+}
+
 /// The synthetic dataset used when no pack is given.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -261,10 +375,14 @@ pub struct TrainConfig {
     pub ce_only: StageConfig,
     /// The pseudo-label retraining stage.
     pub pseudo: StageConfig,
+    /// The U2PL stage.
+    pub u2pl: StageConfig,
     /// Contrastive loss settings.
     pub loss: ContrastiveSettings,
     /// Pseudo-label thresholds.
     pub pseudo_labels: PseudoSettings,
+    /// U2PL settings.
+    pub u2pl_settings: U2plSettings,
     /// Synthetic data settings.
     pub synth: SynthSettings,
     /// Augmentation.
@@ -298,8 +416,10 @@ impl Default for TrainConfig {
             finetune: StageConfig::new(1000, 0.1),
             ce_only: StageConfig::new(1000, 0.03),
             pseudo: StageConfig::new(1000, 0.03),
+            u2pl: StageConfig::new(1000, 0.03),
             loss: ContrastiveSettings::default(),
             pseudo_labels: PseudoSettings::default(),
+            u2pl_settings: U2plSettings::default(),
             synth: SynthSettings::default(),
             augment: AugmentSettings::default(),
         }
@@ -328,6 +448,7 @@ impl TrainConfig {
             Stage::Finetune => &self.finetune,
             Stage::CeOnly => &self.ce_only,
             Stage::Pseudo => &self.pseudo,
+            Stage::U2pl => &self.u2pl,
         }
     }
     /// Check values that would fail later with a less clear message.
@@ -367,6 +488,9 @@ impl TrainConfig {
         }
         if self.loss.projection_layers == 0 {
             return Err("loss.projection_layers must be at least 1".into());
+        }
+        if self.stages.contains(&Stage::U2pl) {
+            self.u2pl_settings.validate()?;
         }
         for s in &self.stages {
             let c = self.stage(*s);

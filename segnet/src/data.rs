@@ -149,3 +149,40 @@ pub fn open(cfg: &TrainConfig) -> Result<(Arc<Source>, Arc<Source>)> {
     }
     Ok((Arc::new(train), Arc::new(val)))
 }
+
+/// The unlabeled images of a source as a semi-supervised objective's loader sees them: the image, and a label map
+/// of zeros (so the crop's padding, and only the padding, comes out as the ignore label). The
+/// real labels are never read.
+pub struct HiddenLabels {
+    inner: Arc<Source>,
+    zeros: Vec<u8>,
+}
+
+impl HiddenLabels {
+    /// Hide the labels of `inner`'s records `indices` (the zero map is as large as the largest).
+    pub fn new(inner: Arc<Source>, indices: &[usize]) -> Result<HiddenLabels> {
+        let mut most = 0;
+        for &i in indices {
+            let s = inner.sample(i)?;
+            most = most.max(s.height * s.width);
+        }
+        Ok(HiddenLabels { inner, zeros: vec![0; most] })
+    }
+}
+
+impl SampleSource for HiddenLabels {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn sample(&self, index: usize) -> datasets::Result<SampleRef<'_>> {
+        let s = self.inner.sample(index)?;
+        let hw = s.height * s.width;
+        Ok(SampleRef { label: Some(&self.zeros[..hw]), ..s })
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn ignore_index(&self) -> u8 {
+        255
+    }
+}

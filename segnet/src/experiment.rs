@@ -45,6 +45,9 @@ pub enum Recipe {
     ContrastiveEighth,
     /// Contrastive, fine-tune, then pseudo-label retraining on the unlabeled images.
     Pseudo,
+    /// Contrastive, then U2PL (in place of fine-tuning: its steps and learning rate) on the
+    /// labeled subset and every unlabeled training image.
+    U2pl,
 }
 
 impl Recipe {
@@ -59,6 +62,7 @@ impl Recipe {
             Recipe::ContrastiveQuarter => "contrastive-quarter",
             Recipe::ContrastiveEighth => "contrastive-eighth",
             Recipe::Pseudo => "pseudo",
+            Recipe::U2pl => "u2pl",
         }
     }
 
@@ -81,6 +85,12 @@ impl Recipe {
             Recipe::ContrastiveQuarter => cfg.loss.grid = LossGrid::Quarter,
             Recipe::ContrastiveEighth => cfg.loss.grid = LossGrid::Eighth,
             Recipe::Pseudo => cfg.stages.push(Stage::Pseudo),
+            Recipe::U2pl => {
+                // The fine-tuning budget: U2PL replaces the fine-tuning stage.
+                cfg.stages = vec![Stage::Contrastive, Stage::U2pl];
+                cfg.u2pl.steps = base.finetune.steps;
+                cfg.u2pl.lr = base.finetune.lr;
+            }
         }
         cfg
     }
@@ -427,5 +437,12 @@ mod tests {
         assert_eq!(Recipe::ContrastiveDecoder.config(&base, Protocol::SameSchedule).loss.grid, LossGrid::Decoder);
         let cols = columns(&[Recipe::CeOnly, Recipe::Contrastive], ProtocolChoice::Both);
         assert_eq!(cols.len(), 3);
+        // U2PL takes the fine-tuning stage's place and budget; pseudo adds its stage on top.
+        let u = Recipe::U2pl.config(&base, Protocol::SameSchedule);
+        assert_eq!(u.stages, vec![Stage::Contrastive, Stage::U2pl]);
+        assert_eq!((u.u2pl.steps, u.u2pl.lr), (base.finetune.steps, base.finetune.lr));
+        let p = Recipe::Pseudo.config(&base, Protocol::SameSchedule);
+        assert_eq!(p.stages, vec![Stage::Contrastive, Stage::Finetune, Stage::Pseudo]);
+        assert_eq!(columns(&[Recipe::CeOnly, Recipe::Pseudo, Recipe::U2pl], ProtocolChoice::SameSchedule).len(), 3);
     }
 }

@@ -19,3 +19,4 @@ pub mod plot;
 pub mod predict;
 pub mod run_dir;
 pub mod train;
+pub mod u2pl;

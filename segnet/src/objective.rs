@@ -28,9 +28,16 @@ use anyhow::{Context, Result};
 use datasets::{AugmentConfig, Batch, ColorJitter};
 use engine::ops::{self, ContrastiveConfig, ContrastiveForm, ContrastiveMode};
 use engine::{LabelMap, Rng, Tensor};
-use nn::Ctx;
+use nn::{Ctx, Module, Visitor};
 
 /// A stage's training objective.
+///
+/// The step loop calls, in order: [`Objective::start`] once (then, on resume, loads the
+/// checkpoint's [`Objective::state`] over what it built), per step [`Objective::loss`] (or
+/// [`Objective::loss_semi`] when [`Objective::unlabeled`] asks for unlabeled batches), backward,
+/// SGD, [`Objective::after_step`]; evaluations score [`Objective::eval_net`]; after the last step
+/// [`Objective::finish`], then the final checkpoint. Every method but `loss` has a default that
+/// leaves the plain stages as they were.
 pub trait Objective {
     /// The augmentation of the stage's loader (default: the fine-tuning recipe of `cfg`).
     fn augment(&self, cfg: &TrainConfig) -> AugmentConfig {
@@ -42,13 +49,76 @@ pub trait Objective {
     fn after_step(&mut self, _net: &mut Net) -> Result<()> {
         Ok(())
     }
+    /// Unlabeled images per step and their loader's augmentation, for an objective that also
+    /// trains on the stage's unlabeled images (their labels hidden). Default: none.
+    fn unlabeled(&self, _cfg: &TrainConfig) -> Option<(usize, AugmentConfig)> {
+        None
+    }
+    /// The loss of a step with a labeled and an unlabeled batch (called instead of
+    /// [`Objective::loss`] when [`Objective::unlabeled`] is `Some`). Default: the labeled loss.
+    fn loss_semi(
+        &mut self,
+        net: &mut Net,
+        labeled: &Batch,
+        _unlabeled: &Batch,
+        step: usize,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        self.loss(net, labeled, step, ctx)
+    }
+    /// Called once before the stage's first step (on resume too, before the checkpoint's state
+    /// is loaded over what it built), with the network as the stage starts. Default: nothing.
+    fn start(&mut self, _net: &mut Net) -> Result<()> {
+        Ok(())
+    }
+    /// State kept across steps that checkpoints must hold (a teacher, queues), saved under
+    /// `objective.` beside the network. Default: none.
+    fn state(&mut self) -> Option<&mut dyn Module> {
+        None
+    }
+    /// The network evaluations score (default: the trained one).
+    fn eval_net<'a>(&'a mut self, net: &'a mut Net) -> &'a mut Net {
+        net
+    }
+    /// Called after the last step, before the final checkpoint (which holds `net` only).
+    /// Default: nothing.
+    fn finish(&mut self, _net: &mut Net) -> Result<()> {
+        Ok(())
+    }
+    /// Numbers of the last step for its metrics record (loss terms, ...). Default: none.
+    fn step_metrics(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// A line for the log at the stage's start. Default: none.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
-/// The objective of `stage`: the pixel contrastive loss for the contrastive stage,
-/// cross-entropy for the others.
+/// A network and, if its objective has any, the objective's state under `objective.`: what a
+/// stage's checkpoints hold. Without state it visits exactly as the network (the same names).
+pub struct WithState<'a> {
+    /// The trained network (names at the root).
+    pub net: &'a mut Net,
+    /// The objective's state.
+    pub state: Option<&'a mut dyn Module>,
+}
+
+impl Module for WithState<'_> {
+    fn visit(&mut self, v: &mut Visitor<'_>) {
+        self.net.visit(v);
+        if let Some(s) = self.state.as_mut() {
+            v.child("objective", &mut **s);
+        }
+    }
+}
+
+/// The objective of `stage`: the pixel contrastive loss for the contrastive stage, U2PL for the
+/// U2PL stage, cross-entropy for the others.
 pub fn for_stage(stage: crate::config::Stage, cfg: &TrainConfig, classes: usize) -> Box<dyn Objective> {
     match stage {
         crate::config::Stage::Contrastive => Box::new(PixelContrast::new(cfg, classes)),
+        crate::config::Stage::U2pl => Box::new(crate::u2pl::U2pl::new(cfg, classes)),
         _ => Box::new(CrossEntropy { ignore: 255 }),
     }
 }

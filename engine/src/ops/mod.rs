@@ -11,6 +11,8 @@ pub mod cross_entropy;
 pub mod device_copy;
 pub mod dropout;
 pub mod elementwise;
+pub mod gather;
+pub mod info_nce;
 pub mod matmul;
 pub mod normalize;
 pub mod pool;
@@ -27,6 +29,8 @@ pub use conv::{conv2d, Conv2dParams};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
+pub use gather::gather_pixels;
+pub use info_nce::info_nce;
 pub use matmul::matmul;
 pub use normalize::l2_normalize;
 pub use pool::{global_avg_pool2d, max_pool2d};
@@ -66,4 +70,6 @@ pub const ALL: &[&str] = &[
     "cross_entropy",
     "pixel_contrastive_loss",
     "pixel_contrastive_loss_pair",
+    "gather_pixels",
+    "info_nce",
 ];

@@ -1,5 +1,5 @@
 //! The training run: stages in order (contrastive pretraining, fine-tuning, the CE-only
-//! baseline, pseudo-label retraining), with evaluation, metrics, checkpoints and resume.
+//! baseline, pseudo-label retraining, U2PL), with evaluation, metrics, checkpoints and resume.
 //!
 //! Reproducibility: every random choice derives from the config's seed and the position in the
 //! run: the model's initialisation from (seed, stage), the batch order and augmentation from
@@ -168,9 +168,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         let mut init_rng = Rng::new(derive_seed(cfg.seed, &[2, si as u64]));
         let mut net = net::new_net(&spec, stage == Stage::Contrastive, &mut init_rng)?;
+        if stage == Stage::U2pl {
+            // U2PL's representation head beside the classifier (a contrastive stage's trained
+            // projection head loads into it below).
+            net.add_projection(&mut init_rng)?;
+        }
         match stage {
             Stage::Contrastive | Stage::CeOnly => {}
-            Stage::Finetune | Stage::Pseudo => {
+            Stage::Finetune | Stage::Pseudo | Stage::U2pl => {
                 // Start from the previous stage's final weights: the projection head (if any) is
                 // left out and the classifier starts fresh when coming from the contrastive stage.
                 drop(current.take()); // free the previous network before loading its checkpoint
@@ -189,16 +194,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
         nn::to_device(&mut net, opts.device)?;
-        let (source, indices): (Arc<Source>, Vec<usize>) = if stage == Stage::Pseudo {
+        let (source, indices, unlabeled): (Arc<Source>, Vec<usize>, Vec<usize>) = if stage == Stage::Pseudo {
             let pseudo = pseudo::pseudo_label(&mut net, &train, &subset.labeled, &subset.unlabeled, cfg, opts.quiet)?;
             ctx.dir.log(json!({ "stage": "pseudo", "global_step": ctx.global_offset, "pseudo": pseudo.stats }))?;
             let n = pseudo.source.len();
-            (Arc::new(pseudo.source), (0..n).collect())
+            (Arc::new(pseudo.source), (0..n).collect(), vec![])
         } else {
-            (train.clone(), subset.labeled.clone())
+            (train.clone(), subset.labeled.clone(), subset.unlabeled.clone())
         };
         let resume_here = resume.as_ref().filter(|r| r.stage_index == si).map(|r| (r.path.as_path(), r.step));
-        let end = stage::train_stage(&mut ctx, si, stage, &mut net, source, indices, resume_here)?;
+        let end = stage::train_stage(&mut ctx, si, stage, &mut net, source, indices, unlabeled, resume_here)?;
         ctx.global_offset += steps;
         match end {
             StageEnd::Finished(path) => {
@@ -219,7 +224,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
     // Final evaluation of the last network that can classify.
     let mut net = match current {
-        Some(n) if n.projection.is_none() => n,
+        Some(n) if n.head.classifier.is_some() => n,
         _ => {
             let last = cfg.stages.last().copied();
             if last == Some(Stage::Contrastive) {
@@ -227,7 +232,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             let mut n = net::new_net(&spec, false, &mut Rng::new(0))?;
             let path = last_final.context("no final checkpoint")?;
-            load_checkpoint(&path, &mut n, None, true)?;
+            // Non-strict: a U2PL checkpoint also holds the representation head.
+            let (_, report) = load_checkpoint(&path, &mut n, None, false)?;
+            if !report.missing.is_empty() || !report.mismatched.is_empty() {
+                bail!("{}: does not fit the model: {report}", path.display());
+            }
             nn::to_device(&mut n, opts.device)?;
             n
         }

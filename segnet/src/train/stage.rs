@@ -1,10 +1,10 @@
 //! One stage's step loop: batches, loss, backward, SGD, logging, evaluation, checkpoints. What the
 //! stage minimises (and how its loader augments) is its [`objective::Objective`], built once here.
 
-use super::objective;
+use super::objective::{self, WithState};
 use super::{derive_seed, INTERRUPTED};
 use crate::config::{Stage, TrainConfig};
-use crate::data::Source;
+use crate::data::{HiddenLabels, Source};
 use crate::evaluate::evaluate;
 use crate::net::Net;
 use crate::run_dir::RunDir;
@@ -64,7 +64,9 @@ fn meta(
     CheckpointMeta { step: step as u64, rng: None, config: cfg.to_toml(), extra }
 }
 
-/// Train `net` for one stage.
+/// Train `net` for one stage on the records `indices` of `source`; `unlabeled` are the records
+/// an objective that asks for unlabeled batches ([`objective::Objective::unlabeled`]) draws
+/// them from (their labels hidden).
 #[allow(clippy::too_many_arguments)]
 pub fn train_stage(
     sc: &mut StageCtx<'_>,
@@ -73,6 +75,7 @@ pub fn train_stage(
     net: &mut Net,
     source: Arc<Source>,
     indices: Vec<usize>,
+    unlabeled: Vec<usize>,
     resume: Option<(&Path, usize)>,
 ) -> Result<StageEnd> {
     let cfg = sc.cfg;
@@ -94,14 +97,36 @@ pub fn train_stage(
         LoaderConfig::train(cfg.batch, derive_seed(cfg.seed, &[3, si as u64]), aug),
     )?;
     let bpe = loader.batches_per_epoch();
+    let unlabeled_loader = match objective.unlabeled(cfg) {
+        None => None,
+        Some((ub, uaug)) => {
+            if unlabeled.len() < ub.max(1) {
+                bail!(
+                    "{}: {} unlabeled training images but {} per step are needed (use fewer --labeled images or a smaller --unlabeled-batch)",
+                    stage.name(),
+                    unlabeled.len(),
+                    ub
+                );
+            }
+            let hidden = Arc::new(HiddenLabels::new(source.clone(), &unlabeled)?);
+            let lc = LoaderConfig::train(ub, derive_seed(cfg.seed, &[5, si as u64]), uaug);
+            let l = Loader::new(hidden, Some(unlabeled), lc)?;
+            let n = l.batches_per_epoch();
+            Some((l, n))
+        }
+    };
     let groups = ParamGroups { lr_mult: vec![], no_decay_norm_and_bias: true };
     let mut opt =
         Sgd::new(SgdConfig { momentum: sc_cfg.momentum, weight_decay: sc_cfg.weight_decay, ..SgdConfig::default() })?
             .with_groups(groups);
     let sched = LrSchedule::cosine(sc_cfg.lr, sc_cfg.steps as u64)?.with_warmup(sc_cfg.warmup as u64)?;
     let mut start = 0;
+    objective.start(net)?;
+    if let Some(line) = objective.describe().filter(|_| !sc.quiet) {
+        eprintln!("segnet: {line}");
+    }
     if let Some((path, step)) = resume {
-        load_checkpoint(path, net, Some(&mut opt), true)?;
+        load_checkpoint(path, &mut WithState { net, state: objective.state() }, Some(&mut opt), true)?;
         start = step;
         if !sc.quiet {
             eprintln!("segnet: resumed {} at step {step} from {}", stage.name(), path.display());
@@ -120,22 +145,29 @@ pub fn train_stage(
         pb
     };
     pb.set_position(start as u64);
-    let save = |net: &mut Net, opt: &Sgd, name: &str, step: usize, dir: &RunDir| -> Result<PathBuf> {
+    let save = |m: &mut WithState<'_>, opt: &Sgd, name: &str, step: usize, dir: &RunDir| -> Result<PathBuf> {
         let path = dir.checkpoint(name);
-        save_checkpoint(&path, net, Some(opt), &meta(cfg, si, stage, step, classes, &source, &sc.val))?;
+        save_checkpoint(&path, m, Some(opt), &meta(cfg, si, stage, step, classes, &source, &sc.val))?;
         Ok(path)
     };
     let mut step = start;
     while step < sc_cfg.steps {
         if INTERRUPTED.load(Ordering::SeqCst) || sc.budget == Some(0) {
-            let path = save(net, &opt, &format!("{}-last", stage.name()), step, sc.dir)?;
+            let mut m = WithState { net, state: objective.state() };
+            let path = save(&mut m, &opt, &format!("{}-last", stage.name()), step, sc.dir)?;
             pb.abandon_with_message("stopped");
             return Ok(StageEnd::Stopped(path));
         }
         let t0 = Instant::now();
         let batch = loader.batch((step / bpe) as u64, step % bpe)?;
         let mut ctx = Ctx::train(Rng::new(derive_seed(cfg.seed, &[4, si as u64, step as u64])));
-        let loss = objective.loss(net, &batch, step, &mut ctx)?;
+        let loss = match &unlabeled_loader {
+            Some((u, ubpe)) => {
+                let ub = u.batch((step / ubpe) as u64, step % ubpe)?;
+                objective.loss_semi(net, &batch, &ub, step, &mut ctx)?
+            }
+            None => objective.loss(net, &batch, step, &mut ctx)?,
+        };
         let lv = loss.item()?;
         if !lv.is_finite() {
             pb.abandon_with_message("non-finite loss");
@@ -159,13 +191,19 @@ pub fn train_stage(
         rec["loss"] = lv.into();
         rec["lr"] = lr.into();
         rec["secs"] = t0.elapsed().as_secs_f64().into();
+        if let Some(serde_json::Value::Object(extra)) = objective.step_metrics() {
+            for (k, v) in extra {
+                rec[k] = v;
+            }
+        }
         sc.dir.log(rec)?;
         pb.set_position(step as u64);
         pb.set_message(format!("loss {lv:.4}"));
         let at_end = step == sc_cfg.steps;
         // Evaluation needs a classifier (the contrastive stage's network has none).
-        if net.head.classifier.is_some() && (step % cfg.eval_every.max(1) == 0 || at_end) {
-            let cm = evaluate(net, &sc.val)?;
+        let scored = objective.eval_net(net);
+        if scored.head.classifier.is_some() && (step % cfg.eval_every.max(1) == 0 || at_end) {
+            let cm = evaluate(scored, &sc.val)?;
             let s = cm.scores();
             let mut rec = RunDir::record(stage.name(), step, sc.global_offset + step);
             rec["miou"] = s.miou.into();
@@ -181,12 +219,15 @@ pub fn train_stage(
             sc.dir.plot()?;
         }
         if step % cfg.checkpoint_every.max(1) == 0 && !at_end {
-            save(net, &opt, &format!("{}-last", stage.name()), step, sc.dir)?;
+            let mut m = WithState { net, state: objective.state() };
+            save(&mut m, &opt, &format!("{}-last", stage.name()), step, sc.dir)?;
         }
     }
     pb.finish_with_message("done");
+    objective.finish(net)?;
+    let mut m = WithState { net, state: None };
     let path =
-        save(net, &opt, &format!("{}-final", stage.name()), step, sc.dir).context("saving the final checkpoint")?;
+        save(&mut m, &opt, &format!("{}-final", stage.name()), step, sc.dir).context("saving the final checkpoint")?;
     sc.dir.plot()?;
     Ok(StageEnd::Finished(path))
 }

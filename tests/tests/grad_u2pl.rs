@@ -1,0 +1,147 @@
+//! Gradient checks (f64, central differences, seeded quickcheck) of the two ops of U2PL's
+//! contrastive term: `gather_pixels` (anchors out of a feature map, repeats allowed) and
+//! `info_nce` (anchors against their own positive + negative keys), plus their validation and a
+//! hand-computed value.
+
+use engine::{ops, DType, Rng, Tensor};
+use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, shrink_dims, Case};
+
+/// `[N, C, H, W]` plus a seed for the indices.
+#[derive(Clone, Debug)]
+struct Map {
+    d: Vec<usize>,
+    m: usize,
+    seed: u64,
+}
+impl Case for Map {
+    fn from_rng(rng: &mut Rng) -> Self {
+        let d = vec![1 + rng.below(3), 1 + rng.below(4), 1 + rng.below(4), 1 + rng.below(4)];
+        Map { d, m: rng.below(12), seed: rng.next_u64() }
+    }
+    fn smaller(&self) -> Vec<Self> {
+        let mut v: Vec<Self> = shrink_dims(&self.d).into_iter().map(|d| Map { d, ..self.clone() }).collect();
+        if self.m > 0 {
+            v.push(Map { m: self.m - 1, ..self.clone() });
+        }
+        v
+    }
+}
+arbitrary_via_rng!(Map);
+
+#[test]
+fn grad_gather_pixels() {
+    property("grad_gather_pixels", 60, |c: &Map| {
+        let mut rng = Rng::new(c.seed);
+        let x = rand_t(&c.d, &mut rng);
+        let pixels = c.d[0] * c.d[2] * c.d[3];
+        // Repeats are likely with few pixels: their gradients must add up.
+        let idx: Vec<usize> = (0..c.m).map(|_| rng.below(pixels)).collect();
+        gc(|xs| ops::gather_pixels(&xs[0], &idx), &[x])
+    });
+}
+
+#[test]
+fn gather_pixels_picks_channel_vectors_and_validates() {
+    // x[n, c, p] = 100 n + 10 c + p on [2, 3, 2x2].
+    let v: Vec<f64> = (0..24).map(|i| (100 * (i / 12) + 10 * (i / 4 % 3) + i % 4) as f64).collect();
+    let x = Tensor::from_f64_vec(v, vec![2, 3, 2, 2], DType::F64);
+    let y = ops::gather_pixels(&x, &[5, 0, 5]).unwrap();
+    assert_eq!(y.dims(), [3, 3]);
+    assert_eq!(y.to_vec_f64().unwrap(), [101., 111., 121., 0., 10., 20., 101., 111., 121.]);
+    assert!(ops::gather_pixels(&x, &[8]).unwrap_err().to_string().contains("out of range"));
+    assert!(ops::gather_pixels(&Tensor::zeros([3], DType::F64), &[0]).is_err());
+    assert_eq!(ops::gather_pixels(&x, &[]).unwrap().dims(), [0, 3]);
+}
+
+/// Rows, keys per row, dims, unit-normalised or raw, temperature.
+#[derive(Clone, Debug)]
+struct Nce {
+    m: usize,
+    k: usize,
+    d: usize,
+    unit: bool,
+    tau: f64,
+    seed: u64,
+}
+impl Case for Nce {
+    fn from_rng(rng: &mut Rng) -> Self {
+        Nce {
+            m: 1 + rng.below(5),
+            k: 1 + rng.below(6),
+            d: 1 + rng.below(5),
+            unit: rng.uniform() < 0.5,
+            tau: [0.07, 0.5, 1.0, 2.0][rng.below(4)],
+            seed: rng.next_u64(),
+        }
+    }
+    fn smaller(&self) -> Vec<Self> {
+        let mut v = Vec::new();
+        for (i, x) in [self.m, self.k, self.d].into_iter().enumerate() {
+            if x > 1 {
+                let mut c = self.clone();
+                *[&mut c.m, &mut c.k, &mut c.d][i] -= 1;
+                v.push(c);
+            }
+        }
+        v
+    }
+}
+arbitrary_via_rng!(Nce);
+
+fn unit_rows(t: &Tensor, d: usize) -> Tensor {
+    let v = t.to_vec_f64().unwrap();
+    let out: Vec<f64> = v
+        .chunks(d)
+        .flat_map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-3);
+            r.iter().map(move |x| x / n).collect::<Vec<_>>()
+        })
+        .collect();
+    Tensor::from_f64_vec(out, t.dims().to_vec(), DType::F64)
+}
+
+#[test]
+fn grad_info_nce() {
+    property("grad_info_nce", 60, |c: &Nce| {
+        let mut rng = Rng::new(c.seed);
+        let mut a = rand_t(&[c.m, c.d], &mut rng);
+        let mut k = rand_t(&[c.m, c.k, c.d], &mut rng);
+        if c.unit {
+            (a, k) = (unit_rows(&a, c.d), unit_rows(&k, c.d));
+        }
+        // Both inputs are checked: the anchors (what U2PL trains) and the keys.
+        gc(|xs| ops::info_nce(&xs[0], &xs[1], c.tau), &[a, k]).map_err(|e| format!("tau {}: {e}", c.tau))
+    });
+}
+
+#[test]
+fn grad_info_nce_through_gather_pixels() {
+    // The composition the U2PL objective builds: sampled pixels of a map against fixed keys.
+    property("grad_info_nce_through_gather_pixels", 30, |c: &Map| {
+        let mut rng = Rng::new(c.seed);
+        let x = rand_t(&c.d, &mut rng);
+        let pixels = c.d[0] * c.d[2] * c.d[3];
+        let idx: Vec<usize> = (0..c.m.max(1)).map(|_| rng.below(pixels)).collect();
+        let keys = rand_t(&[idx.len(), 3, c.d[1]], &mut rng);
+        gc(|xs| ops::info_nce(&ops::gather_pixels(&xs[0], &idx)?, &keys, 0.5), &[x])
+    });
+}
+
+#[test]
+fn info_nce_value_and_validation() {
+    // One row, D = 1: a = 1, keys [1, -1], tau 0.5: logits [2, -2], loss = log(1 + e^-4).
+    let a = Tensor::from_f64_vec(vec![1.0], vec![1, 1], DType::F64);
+    let k = Tensor::from_f64_vec(vec![1.0, -1.0], vec![1, 2, 1], DType::F64);
+    let l = ops::info_nce(&a, &k, 0.5).unwrap().item().unwrap();
+    assert!((l - (1.0 + (-4f64).exp()).ln()).abs() < 1e-12, "{l}");
+    // Only the positive: the loss is exactly 0.
+    let k1 = Tensor::from_f64_vec(vec![0.3], vec![1, 1, 1], DType::F64);
+    assert_eq!(ops::info_nce(&a, &k1, 0.5).unwrap().item().unwrap(), 0.0);
+    // No rows: 0, not NaN.
+    let (a0, k0) = (Tensor::zeros([0, 4], DType::F64), Tensor::zeros([0, 3, 4], DType::F64));
+    assert_eq!(ops::info_nce(&a0, &k0, 0.5).unwrap().item().unwrap(), 0.0);
+    assert!(ops::info_nce(&a, &k, 0.0).unwrap_err().to_string().contains("tau"));
+    assert!(ops::info_nce(&a, &Tensor::zeros([1, 2, 3], DType::F64), 0.5).is_err());
+    assert!(ops::info_nce(&a, &Tensor::zeros([1, 0, 1], DType::F64), 0.5).is_err());
+    assert!(ops::info_nce(&a, &Tensor::zeros([1, 2, 1], DType::F32), 0.5).is_err());
+}
