@@ -109,10 +109,16 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     cfg.crop = a.crop;
     cfg.batch = a.batch;
     cfg.u2pl_settings.sup_only_steps = 0;
+    // Two or more images per batch-norm chunk of the DenseCL key batch.
+    cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((a.batch / 2).max(1));
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let spec = net::spec(&cfg, a.classes)?;
     let mut rng = Rng::new(1);
-    let mut net = net::new_net(&spec, a.stage == Stage::Contrastive, &mut rng)?;
+    let mut net = if a.stage == Stage::Densecl {
+        crate::densecl::new_net(&spec, &cfg.densecl_settings, &mut rng)?
+    } else {
+        net::new_net(&spec, a.stage == Stage::Contrastive, &mut rng)?
+    };
     if a.stage == Stage::U2pl {
         net.add_projection(&mut rng)?;
     }
@@ -224,7 +230,7 @@ mod tests {
     #[test]
     fn step_runs_the_stage_objective_with_two_views_for_contrastive() {
         // The contrastive objective refuses one-view batches, so this runs only with two views.
-        for stage in [Stage::Contrastive, Stage::Finetune, Stage::U2pl] {
+        for stage in [Stage::Contrastive, Stage::Finetune, Stage::U2pl, Stage::Densecl] {
             let v = step_report(&tiny(stage)).unwrap();
             assert_eq!(v["stage"], stage.name());
             assert!(v["median_step_s"].as_f64().unwrap() > 0.0, "{v}");

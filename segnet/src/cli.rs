@@ -56,7 +56,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub val_data: Option<PathBuf>,
     /// Stages in order, e.g. `contrastive,finetune` or `ce-only` or `contrastive,finetune,pseudo`
-    /// or `contrastive,u2pl` (U2PL: student + EMA teacher on labeled and unlabeled batches).
+    /// or `contrastive,u2pl` (U2PL: student + EMA teacher on labeled and unlabeled batches)
+    /// or `densecl,finetune` / `densecl,contrastive,finetune` (DenseCL: label-free dense
+    /// contrastive pretraining of the backbone on every training image).
     #[arg(long, value_delimiter = ',')]
     pub stages: Option<Vec<Stage>>,
     /// Backbone: resnet18 | resnet34 | resnet50 | resnet101.
@@ -111,6 +113,19 @@ pub struct TrainArgs {
     /// U2PL: weight of the contrastive term (default 0.1, the paper's).
     #[arg(long)]
     pub lambda_c: Option<f64>,
+    /// DenseCL: momentum of the key encoder (default 0.999; 0.99 suits runs of a few thousand steps).
+    #[arg(long)]
+    pub key_momentum: Option<f64>,
+    /// DenseCL: weight lambda of the dense term, loss = (1 - lambda) global + lambda dense (default 0.5).
+    #[arg(long)]
+    pub dense_lambda: Option<f64>,
+    /// DenseCL: keys in each of its two queues of negatives (default 96, ~19% of the 500
+    /// synthetic training images; the paper: 65536 of ImageNet's 1.28M).
+    #[arg(long)]
+    pub densecl_queue: Option<usize>,
+    /// DenseCL: steps with lambda = 0 at the start (default 0).
+    #[arg(long)]
+    pub dense_warmup_steps: Option<usize>,
     /// Run directory (default: runs/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -323,7 +338,8 @@ pub struct LabelEfficiencyArgs {
     /// Recipes (columns): ce-only, contrastive (+ fine-tune), contrastive-within, contrastive-cross,
     /// contrastive-decoder, contrastive-quarter, contrastive-eighth (loss variants), pseudo
     /// (contrastive, fine-tune, pseudo-labels), u2pl (contrastive, then U2PL with the fine-tuning
-    /// stage's steps and learning rate).
+    /// stage's steps and learning rate), densecl (label-free DenseCL on all training images, then
+    /// fine-tune), densecl-contrastive (DenseCL, label contrastive, fine-tune).
     #[arg(long, value_delimiter = ',', default_value = "ce-only,contrastive")]
     pub recipes: Vec<crate::experiment::Recipe>,
     /// Budget protocols for the CE-only baseline: same-schedule (its steps = the fine-tuning

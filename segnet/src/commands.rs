@@ -75,7 +75,14 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
         cfg.batch = v;
     }
     if let Some(v) = a.steps {
-        for stage in [&mut cfg.contrastive, &mut cfg.finetune, &mut cfg.ce_only, &mut cfg.pseudo, &mut cfg.u2pl] {
+        for stage in [
+            &mut cfg.contrastive,
+            &mut cfg.finetune,
+            &mut cfg.ce_only,
+            &mut cfg.pseudo,
+            &mut cfg.u2pl,
+            &mut cfg.densecl,
+        ] {
             stage.steps = v;
         }
     }
@@ -120,6 +127,27 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
             bail!("--lambda-c must be a number >= 0, got {v}");
         }
         cfg.u2pl_settings.lambda_c = v;
+    }
+    if let Some(v) = a.key_momentum {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("--key-momentum must be in [0, 1], got {v}");
+        }
+        cfg.densecl_settings.key_momentum = v;
+    }
+    if let Some(v) = a.dense_lambda {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("--dense-lambda must be in [0, 1], got {v}");
+        }
+        cfg.densecl_settings.lambda = v;
+    }
+    if let Some(v) = a.densecl_queue {
+        if v == 0 {
+            bail!("--densecl-queue must be at least 1");
+        }
+        cfg.densecl_settings.queue_size = v;
+    }
+    if let Some(v) = a.dense_warmup_steps {
+        cfg.densecl_settings.dense_warmup_steps = v;
     }
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(cfg)

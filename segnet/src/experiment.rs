@@ -48,6 +48,12 @@ pub enum Recipe {
     /// Contrastive, then U2PL (in place of fine-tuning: its steps and learning rate) on the
     /// labeled subset and every unlabeled training image.
     U2pl,
+    /// Label-free DenseCL pretraining on every training image, then fine-tuning.
+    Densecl,
+    /// DenseCL, then label-based contrastive pretraining, then fine-tuning (one more
+    /// pretraining stage than `contrastive`: the fine-tuning budget is the same, the
+    /// `equal-steps` baseline does not count the DenseCL steps).
+    DenseclContrastive,
 }
 
 impl Recipe {
@@ -63,6 +69,8 @@ impl Recipe {
             Recipe::ContrastiveEighth => "contrastive-eighth",
             Recipe::Pseudo => "pseudo",
             Recipe::U2pl => "u2pl",
+            Recipe::Densecl => "densecl",
+            Recipe::DenseclContrastive => "densecl-contrastive",
         }
     }
 
@@ -91,6 +99,8 @@ impl Recipe {
                 cfg.u2pl.steps = base.finetune.steps;
                 cfg.u2pl.lr = base.finetune.lr;
             }
+            Recipe::Densecl => cfg.stages = vec![Stage::Densecl, Stage::Finetune],
+            Recipe::DenseclContrastive => cfg.stages = vec![Stage::Densecl, Stage::Contrastive, Stage::Finetune],
         }
         cfg
     }
@@ -444,5 +454,12 @@ mod tests {
         let p = Recipe::Pseudo.config(&base, Protocol::SameSchedule);
         assert_eq!(p.stages, vec![Stage::Contrastive, Stage::Finetune, Stage::Pseudo]);
         assert_eq!(columns(&[Recipe::CeOnly, Recipe::Pseudo, Recipe::U2pl], ProtocolChoice::SameSchedule).len(), 3);
+        let d = Recipe::Densecl.config(&base, Protocol::SameSchedule);
+        assert_eq!(d.stages, vec![Stage::Densecl, Stage::Finetune]);
+        assert_eq!(d.finetune, base.finetune);
+        let dc = Recipe::DenseclContrastive.config(&base, Protocol::SameSchedule);
+        assert_eq!(dc.stages, vec![Stage::Densecl, Stage::Contrastive, Stage::Finetune]);
+        assert_eq!(Recipe::Densecl.name(), "densecl");
+        assert_eq!(Recipe::DenseclContrastive.name(), "densecl-contrastive");
     }
 }

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod data_cmd;
+pub mod densecl;
 pub mod evaluate;
 pub mod experiment;
 pub mod infer;

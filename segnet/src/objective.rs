@@ -119,6 +119,7 @@ pub fn for_stage(stage: crate::config::Stage, cfg: &TrainConfig, classes: usize)
     match stage {
         crate::config::Stage::Contrastive => Box::new(PixelContrast::new(cfg, classes)),
         crate::config::Stage::U2pl => Box::new(crate::u2pl::U2pl::new(cfg, classes)),
+        crate::config::Stage::Densecl => Box::new(crate::densecl::DenseCl::new(cfg)),
         _ => Box::new(CrossEntropy { ignore: 255 }),
     }
 }

@@ -13,6 +13,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gather;
 pub mod info_nce;
+pub mod info_nce_queue;
 pub mod matmul;
 pub mod normalize;
 pub mod pool;
@@ -31,6 +32,7 @@ pub use dropout::dropout;
 pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
 pub use gather::gather_pixels;
 pub use info_nce::info_nce;
+pub use info_nce_queue::info_nce_queue;
 pub use matmul::matmul;
 pub use normalize::l2_normalize;
 pub use pool::{global_avg_pool2d, max_pool2d};
@@ -72,4 +74,5 @@ pub const ALL: &[&str] = &[
     "pixel_contrastive_loss_pair",
     "gather_pixels",
     "info_nce",
+    "info_nce_queue",
 ];

@@ -25,6 +25,8 @@ pub struct DeepLabV3Plus {
     pub head: DeepLabHeadV3Plus,
     /// The contrastive projection head (`projection.*`), stage 1 only.
     pub projection: Option<ProjectionHead>,
+    /// DenseCL's query heads (`densecl.*`), the DenseCL stage only.
+    pub densecl: Option<crate::densecl::Heads>,
 }
 
 impl DeepLabV3Plus {
@@ -43,7 +45,7 @@ impl DeepLabV3Plus {
         spec.validate()?;
         let backbone = ResNet::new(spec, rng)?;
         let head = DeepLabHeadV3Plus::new(spec, classifier, rng)?;
-        let mut model = DeepLabV3Plus { spec: spec.clone(), backbone, head, projection: None };
+        let mut model = DeepLabV3Plus { spec: spec.clone(), backbone, head, projection: None, densecl: None };
         if projection {
             model.add_projection(rng)?;
         }
@@ -107,6 +109,9 @@ impl Module for DeepLabV3Plus {
         v.child("classifier", &mut self.head);
         if let Some(p) = &mut self.projection {
             v.child("projection", p);
+        }
+        if let Some(d) = &mut self.densecl {
+            v.child("densecl", d);
         }
     }
 }

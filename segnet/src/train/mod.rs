@@ -156,6 +156,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let mut current: Option<Net> = None;
     let mut last_final: Option<PathBuf> = None;
+    let mut prev_stage: Option<Stage> = None;
     for (si, &stage) in cfg.stages.iter().enumerate() {
         let steps = cfg.stage(stage).steps;
         if let Some(r) = &resume {
@@ -163,18 +164,34 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 // Finished before the checkpoint: its final weights are on disk.
                 ctx.global_offset += steps;
                 last_final = Some(ctx.dir.checkpoint(&format!("{}-final", stage.name())));
+                prev_stage = Some(stage);
                 continue;
             }
         }
         let mut init_rng = Rng::new(derive_seed(cfg.seed, &[2, si as u64]));
-        let mut net = net::new_net(&spec, stage == Stage::Contrastive, &mut init_rng)?;
+        let mut net = if stage == Stage::Densecl {
+            crate::densecl::new_net(&spec, &cfg.densecl_settings, &mut init_rng)?
+        } else {
+            net::new_net(&spec, stage == Stage::Contrastive, &mut init_rng)?
+        };
         if stage == Stage::U2pl {
             // U2PL's representation head beside the classifier (a contrastive stage's trained
             // projection head loads into it below).
             net.add_projection(&mut init_rng)?;
         }
+        let from_densecl = prev_stage == Some(Stage::Densecl) && !matches!(stage, Stage::CeOnly | Stage::Densecl);
         match stage {
-            Stage::Contrastive | Stage::CeOnly => {}
+            // After DenseCL, the next pretraining or fine-tuning stage takes its query backbone
+            // alone, by name (heads, key encoder and queues stay behind).
+            _ if from_densecl => {
+                drop(current.take());
+                let path = last_final.as_ref().context("no DenseCL checkpoint to start from")?;
+                let line = crate::densecl::load_backbone(path, &mut net)?;
+                if !opts.quiet {
+                    eprintln!("segnet: {} starts from {}: {line}", stage.name(), path.display());
+                }
+            }
+            Stage::Contrastive | Stage::CeOnly | Stage::Densecl => {}
             Stage::Finetune | Stage::Pseudo | Stage::U2pl => {
                 // Start from the previous stage's final weights: the projection head (if any) is
                 // left out and the classifier starts fresh when coming from the contrastive stage.
@@ -199,6 +216,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             ctx.dir.log(json!({ "stage": "pseudo", "global_step": ctx.global_offset, "pseudo": pseudo.stats }))?;
             let n = pseudo.source.len();
             (Arc::new(pseudo.source), (0..n).collect(), vec![])
+        } else if stage == Stage::Densecl {
+            // Label-free: every training image (its labels are never read).
+            (train.clone(), (0..train.len()).collect(), vec![])
         } else {
             (train.clone(), subset.labeled.clone(), subset.unlabeled.clone())
         };
@@ -207,6 +227,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         ctx.global_offset += steps;
         match end {
             StageEnd::Finished(path) => {
+                prev_stage = Some(stage);
                 last_final = Some(path);
                 current = Some(net);
             }
@@ -227,6 +248,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         Some(n) if n.head.classifier.is_some() => n,
         _ => {
             let last = cfg.stages.last().copied();
+            if last == Some(Stage::Densecl) {
+                bail!("the run ended with the densecl stage, which has no classifier: add `finetune` to --stages (e.g. --stages densecl,finetune) to get a segmentation model");
+            }
             if last == Some(Stage::Contrastive) {
                 bail!("the run ended with the contrastive stage, which has no classifier: add `finetune` to --stages to get a segmentation model");
             }
@@ -291,6 +315,12 @@ pub fn load_for_inference(path: &Path) -> Result<LoadedModel> {
     let (_, report) = load_checkpoint(path, &mut n, None, false)?;
     if !report.missing.is_empty() || !report.mismatched.is_empty() {
         bail!("{}: does not fit the model its config describes: {}", path.display(), report);
+    }
+    if data.meta.extra.get("stage").map(String::as_str) == Some("densecl") {
+        bail!(
+            "{}: a densecl-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint",
+            path.display()
+        );
     }
     if data.meta.extra.get("stage").map(String::as_str) == Some("contrastive") {
         bail!(
