@@ -4,7 +4,8 @@
 use segnet::config::{Stage, TrainConfig};
 use segnet::train::{run, RunOptions};
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::{fails_with, ok, segnet};
 
 const TINY: &str = r#"
 labeled = 10
@@ -37,23 +38,6 @@ val_images = 6
 size = 32
 seed = 5
 "#;
-
-fn segnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segnet")).args(args).output().expect("run segnet")
-}
-
-fn ok(o: &Output) -> String {
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "segnet failed ({:?})\nstdout:\n{out}\nstderr:\n{err}", o.status);
-    out.into_owned()
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected a failure, got success; stderr: {err}");
-    assert!(err.contains(needle), "error should mention {needle:?}, got: {err}");
-    assert!(!err.contains("panicked"), "bad input must not panic: {err}");
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
