@@ -153,7 +153,8 @@ struct Affine {
     b: [f32; 3],
 }
 
-const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+/// ITU-R BT.601 luma weights of R, G, B (greyscale and saturation use them).
+pub const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 
 impl Affine {
     fn identity() -> Self {
@@ -196,7 +197,7 @@ fn saturation_matrix(s: f32) -> [[f32; 3]; 3] {
 }
 
 /// Hue rotation by `turns` of a full circle, as a rotation of the chroma plane in YIQ space.
-fn hue_matrix(turns: f32) -> [[f32; 3]; 3] {
+pub fn hue_matrix(turns: f32) -> [[f32; 3]; 3] {
     let (sin, cos) = (turns * std::f32::consts::TAU).sin_cos();
     let to_yiq = [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]];
     let from_yiq = [[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]];

@@ -8,6 +8,7 @@
 //! covers `[i, i + 1)`, its centre is `i + 0.5`); resampling is bilinear with `align_corners =
 //! false` semantics and edge clamping.
 
+use datasets::augment::{hue_matrix, LUMA};
 use engine::Rng;
 
 /// Where a view comes from in the base crop: the box `[y0, y0 + h) x [x0, x0 + w)` resized to the
@@ -146,25 +147,6 @@ pub fn draw_photometric(side: usize, rng: &mut Rng) -> Photometric {
         p.blur = Some(((0.1 + 1.9 * rng.uniform()) * scale) as f32);
     }
     p
-}
-
-const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
-
-fn hue_matrix(turns: f32) -> [[f32; 3]; 3] {
-    let (sin, cos) = (turns * std::f32::consts::TAU).sin_cos();
-    let to_yiq = [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]];
-    let from_yiq = [[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]];
-    let rot = [[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]];
-    let mul = |a: [[f32; 3]; 3], b: [[f32; 3]; 3]| {
-        let mut o = [[0.0f32; 3]; 3];
-        for (r, row) in o.iter_mut().enumerate() {
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = (0..3).map(|k| a[r][k] * b[k][c]).sum();
-            }
-        }
-        o
-    };
-    mul(from_yiq, mul(rot, to_yiq))
 }
 
 /// Apply `p` to a normalised CHW image (`(x - mean) / std` of values in `[0, 1]`): un-normalise,
