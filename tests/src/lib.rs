@@ -79,6 +79,20 @@ pub fn rand_t(dims: &[usize], rng: &mut Rng) -> Tensor {
     Tensor::rand_uniform(dims.to_vec(), -1.0, 1.0, DType::F64, rng)
 }
 
+/// `t` viewed as rows of `d` values, each scaled to unit L2 norm (norm floored at 1e-3): unit
+/// features for losses that expect them.
+pub fn unit_rows(t: &Tensor, d: usize) -> Tensor {
+    let v = t.to_vec_f64().unwrap();
+    let out: Vec<f64> = v
+        .chunks(d)
+        .flat_map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-3);
+            r.iter().map(move |x| x / n).collect::<Vec<_>>()
+        })
+        .collect();
+    Tensor::from_f64_vec(out, t.dims().to_vec(), DType::F64)
+}
+
 /// A random f64 tensor whose entries are at least `gap` away from 0 (for kinks like ReLU).
 pub fn rand_away_from_zero(dims: &[usize], gap: f64, rng: &mut Rng) -> Tensor {
     let n: usize = dims.iter().product();

@@ -4,7 +4,7 @@
 //! and the dense term as the objective composes it (`gather_pixels` of the unit dense map).
 
 use engine::{ops, DType, Rng, Tensor};
-use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, Case};
+use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, unit_rows, Case};
 
 /// Rows, negatives, dims, unit-normalised or raw, temperature.
 #[derive(Clone, Debug)]
@@ -42,18 +42,6 @@ impl Case for Q {
     }
 }
 arbitrary_via_rng!(Q);
-
-fn unit_rows(t: &Tensor, d: usize) -> Tensor {
-    let v = t.to_vec_f64().unwrap();
-    let out: Vec<f64> = v
-        .chunks(d)
-        .flat_map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-3);
-            r.iter().map(move |x| x / n).collect::<Vec<_>>()
-        })
-        .collect();
-    Tensor::from_f64_vec(out, t.dims().to_vec(), DType::F64)
-}
 
 fn inputs(c: &Q) -> (Tensor, Tensor, Tensor) {
     let mut rng = Rng::new(c.seed);

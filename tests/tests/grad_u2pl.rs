@@ -4,7 +4,7 @@
 //! hand-computed value.
 
 use engine::{ops, DType, Rng, Tensor};
-use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, shrink_dims, Case};
+use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, shrink_dims, unit_rows, Case};
 
 /// `[N, C, H, W]` plus a seed for the indices.
 #[derive(Clone, Debug)]
@@ -87,18 +87,6 @@ impl Case for Nce {
     }
 }
 arbitrary_via_rng!(Nce);
-
-fn unit_rows(t: &Tensor, d: usize) -> Tensor {
-    let v = t.to_vec_f64().unwrap();
-    let out: Vec<f64> = v
-        .chunks(d)
-        .flat_map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-3);
-            r.iter().map(move |x| x / n).collect::<Vec<_>>()
-        })
-        .collect();
-    Tensor::from_f64_vec(out, t.dims().to_vec(), DType::F64)
-}
 
 #[test]
 fn grad_info_nce() {
