@@ -338,7 +338,8 @@ pub struct LabelEfficiencyArgs {
     /// Recipes (columns): ce-only, contrastive (+ fine-tune), contrastive-within, contrastive-cross,
     /// contrastive-decoder, contrastive-quarter, contrastive-eighth (loss variants), pseudo
     /// (contrastive, fine-tune, pseudo-labels), u2pl (contrastive, then U2PL with the fine-tuning
-    /// stage's steps and learning rate), densecl (label-free DenseCL on all training images, then
+    /// stage's steps and learning rate), u2pl-finetuned (contrastive, fine-tune, then U2PL with the
+    /// pseudo stage's steps and learning rate: pseudo's start and budget), densecl (label-free DenseCL on all training images, then
     /// fine-tune), densecl-contrastive (DenseCL, label contrastive, fine-tune).
     #[arg(long, value_delimiter = ',', default_value = "ce-only,contrastive")]
     pub recipes: Vec<crate::experiment::Recipe>,

@@ -164,7 +164,7 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = train::run(
         &cfg,
-        &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false },
+        &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false, reuse: None },
     )?;
     if s.interrupted {
         std::process::exit(130);

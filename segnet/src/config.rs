@@ -537,6 +537,48 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+    /// What the first `k` stages of this run depend on, as text: the config with the stage list
+    /// cut to those `k` and every setting that only a later stage reads put back to its default.
+    /// Two runs with equal keys train their first `k` stages identically (every random choice
+    /// derives from the seed and the stage's position), so an experiment may reuse one run's
+    /// stage checkpoints in the other ([`crate::train::RunOptions::reuse`]).
+    pub fn prefix_key(&self, k: usize) -> String {
+        let d = TrainConfig::default();
+        let mut c = self.clone();
+        c.stages.truncate(k);
+        let has = |s: Stage| c.stages.contains(&s);
+        let (ct, ft, ce, ps, u2, dc) = (
+            has(Stage::Contrastive),
+            has(Stage::Finetune),
+            has(Stage::CeOnly),
+            has(Stage::Pseudo),
+            has(Stage::U2pl),
+            has(Stage::Densecl),
+        );
+        if !ct {
+            c.contrastive = d.contrastive.clone();
+            c.loss = d.loss.clone();
+        }
+        if !ft {
+            c.finetune = d.finetune.clone();
+        }
+        if !ce {
+            c.ce_only = d.ce_only.clone();
+        }
+        if !ps {
+            c.pseudo = d.pseudo.clone();
+            c.pseudo_labels = d.pseudo_labels.clone();
+        }
+        if !u2 {
+            c.u2pl = d.u2pl.clone();
+            c.u2pl_settings = d.u2pl_settings.clone();
+        }
+        if !dc {
+            c.densecl = d.densecl.clone();
+            c.densecl_settings = d.densecl_settings.clone();
+        }
+        c.to_toml()
+    }
     /// The settings of a stage.
     pub fn stage(&self, s: Stage) -> &StageConfig {
         match s {
@@ -640,6 +682,20 @@ mod tests {
         let e = TrainConfig::from_toml("crop = 64\nbogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
         let partial = TrainConfig::from_toml("[finetune]\nlr = 0.5\n").unwrap();
+        // The prefix key ignores what only later stages read, and nothing the prefix reads.
+        let mut a = TrainConfig::default();
+        a.stages = vec![Stage::Contrastive, Stage::Finetune, Stage::Pseudo];
+        let mut b = a.clone();
+        b.stages = vec![Stage::Contrastive, Stage::Finetune, Stage::U2pl];
+        b.u2pl_settings.sup_only_steps = 0;
+        b.pseudo.steps = 7;
+        assert_eq!(a.prefix_key(2), b.prefix_key(2));
+        assert_ne!(a.prefix_key(3), b.prefix_key(3));
+        b.finetune.lr = 0.2;
+        assert_eq!(a.prefix_key(1), b.prefix_key(1));
+        assert_ne!(a.prefix_key(2), b.prefix_key(2));
+        b.seed = 5;
+        assert_ne!(a.prefix_key(1), b.prefix_key(1));
         assert_eq!(partial.finetune.lr, 0.5);
         assert_eq!(partial.finetune.steps, TrainConfig::default().finetune.steps);
     }

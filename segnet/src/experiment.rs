@@ -23,7 +23,7 @@ use crate::run_dir::{self, write_atomic};
 use crate::train::{self, RunOptions};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// A column of the experiment: how the labeled images are used.
@@ -48,6 +48,11 @@ pub enum Recipe {
     /// Contrastive, then U2PL (in place of fine-tuning: its steps and learning rate) on the
     /// labeled subset and every unlabeled training image.
     U2pl,
+    /// Contrastive, fine-tune, then U2PL with the pseudo stage's steps and learning rate: the
+    /// same start and budget as `pseudo`, so the two semi-supervised methods differ only in
+    /// their third stage. The teacher starts as the fine-tuned model, so there is no
+    /// supervised-only warm-up (`sup_only_steps = 0`).
+    U2plFinetuned,
     /// Label-free DenseCL pretraining on every training image, then fine-tuning.
     Densecl,
     /// DenseCL, then label-based contrastive pretraining, then fine-tuning (one more
@@ -69,6 +74,7 @@ impl Recipe {
             Recipe::ContrastiveEighth => "contrastive-eighth",
             Recipe::Pseudo => "pseudo",
             Recipe::U2pl => "u2pl",
+            Recipe::U2plFinetuned => "u2pl-finetuned",
             Recipe::Densecl => "densecl",
             Recipe::DenseclContrastive => "densecl-contrastive",
         }
@@ -98,6 +104,12 @@ impl Recipe {
                 cfg.stages = vec![Stage::Contrastive, Stage::U2pl];
                 cfg.u2pl.steps = base.finetune.steps;
                 cfg.u2pl.lr = base.finetune.lr;
+            }
+            Recipe::U2plFinetuned => {
+                cfg.stages = vec![Stage::Contrastive, Stage::Finetune, Stage::U2pl];
+                cfg.u2pl.steps = base.pseudo.steps;
+                cfg.u2pl.lr = base.pseudo.lr;
+                cfg.u2pl_settings.sup_only_steps = 0;
             }
             Recipe::Densecl => cfg.stages = vec![Stage::Densecl, Stage::Finetune],
             Recipe::DenseclContrastive => cfg.stages = vec![Stage::Densecl, Stage::Contrastive, Stage::Finetune],
@@ -238,6 +250,7 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
     let mut done = 0usize;
     for &n in &counts {
         for seed in 0..a.seeds {
+            let mut trained: Vec<(TrainConfig, PathBuf)> = Vec::new();
             for col in &cols {
                 let mut cfg = col.recipe.config(&base, col.protocol.unwrap_or(Protocol::SameSchedule));
                 cfg.labeled = Some(n);
@@ -245,8 +258,25 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                 // With fewer labeled images than the batch, every step sees all of them once.
                 cfg.batch = base.batch.min(n.max(2));
                 let dir = out.join(format!("n{n}-s{seed}-{}", col.folder()));
-                let opts =
-                    RunOptions { out: dir.clone(), quiet: true, device, score_train: true, ..Default::default() };
+                // Recipes that begin with the same stages (same seed and settings) train them once:
+                // the longest prefix an earlier run of this cell row trained is copied from it.
+                let reuse = (1..cfg.stages.len())
+                    .rev()
+                    .find_map(|k| {
+                        let key = cfg.prefix_key(k);
+                        trained
+                            .iter()
+                            .find(|(c, _): &&(TrainConfig, PathBuf)| c.stages.len() >= k && c.prefix_key(k) == key)
+                            .map(|(_, d)| (k, d.clone()))
+                    });
+                let opts = RunOptions {
+                    out: dir.clone(),
+                    quiet: true,
+                    device,
+                    score_train: true,
+                    reuse: reuse.clone(),
+                    ..Default::default()
+                };
                 let t = Instant::now();
                 let s = train::run(&cfg, &opts)?;
                 if s.interrupted {
@@ -254,6 +284,7 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                     std::process::exit(130);
                 }
                 let secs = t.elapsed().as_secs_f64();
+                trained.push((cfg.clone(), dir.clone()));
                 let val = s.scores.expect("a finished run has scores");
                 let tr = s.train_scores.expect("score_train was set");
                 done += 1;
@@ -274,6 +305,7 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                     "steps": cfg.stages.iter().map(|s| cfg.stage(*s).steps).collect::<Vec<_>>(),
                     "miou": val.miou, "pixel_accuracy": val.pixel_accuracy, "iou": val.iou,
                     "train_miou": tr.miou, "train_iou": tr.iou, "secs": secs, "dir": dir,
+                    "reused_stages": reuse.map(|(k, d)| json!({ "stages": k, "from": d })),
                 }));
                 // Written after every run, so an interrupted experiment keeps what it measured.
                 table = write_results(&out, &base, &counts, &cols, &runs, a.seeds)?;
@@ -451,6 +483,10 @@ mod tests {
         let u = Recipe::U2pl.config(&base, Protocol::SameSchedule);
         assert_eq!(u.stages, vec![Stage::Contrastive, Stage::U2pl]);
         assert_eq!((u.u2pl.steps, u.u2pl.lr), (base.finetune.steps, base.finetune.lr));
+        let uf = Recipe::U2plFinetuned.config(&base, Protocol::SameSchedule);
+        assert_eq!(uf.stages, vec![Stage::Contrastive, Stage::Finetune, Stage::U2pl]);
+        assert_eq!((uf.u2pl.steps, uf.u2pl.lr), (base.pseudo.steps, base.pseudo.lr));
+        assert_eq!(uf.u2pl_settings.sup_only_steps, 0);
         let p = Recipe::Pseudo.config(&base, Protocol::SameSchedule);
         assert_eq!(p.stages, vec![Stage::Contrastive, Stage::Finetune, Stage::Pseudo]);
         assert_eq!(columns(&[Recipe::CeOnly, Recipe::Pseudo, Recipe::U2pl], ProtocolChoice::SameSchedule).len(), 3);

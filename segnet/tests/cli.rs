@@ -130,6 +130,54 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     }
 }
 
+/// The float tensors of a checkpoint, for bit-exact comparisons.
+fn checkpoint_floats(path: &std::path::Path) -> Vec<(String, Vec<f64>)> {
+    let x = nn::read_checkpoint(path).unwrap();
+    let mut v: Vec<(String, Vec<f64>)> = x
+        .model
+        .iter()
+        .filter_map(|(k, v)| match v {
+            nn::StateValue::Float(p) => Some((k.clone(), p.to_vec_f64().unwrap())),
+            _ => None,
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn reused_stages_give_the_same_run_as_training_them_again() {
+    use segnet::config::{Stage, TrainConfig};
+    use segnet::train::{run, RunOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let first = TrainConfig::from_toml(TINY).unwrap(); // contrastive, finetune
+    let mut cfg = first.clone();
+    cfg.stages = vec![Stage::Contrastive, Stage::Finetune, Stage::Pseudo];
+    assert_eq!(first.prefix_key(2), cfg.prefix_key(2));
+    let a = tmp.path().join("a");
+    run(&first, &RunOptions { out: a.clone(), quiet: true, ..Default::default() }).unwrap();
+    let full = tmp.path().join("full");
+    run(&cfg, &RunOptions { out: full.clone(), quiet: true, ..Default::default() }).unwrap();
+    let reused = tmp.path().join("reused");
+    let s = run(&cfg, &RunOptions { out: reused.clone(), quiet: true, reuse: Some((2, a.clone())), ..Default::default() })
+        .unwrap();
+    assert!(s.scores.is_some());
+    for name in ["contrastive-final", "finetune-final", "pseudo-final"] {
+        let x = checkpoint_floats(&full.join(format!("checkpoints/{name}.safetensors")));
+        let y = checkpoint_floats(&reused.join(format!("checkpoints/{name}.safetensors")));
+        assert_eq!(x, y, "{name} differs between the full and the reusing run");
+    }
+    let log = std::fs::read_to_string(reused.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("reused_from"), "the reuse is logged");
+    // A run directory without the stage to reuse: an error naming the file.
+    let e = run(
+        &cfg,
+        &RunOptions { out: tmp.path().join("bad"), quiet: true, reuse: Some((2, tmp.path().join("none"))), ..Default::default() },
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("contrastive-final.safetensors"), "{e:#}");
+}
+
 #[test]
 fn data_commands_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();

@@ -47,6 +47,12 @@ pub struct RunOptions {
     /// Also score the final network on the labeled training images (no augmentation), to show
     /// how well it fits the labels it had against how well it generalises.
     pub score_train: bool,
+    /// `(k, dir)`: the first `k` stages were already trained, with a config whose
+    /// [`TrainConfig::prefix_key`]`(k)` equals this one's, in the run directory `dir`: their
+    /// final checkpoints are copied from there instead of trained again (the experiment's
+    /// recipes share their pretraining). The copies make the run directory complete, so
+    /// `--resume` works on it as on any other.
+    pub reuse: Option<(usize, PathBuf)>,
 }
 
 /// What a finished run reports.
@@ -164,6 +170,24 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 // Finished before the checkpoint: its final weights are on disk.
                 ctx.global_offset += steps;
                 last_final = Some(ctx.dir.checkpoint(&format!("{}-final", stage.name())));
+                prev_stage = Some(stage);
+                continue;
+            }
+        }
+        if let Some((k, from)) = &opts.reuse {
+            if si < *k {
+                let src = from.join("checkpoints").join(format!("{}-final.safetensors", stage.name()));
+                let dst = ctx.dir.checkpoint(&format!("{}-final", stage.name()));
+                let bytes = std::fs::read(&src).with_context(|| {
+                    format!("{}: cannot read the {} stage to reuse", src.display(), stage.name())
+                })?;
+                crate::run_dir::write_atomic(&dst, &bytes)?;
+                ctx.dir.log(json!({ "stage": stage.name(), "global_step": ctx.global_offset, "reused_from": src }))?;
+                if !opts.quiet {
+                    eprintln!("segnet: {} reused from {} (same seed and settings)", stage.name(), src.display());
+                }
+                ctx.global_offset += steps;
+                last_final = Some(dst);
                 prev_stage = Some(stage);
                 continue;
             }
