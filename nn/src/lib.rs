@@ -10,6 +10,8 @@
 //! * Losses: [`CrossEntropyLoss`], [`PixelContrastiveLoss`].
 //! * [`Sgd`] (PyTorch semantics, parameter groups), [`LrSchedule`], [`clip_grad_norm`].
 //! * [`save_checkpoint`] / [`load_checkpoint`]: safetensors files PyTorch can open.
+//! * [`read_pth`] / [`load_state_dict`]: PyTorch zip checkpoints (`torch.save`), e.g. torchvision's
+//!   ImageNet weights, read without Python.
 //!
 //! A training step:
 //!
@@ -55,8 +57,8 @@ mod param;
 
 pub use checkpoint::write_atomically;
 pub use checkpoint::{
-    load_checkpoint, read_checkpoint, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
-    StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,
+    load_checkpoint, load_state_dict, read_checkpoint, read_pth, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
+    PthFile, StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,
 };
 pub use ctx::{Ctx, Grads};
 pub use error::{Error, Result};

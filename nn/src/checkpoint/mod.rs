@@ -11,8 +11,10 @@
 //! tensor's name, dtype and shape, and name the file and the tensors in any error.
 
 mod format;
+mod pth;
 
 pub use format::{CheckpointMeta, StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX};
+pub use pth::{read_pth, PthFile};
 
 use crate::{visit_all, Error, Module, Result, Sgd, Slot};
 use engine::Tensor;
@@ -215,22 +217,11 @@ pub fn load_checkpoint<M: Module + ?Sized>(
 ) -> Result<(CheckpointMeta, LoadReport)> {
     let path = path.as_ref();
     let data = read_checkpoint(path)?;
-    let mut report = LoadReport::default();
 
     // Pass 1: match names and shapes without touching the model.
     let ordered = ordered_state(model);
     let model_state: BTreeMap<&str, &StateValue> = ordered.iter().map(|(n, v)| (n.as_str(), v)).collect();
-    let mut accepted: BTreeMap<&str, &StateValue> = BTreeMap::new();
-    for (name, mine) in &ordered {
-        match data.model.get(name) {
-            None => report.missing.push(name.clone()),
-            Some(theirs) if fits(theirs, mine) => {
-                accepted.insert(name, theirs);
-            }
-            Some(theirs) => report.mismatched.push((name.clone(), theirs.describe(), mine.describe())),
-        }
-    }
-    report.unexpected = data.model.keys().filter(|k| !model_state.contains_key(k.as_str())).cloned().collect();
+    let (accepted, mut report) = match_state(&ordered, &data.model);
     let mut momentum = BTreeMap::new();
     if optim.is_some() {
         for (name, mine) in &ordered {
@@ -254,6 +245,38 @@ pub fn load_checkpoint<M: Module + ?Sized>(
     }
 
     // Pass 2: copy.
+    copy_state(path, model, &accepted)?;
+    report.loaded = accepted.len() + momentum.len();
+    if let Some(opt) = optim {
+        opt.restore(momentum, data.optim_steps.unwrap_or(0));
+    }
+    Ok((data.meta, report))
+}
+
+/// Which of `tensors` fit the model state `ordered` (same name, shape and kind), and the report
+/// of the rest: model state they lack, tensors the model has no place for, mis-shaped ones.
+fn match_state<'a>(
+    ordered: &[(String, StateValue)],
+    tensors: &'a BTreeMap<String, StateValue>,
+) -> (BTreeMap<String, &'a StateValue>, LoadReport) {
+    let mut report = LoadReport::default();
+    let mut accepted = BTreeMap::new();
+    for (name, mine) in ordered {
+        match tensors.get(name) {
+            None => report.missing.push(name.clone()),
+            Some(theirs) if fits(theirs, mine) => {
+                accepted.insert(name.clone(), theirs);
+            }
+            Some(theirs) => report.mismatched.push((name.clone(), theirs.describe(), mine.describe())),
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = ordered.iter().map(|(n, _)| n.as_str()).collect();
+    report.unexpected = tensors.keys().filter(|k| !known.contains(k.as_str())).cloned().collect();
+    (accepted, report)
+}
+
+/// Copy the `accepted` tensors into the model (floats converted to the model's dtype).
+fn copy_state<M: Module + ?Sized>(path: &Path, model: &mut M, accepted: &BTreeMap<String, &StateValue>) -> Result<()> {
     let mut result = Ok(());
     visit_all(model, |name, slot| {
         let Some(v) = accepted.get(name) else { return };
@@ -270,12 +293,22 @@ pub fn load_checkpoint<M: Module + ?Sized>(
             _ => Err(Error::checkpoint(path, format!("tensor {name}: kind changed during load"))),
         };
     });
-    result?;
-    report.loaded = accepted.len() + momentum.len();
-    if let Some(opt) = optim {
-        opt.restore(momentum, data.optim_steps.unwrap_or(0));
-    }
-    Ok((data.meta, report))
+    result
+}
+
+/// Load named tensors from any source (e.g. [`read_pth`]) into `model`, non-strictly: what
+/// matches by name, shape and kind is copied, the rest is left and reported. `path` is the file
+/// they came from, for error messages.
+pub fn load_state_dict<M: Module + ?Sized>(
+    path: &Path,
+    model: &mut M,
+    tensors: &BTreeMap<String, StateValue>,
+) -> Result<LoadReport> {
+    let ordered = ordered_state(model);
+    let (accepted, mut report) = match_state(&ordered, tensors);
+    copy_state(path, model, &accepted)?;
+    report.loaded = accepted.len();
+    Ok(report)
 }
 
 /// Can `theirs` (from the file) be loaded where the model holds `mine`?
