@@ -57,7 +57,7 @@ mod param;
 
 pub use checkpoint::write_atomically;
 pub use checkpoint::{
-    load_checkpoint, load_state_dict, read_checkpoint, read_pth, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
+    check_state_dict, load_checkpoint, load_state_dict, read_checkpoint, read_pth, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
     PthFile, StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,
 };
 pub use ctx::{Ctx, Grads};

@@ -70,6 +70,14 @@ pub struct TrainArgs {
     /// Output stride (8 or 16).
     #[arg(long)]
     pub output_stride: Option<usize>,
+    /// Initial backbone weights: a PyTorch checkpoint as `torch.save` writes it (e.g.
+    /// torchvision's `resnet50-0676ba61.pth`; read without Python), a safetensors state dict or
+    /// a segnet checkpoint, with torchvision names (`module.` / `backbone.` prefixes are taken
+    /// off). Every backbone tensor must fit (ImageNet weights need `--width 1` and the matching
+    /// `--backbone`); `fc.*` is left out. Used by each stage that would start from random
+    /// weights (contrastive, ce-only, densecl).
+    #[arg(long, value_name = "FILE")]
+    pub init_backbone: Option<std::path::PathBuf>,
     /// Square crop size.
     #[arg(long)]
     pub crop: Option<usize>,
@@ -335,7 +343,8 @@ pub struct LabelEfficiencyArgs {
     /// Seeds per cell: seed k uses master seed `--seed + k`, i.e. a different labeled subset and init.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// Recipes (columns): ce-only, contrastive (+ fine-tune), contrastive-within, contrastive-cross,
+    /// Recipes (columns): ce-only, imagenet-ce (CE-only from the --init-backbone weights),
+    /// contrastive (+ fine-tune), contrastive-within, contrastive-cross,
     /// contrastive-decoder, contrastive-quarter, contrastive-eighth (loss variants), pseudo
     /// (contrastive, fine-tune, pseudo-labels), u2pl (contrastive, then U2PL with the fine-tuning
     /// stage's steps and learning rate), u2pl-finetuned (contrastive, fine-tune, then U2PL with the

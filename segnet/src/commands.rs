@@ -68,6 +68,12 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
     if let Some(v) = a.output_stride {
         cfg.model.output_stride = v;
     }
+    if let Some(v) = &a.init_backbone {
+        if !v.is_file() {
+            anyhow::bail!("--init-backbone {}: no such file", v.display());
+        }
+        cfg.model.init_backbone = Some(v.clone());
+    }
     if let Some(v) = a.crop {
         cfg.crop = v;
     }

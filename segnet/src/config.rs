@@ -99,6 +99,12 @@ pub struct ModelConfig {
     /// ASPP atrous rates; default 6/12/18 at output stride 16 and 12/24/36 at 8. Small crops
     /// want smaller rates (a 64-pixel crop has a 4x4 map at stride 16).
     pub aspp_rates: Option<[usize; 3]>,
+    /// Initial backbone weights (`--init-backbone`): a PyTorch `.pth` (e.g. torchvision's
+    /// ImageNet ResNet as distributed), a safetensors state dict or a segnet checkpoint, with
+    /// torchvision names. Loaded into every stage that would otherwise start from random
+    /// weights; `None` = random initialisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_backbone: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -110,6 +116,7 @@ impl Default for ModelConfig {
             output_stride: 8,
             head_channels: 256,
             aspp_rates: Some([1, 2, 3]),
+            init_backbone: None,
         }
     }
 }

@@ -45,6 +45,7 @@
 pub mod views;
 
 use crate::config::{DenseclSettings, TrainConfig};
+use crate::init_backbone::BackboneOnly;
 use crate::model::{DeepLabV3Plus, ModelSpec, ResNet};
 use crate::net::{self, Net};
 use crate::objective::{batch_shuffle, train_augment, Objective};
@@ -608,15 +609,6 @@ impl Objective for DenseCl {
             "densecl: key momentum {}, lambda {} (0 for {} steps), tau {}, queues 2 x {} keys of {}, {} batch-norm chunks, crop scale [{}, 1]; labels unused",
             s.key_momentum, s.lambda, s.dense_warmup_steps, s.tau, s.queue_size, s.dim, s.bn_chunks, s.min_scale
         ))
-    }
-}
-
-/// The backbone of a network, alone: what a DenseCL checkpoint gives the next stage.
-struct BackboneOnly<'a>(&'a mut ResNet);
-
-impl Module for BackboneOnly<'_> {
-    fn visit(&mut self, v: &mut Visitor<'_>) {
-        v.child("backbone", self.0);
     }
 }
 

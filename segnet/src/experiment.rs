@@ -31,6 +31,10 @@ use std::time::Instant;
 pub enum Recipe {
     /// Cross-entropy from scratch (run once per budget protocol).
     CeOnly,
+    /// Cross-entropy (same-schedule budget) from the `--init-backbone` weights, e.g.
+    /// torchvision's ImageNet ResNet: the paper's baseline. The other columns start from random
+    /// weights; the flag is only for this column.
+    ImagenetCe,
     /// Contrastive pretraining with the config's loss settings, then fine-tuning.
     Contrastive,
     /// As `contrastive`, with the within-image loss.
@@ -66,6 +70,7 @@ impl Recipe {
     pub fn name(self) -> &'static str {
         match self {
             Recipe::CeOnly => "ce-only",
+            Recipe::ImagenetCe => "imagenet-ce",
             Recipe::Contrastive => "contrastive",
             Recipe::ContrastiveWithin => "contrastive-within",
             Recipe::ContrastiveCross => "contrastive-cross",
@@ -84,6 +89,9 @@ impl Recipe {
     fn config(self, base: &TrainConfig, protocol: Protocol) -> TrainConfig {
         let mut cfg = base.clone();
         cfg.stages = vec![Stage::Contrastive, Stage::Finetune];
+        if self != Recipe::ImagenetCe {
+            cfg.model.init_backbone = None;
+        }
         match self {
             Recipe::CeOnly => {
                 cfg.stages = vec![Stage::CeOnly];
@@ -91,6 +99,10 @@ impl Recipe {
                     Protocol::SameSchedule => base.finetune.steps,
                     Protocol::EqualSteps => base.contrastive.steps + base.finetune.steps,
                 };
+            }
+            Recipe::ImagenetCe => {
+                cfg.stages = vec![Stage::CeOnly];
+                cfg.ce_only.steps = base.finetune.steps;
             }
             Recipe::Contrastive => {}
             Recipe::ContrastiveWithin => cfg.loss.mode = LossMode::Within,
@@ -209,6 +221,11 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
         bail!("--recipes: name at least one recipe");
     }
     let base = resolve_config(&a.train, None)?;
+    match (a.recipes.contains(&Recipe::ImagenetCe), &base.model.init_backbone) {
+        (true, None) => bail!("--recipes imagenet-ce needs --init-backbone FILE (e.g. torchvision's resnet18 ImageNet weights with --width 1)"),
+        (false, Some(_)) => bail!("--init-backbone is the imagenet-ce column's weights: add imagenet-ce to --recipes (the other columns start from random weights)"),
+        _ => {}
+    }
     set_threads(base.threads);
     let device = check_device(&a.train.device)?;
     let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));

@@ -12,6 +12,7 @@ pub mod densecl;
 pub mod evaluate;
 pub mod experiment;
 pub mod infer;
+pub mod init_backbone;
 pub mod metrics;
 pub mod model;
 pub mod net;

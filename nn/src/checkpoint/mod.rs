@@ -296,6 +296,14 @@ fn copy_state<M: Module + ?Sized>(path: &Path, model: &mut M, accepted: &BTreeMa
     result
 }
 
+/// What [`load_state_dict`] of `tensors` would report, without changing the model.
+pub fn check_state_dict<M: Module + ?Sized>(model: &mut M, tensors: &BTreeMap<String, StateValue>) -> LoadReport {
+    let ordered = ordered_state(model);
+    let (accepted, mut report) = match_state(&ordered, tensors);
+    report.loaded = accepted.len();
+    report
+}
+
 /// Load named tensors from any source (e.g. [`read_pth`]) into `model`, non-strictly: what
 /// matches by name, shape and kind is copied, the rest is left and reported. `path` is the file
 /// they came from, for error messages.

@@ -215,7 +215,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                     eprintln!("segnet: {} starts from {}: {line}", stage.name(), path.display());
                 }
             }
-            Stage::Contrastive | Stage::CeOnly | Stage::Densecl => {}
+            Stage::Contrastive | Stage::CeOnly | Stage::Densecl => init_backbone(cfg, &mut net, stage, opts.quiet)?,
             Stage::Finetune | Stage::Pseudo | Stage::U2pl => {
                 // Start from the previous stage's final weights: the projection head (if any) is
                 // left out and the classifier starts fresh when coming from the contrastive stage.
@@ -227,6 +227,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                             eprintln!("segnet: {} starts from {}: {}", stage.name(), path.display(), report);
                         }
                     }
+                    None if cfg.model.init_backbone.is_some() => init_backbone(cfg, &mut net, stage, opts.quiet)?,
                     None if !opts.quiet => {
                         eprintln!("segnet: {} has no earlier stage to start from: training from scratch", stage.name())
                     }
@@ -302,6 +303,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     dir.plot()?;
     Ok(RunSummary { scores: Some(scores), train_scores, table, dir: opts.out.clone(), interrupted: false })
+}
+
+/// Load `model.init_backbone` (if set) into a stage's fresh network.
+fn init_backbone(cfg: &TrainConfig, net: &mut Net, stage: Stage, quiet: bool) -> Result<()> {
+    let Some(path) = &cfg.model.init_backbone else { return Ok(()) };
+    let line = crate::init_backbone::load(path, &mut net.backbone)?;
+    if !quiet {
+        eprintln!("segnet: {} starts its backbone from --init-backbone: {line}", stage.name());
+    }
+    Ok(())
 }
 
 /// What [`load_for_inference`] returns: the network, its run config, the class names and the

@@ -1,0 +1,110 @@
+//! `--init-backbone FILE`: start the backbone from weights a user has, e.g. torchvision's ImageNet
+//! checkpoints as distributed (`resnet50-0676ba61.pth`, PyTorch's zip format, read by
+//! [`nn::read_pth`] without Python), a safetensors state dict, or a segnet checkpoint.
+//!
+//! Names: our backbone is torchvision's ResNet with the same tensor names under `backbone.`, so a
+//! file's `layer1.0.conv1.weight` is our `backbone.layer1.0.conv1.weight`. Wrappers are taken
+//! off first: a `module.` prefix (DataParallel) and a `backbone.` prefix (mmsegmentation, segnet's
+//! own checkpoints). ImageNet's classifier (`fc.*`) has no place in DeepLabV3+ and is reported as
+//! left out. Every backbone tensor must be found with its shape, or the run stops with the report
+//! (a half-initialised backbone is nearly always a wrong file or a wrong `--backbone` / `--width`).
+
+use crate::model::ResNet;
+use anyhow::{bail, Result};
+use nn::{Module, StateValue, Visitor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The backbone of a network, alone, under its usual `backbone.` names: what a backbone
+/// initialisation or a DenseCL checkpoint gives the next network.
+pub struct BackboneOnly<'a>(pub &'a mut ResNet);
+
+impl Module for BackboneOnly<'_> {
+    fn visit(&mut self, v: &mut Visitor<'_>) {
+        v.child("backbone", self.0);
+    }
+}
+
+/// The file's tensors under the names our backbone uses.
+fn read_renamed(path: &Path) -> Result<(BTreeMap<String, StateValue>, Vec<String>)> {
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let (tensors, mut notes) = if is_safetensors {
+        (nn::read_checkpoint(path)?.model, Vec::new())
+    } else {
+        let f = nn::read_pth(path)?;
+        let mut notes = Vec::new();
+        if let Some(k) = &f.wrapped_in {
+            notes.push(format!("state dict taken from the file's {k:?} entry"));
+        }
+        if !f.skipped.is_empty() {
+            notes.push(format!("{} non-tensor entries skipped", f.skipped.len()));
+        }
+        (f.tensors, notes)
+    };
+    let mut out = BTreeMap::new();
+    let mut stripped = 0;
+    for (name, v) in tensors {
+        let mut n = name.as_str();
+        while let Some(rest) = n.strip_prefix("module.") {
+            n = rest;
+        }
+        if let Some(rest) = n.strip_prefix("backbone.") {
+            n = rest;
+        }
+        if n.len() != name.len() {
+            stripped += 1;
+        }
+        out.insert(format!("backbone.{n}"), v);
+    }
+    if stripped > 0 {
+        notes.push(format!("{stripped} names had a module./backbone. prefix taken off"));
+    }
+    Ok((out, notes))
+}
+
+/// Load `path` into `backbone`. Returns the line for the log: what was loaded and left out.
+/// Errors name the file and list what is missing or mis-shaped.
+pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
+    let (tensors, notes) = read_renamed(path)?;
+    // A dry run first: nothing changes unless every backbone tensor fits.
+    let mut probe = BackboneOnly(backbone);
+    let wanted = nn::state_names(&mut probe);
+    let present = wanted.iter().filter(|n| tensors.contains_key(*n)).count();
+    if present == 0 {
+        let first: Vec<&str> = tensors.keys().take(5).map(|k| k.trim_start_matches("backbone.")).collect();
+        bail!(
+            "--init-backbone {}: none of its {} tensors is a ResNet backbone tensor with torchvision names \
+             (conv1.weight, layer1.0.conv1.weight, ...); it has {first:?}",
+            path.display(),
+            tensors.len()
+        );
+    }
+    let mut trial = tensors.clone();
+    trial.retain(|k, _| wanted.contains(k));
+    let dry = nn::check_state_dict(&mut probe, &trial);
+    if !dry.missing.is_empty() || !dry.mismatched.is_empty() {
+        let hint = match dry.mismatched.first() {
+            Some((name, theirs, mine)) => format!(
+                " (e.g. {name}: file {theirs}, model {mine}: the file is another depth or width; \
+                 torchvision's ImageNet weights need --width 1 and the matching --backbone)"
+            ),
+            None => String::new(),
+        };
+        bail!("--init-backbone {}: does not fit the backbone: {dry}{hint}", path.display());
+    }
+    let report = nn::load_state_dict(path, &mut probe, &trial)?;
+    let left: Vec<String> =
+        tensors.keys().filter(|k| !wanted.contains(*k)).map(|k| k.trim_start_matches("backbone.").to_string()).collect();
+    let mut line = format!("{} backbone tensors loaded from {}", report.loaded, path.display());
+    if !left.is_empty() {
+        let shown: Vec<&str> = left.iter().take(6).map(String::as_str).collect();
+        line += &format!("; {} left out (no place in DeepLabV3+): {}", left.len(), shown.join(", "));
+        if left.len() > shown.len() {
+            line += ", ...";
+        }
+    }
+    for n in notes {
+        line += &format!("; {n}");
+    }
+    Ok(line)
+}
