@@ -137,7 +137,8 @@ pub struct TrainArgs {
     /// Run directory (default: runs/<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Resume from a checkpoint written by an earlier run (its config is used).
+    /// Resume from a checkpoint written by an earlier run (its config is used), or from a run
+    /// directory: its newest valid checkpoint (after a crash or a kill, damaged files skipped).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Device: cpu or cuda.

@@ -162,7 +162,11 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
 fn train_cmd(t: TrainCmdArgs) -> Result<()> {
     let a = &t.train;
     let device = check_device(&a.device)?;
-    let (cfg, out) = match &a.resume {
+    let resume = a.resume.as_deref().map(train::resume_target).transpose()?;
+    if let Some(ck) = resume.as_ref().filter(|_| !a.quiet) {
+        eprintln!("segnet: resuming from {}", ck.display());
+    }
+    let (cfg, out) = match &resume {
         Some(ck) => train::resume_config(ck)?,
         None => (resolve_config(a, t.labeled)?, a.out.clone().unwrap_or_else(run_dir::default_path)),
     };
@@ -170,7 +174,7 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let s = train::run(
         &cfg,
-        &RunOptions { out, resume: a.resume.clone(), quiet: a.quiet, stop_after: None, device, score_train: false, reuse: None },
+        &RunOptions { out, resume, quiet: a.quiet, stop_after: None, device, score_train: false, reuse: None },
     )?;
     if s.interrupted {
         std::process::exit(130);

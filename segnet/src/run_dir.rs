@@ -94,6 +94,20 @@ impl RunDir {
         write_png(&self.path.join("curves.png"), &panels).context("cannot write curves.png")
     }
 
+    /// Drop the metrics records after global step `global`, and any line a kill cut short: a
+    /// resumed run repeats those steps and logs them again. The file is rewritten atomically.
+    pub fn forget_after(&mut self, global: usize) -> Result<()> {
+        let file = self.path.join("metrics.jsonl");
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        let step_of = |l: &str| serde_json::from_str::<Value>(l).ok().and_then(|v| v["global_step"].as_u64());
+        let kept: String =
+            text.lines().filter(|l| step_of(l).is_some_and(|g| g as usize <= global)).map(|l| format!("{l}\n")).collect();
+        write_atomic(&file, kept.as_bytes())?;
+        let path = self.path.clone();
+        *self = RunDir::open(&path)?;
+        Ok(())
+    }
+
     /// Path of a checkpoint file.
     pub fn checkpoint(&self, name: &str) -> PathBuf {
         self.path.join("checkpoints").join(format!("{name}.safetensors"))

@@ -74,6 +74,7 @@ impl PackWriter {
             .ok_or_else(|| DatasetError::Config(format!("{}: not a file path", final_path.display())))?
             .to_string_lossy()
             .into_owned();
+        remove_stale_temporaries(&dir, &file_name);
         let tmp_path = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp_path).map_err(|e| DatasetError::io(&tmp_path, "create", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -178,7 +179,16 @@ impl PackWriter {
 
     /// Writes index, names and header, fsyncs, renames into place and fsyncs the directory.
     pub fn finish(mut self) -> Result<PackSummary> {
-        let mut out = self.out.take().expect("finish called twice");
+        let out = self.out.take().expect("finish called twice");
+        let result = self.write_tail(out);
+        if result.is_err() {
+            // Disk full or the like: the temporary file goes, an existing pack stays as it was.
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+        result
+    }
+
+    fn write_tail(&mut self, mut out: BufWriter<File>) -> Result<PackSummary> {
         let tmp = self.tmp_path.clone();
         let werr = |e| DatasetError::io(&tmp, "write", e);
         // Pad so the index (u64 fields) is 8-aligned in the (page-aligned) memory map.
@@ -234,6 +244,23 @@ impl PackWriter {
             bytes: header.file_len,
             unknown_to_ignore: 0,
         })
+    }
+}
+
+/// Remove `.<name>.tmp-<pid>` files that a killed writer of the same pack left behind (its
+/// process is gone). Only where `/proc` tells which processes live (Linux); best effort.
+fn remove_stale_temporaries(dir: &Path, file_name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{file_name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

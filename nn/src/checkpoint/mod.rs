@@ -86,9 +86,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp).map_err(ctx(format!("cannot create {}", tmp.display())))?;
-    f.write_all(bytes).map_err(ctx("cannot write".into()))?;
-    f.sync_all().map_err(ctx("cannot sync".into()))?;
+    let written = f
+        .write_all(bytes)
+        .map_err(ctx(format!("cannot write {}", tmp.display())))
+        .and_then(|_| f.sync_all().map_err(ctx(format!("cannot sync {}", tmp.display()))));
     drop(f);
+    if let Err(e) = written {
+        // Disk full or the like: the temporary file goes, the previous file stays as it was.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(ctx(format!("cannot rename {} over it", tmp.display())))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = std::fs::File::open(dir) {

@@ -80,11 +80,48 @@ pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
     h
 }
 
-/// Where a resumed run picks up.
+/// Where a resumed run picks up: stage `stage_index` at `step`, its state from `path` (`None`:
+/// the stage starts afresh, the stages before it having finished).
 struct ResumePoint {
     stage_index: usize,
     step: usize,
-    path: PathBuf,
+    path: Option<PathBuf>,
+}
+
+/// The newest valid checkpoint of run directory `dir` (its `checkpoints/*.safetensors`, each
+/// read and checksummed; unreadable or damaged ones are skipped with a warning): the one latest
+/// in the run, a stage's `-final` after its `-last` and before the next stage's.
+pub fn newest_checkpoint(dir: &Path) -> Result<PathBuf> {
+    let folder = dir.join("checkpoints");
+    let entries = std::fs::read_dir(&folder)
+        .with_context(|| format!("--resume {}: no checkpoints folder ({})", dir.display(), folder.display()))?;
+    let mut best: Option<((usize, usize), PathBuf)> = None;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "safetensors") {
+            continue; // e.g. a `.tmp` left by a kill
+        }
+        match read_resume(&path) {
+            Ok((_, r)) => {
+                // A stage's final checkpoint reads as "the next stage at step 0" (see read_resume).
+                let key = (r.stage_index, r.step);
+                if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                    best = Some((key, path));
+                }
+            }
+            Err(err) => eprintln!("segnet: skipping {}: {err:#}", path.display()),
+        }
+    }
+    best.map(|(_, p)| p).with_context(|| format!("--resume {}: no valid checkpoint in {}", dir.display(), folder.display()))
+}
+
+/// `--resume PATH`: a checkpoint, or a run directory (its newest valid checkpoint).
+pub fn resume_target(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        newest_checkpoint(path)
+    } else {
+        Ok(path.to_path_buf())
+    }
 }
 
 fn read_resume(path: &Path) -> Result<(TrainConfig, ResumePoint)> {
@@ -97,7 +134,17 @@ fn read_resume(path: &Path) -> Result<(TrainConfig, ResumePoint)> {
                 format!("{}: not a segnet training checkpoint (no {k:?} in its metadata)", path.display())
             })
         };
-    Ok((cfg, ResumePoint { stage_index: get("stage_index")?, step: get("stage_step")?, path: path.to_path_buf() }))
+    let (stage_index, step) = (get("stage_index")?, get("stage_step")?);
+    let is_final = data.meta.extra.get("stage").is_some_and(|s| {
+        path.file_stem().is_some_and(|f| f.to_string_lossy() == format!("{s}-final"))
+    });
+    // A stage's final checkpoint: that stage is done, the next one starts afresh.
+    let point = if is_final {
+        ResumePoint { stage_index: stage_index + 1, step: 0, path: None }
+    } else {
+        ResumePoint { stage_index, step, path: Some(path.to_path_buf()) }
+    };
+    Ok((cfg, point))
 }
 
 /// Resolve a resumed run's config and directory (the checkpoint's own).
@@ -125,6 +172,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     let mut dir = RunDir::open(&opts.out)?;
     dir.write("config.toml", &cfg.to_toml())?;
+    // The steps after the checkpoint are run (and logged) again; a fresh run into a folder that
+    // holds an earlier (e.g. killed) attempt starts a fresh log.
+    let done_steps = match &resume {
+        Some(r) => cfg.stages[..r.stage_index.min(cfg.stages.len())].iter().map(|s| cfg.stage(*s).steps).sum::<usize>() + r.step,
+        None => 0,
+    };
+    dir.forget_after(done_steps)?;
 
     // The labeled subset: chosen once from the seed, recorded in the run.
     let candidates = train.labeled_indices()?;
@@ -247,7 +301,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         } else {
             (train.clone(), subset.labeled.clone(), subset.unlabeled.clone())
         };
-        let resume_here = resume.as_ref().filter(|r| r.stage_index == si).map(|r| (r.path.as_path(), r.step));
+        let resume_here =
+            resume.as_ref().filter(|r| r.stage_index == si).and_then(|r| r.path.as_deref().map(|p| (p, r.step)));
         let end = stage::train_stage(&mut ctx, si, stage, &mut net, source, indices, unlabeled, resume_here)?;
         ctx.global_offset += steps;
         match end {
