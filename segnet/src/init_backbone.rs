@@ -83,14 +83,18 @@ pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
     trial.retain(|k, _| wanted.contains(k));
     let dry = nn::check_state_dict(&mut probe, &trial);
     if !dry.missing.is_empty() || !dry.mismatched.is_empty() {
-        let hint = match dry.mismatched.first() {
-            Some((name, theirs, mine)) => format!(
-                " (e.g. {name}: file {theirs}, model {mine}: the file is another depth or width; \
-                 torchvision's ImageNet weights need --width 1 and the matching --backbone)"
-            ),
-            None => String::new(),
+        let what = match describe_resnet(&tensors) {
+            Some(arch) => format!("the file holds a {arch}"),
+            None => "the file is another depth or width".to_string(),
         };
-        bail!("--init-backbone {}: does not fit the backbone: {dry}{hint}", path.display());
+        bail!(
+            "--init-backbone {}: does not fit the model's backbone ({what}; torchvision's ImageNet weights \
+             need --width 1 and the matching --backbone): {} of {} tensors fit{}",
+            path.display(),
+            dry.loaded,
+            wanted.len(),
+            nn::LoadReport { loaded: 0, ..dry }.to_string().trim_start_matches("0 loaded")
+        );
     }
     let report = nn::load_state_dict(path, &mut probe, &trial)?;
     let left: Vec<String> =
@@ -107,4 +111,26 @@ pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
         line += &format!("; {n}");
     }
     Ok(line)
+}
+
+/// What torchvision ResNet the (renamed) tensors are, from their names and shapes: block type
+/// (`conv3` only in bottlenecks), blocks per stage, and the stem's width relative to 64.
+fn describe_resnet(t: &BTreeMap<String, StateValue>) -> Option<String> {
+    let stem = t.get("backbone.conv1.weight")?.dims();
+    let blocks = |layer: usize| {
+        (0..)
+            .take_while(|b| t.contains_key(&format!("backbone.layer{layer}.{b}.conv1.weight")))
+            .count()
+    };
+    let counts = [blocks(1), blocks(2), blocks(3), blocks(4)];
+    let bottleneck = t.contains_key("backbone.layer1.0.conv3.weight");
+    let depth = match (bottleneck, counts) {
+        (false, [2, 2, 2, 2]) => "resnet18",
+        (false, [3, 4, 6, 3]) => "resnet34",
+        (true, [3, 4, 6, 3]) => "resnet50",
+        (true, [3, 4, 23, 3]) => "resnet101",
+        _ => return None,
+    };
+    let width = *stem.first()? as f64 / 64.0;
+    Some(format!("{depth} at width {width}"))
 }

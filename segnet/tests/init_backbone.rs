@@ -105,6 +105,7 @@ fn train_with_init_backbone_and_bad_files() {
     let o = segnet(&["train", "--config", c, "--width", "0.25", "--init-backbone", good.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
     fails_with(&o, "mis-shaped");
     fails_with(&o, "--width 1");
+    fails_with(&o, "the file holds a resnet18 at width 0.125");
     // A PyTorch file that is not a backbone.
     let misc = fixture("misc.pth");
     fails_with(&segnet(&["train", "--config", c, "--init-backbone", misc.to_str().unwrap(), "--out", tmp.path().join("y").to_str().unwrap()]), "none of its");
