@@ -6,6 +6,7 @@
 //! result does not depend on the thread count. Strides are in elements and may be anything, so a
 //! transposed operand is just a view with swapped strides: no copy.
 
+use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use rayon::prelude::*;
 
@@ -54,10 +55,6 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
 /// Below this many multiply-adds a single thread is faster than splitting.
 const PAR_THRESHOLD: usize = 1 << 18;
 /// Rows (or columns) per parallel block: a multiple of matrixmultiply's micro-kernel sizes.
@@ -78,8 +75,8 @@ pub fn gemm<T: Float>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut
     }
     let cp = SendPtr(c.data.as_mut_ptr());
     let (rsc, csc) = (c.rs, c.cs);
+    // SAFETY (of the writes through `cp`): the blocks below cover disjoint rows (or columns) of C.
     let run = |r0: usize, r1: usize, c0: usize, c1: usize| unsafe {
-        let p = &cp;
         T::gemm_raw(
             r1 - r0,
             k,
@@ -92,7 +89,7 @@ pub fn gemm<T: Float>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut
             b.rs,
             b.cs,
             beta,
-            p.0.offset(r0 as isize * rsc + c0 as isize * csc),
+            cp.ptr().offset(r0 as isize * rsc + c0 as isize * csc),
             rsc,
             csc,
         )

@@ -9,6 +9,7 @@
 //! `p` indexes the `N * C` planes. Work is split per plane (fixed), so results do not depend on
 //! the thread count.
 
+use crate::cpu::parallel::sum_in_order;
 use crate::Float;
 use rayon::prelude::*;
 
@@ -114,20 +115,7 @@ pub fn global_avg_pool_forward<T: Float>(hw: usize, x: &[T], y: &mut [T]) {
     assert_eq!(x.len(), y.len() * hw, "global_avg_pool2d: lengths");
     let inv = T::ONE / T::from_usize(hw);
     y.par_iter_mut().enumerate().with_min_len(16).for_each(|(p, v)| {
-        let mut acc = [T::ZERO; 4];
-        let xp = &x[p * hw..][..hw];
-        let mut it = xp.chunks_exact(4);
-        for c in &mut it {
-            acc[0] += c[0];
-            acc[1] += c[1];
-            acc[2] += c[2];
-            acc[3] += c[3];
-        }
-        let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        for &r in it.remainder() {
-            s += r;
-        }
-        *v = s * inv;
+        *v = sum_in_order(&x[p * hw..][..hw]) * inv;
     });
 }
 

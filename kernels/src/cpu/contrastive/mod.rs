@@ -91,6 +91,7 @@ pub use schedule::TILE;
 /// run) values per thread.
 pub const STRIP_ROWS: usize = 64;
 
+use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use loops::Coefs;
 use rayon::prelude::*;
@@ -518,16 +519,6 @@ struct Scratch<T> {
 impl<T: Float> Scratch<T> {
     fn new() -> Self {
         Scratch { sp: Vec::new(), e: Vec::new(), row: Vec::new() }
-    }
-}
-
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    // A method (not a field access) so closures capture the whole Sync wrapper.
-    fn ptr(&self) -> *mut T {
-        self.0
     }
 }
 

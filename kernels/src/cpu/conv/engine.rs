@@ -1,0 +1,222 @@
+//! The gather-conv engine shared by `y` and `dx`, and the single-threaded GEMM its tiles call.
+//!
+//! [`forward`] and [`input_grad`] repack the weights into the layout the GEMM wants and describe
+//! the problem as a [`GatherConv`]: "for each destination pixel, sum over taps of a matrix times a
+//! source pixel found through an [`Axis`] map". [`GatherConv::run`] plans the tiles, splits the
+//! work over (image, group, tile) units and runs each unit's gather + GEMMs ([`GatherConv::tile`]);
+//! depthwise convs branch off to the direct loop in `depthwise.rs`.
+
+use super::gather::{gather_tile, with_scratch};
+use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
+use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
+use crate::cpu::gemm::Mat;
+use crate::cpu::parallel::SendPtr;
+use crate::Float;
+use rayon::prelude::*;
+
+/// `y = conv(x, w) + b` for a validated geometry. `y` is fully overwritten.
+pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+    let (oh, ow) = g.ohw();
+    let (s, p, d) = (g.stride, g.padding, g.dilation);
+    let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
+    let xmap = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
+    let (cig, taps) = (g.cig(), g.taps());
+    // Repack w[o][c][tap] -> a[o][tap][c] so that a run of live taps is one contiguous K range.
+    let mut a = vec![T::ZERO; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..cig {
+            for t in 0..taps {
+                a[(o * taps + t) * cig + c] = w[(o * cig + c) * taps + t];
+            }
+        }
+    }
+    GatherConv {
+        a: &a,
+        m: g.cog(),
+        c_src: cig,
+        groups: g.groups,
+        n: g.n,
+        src: x,
+        src_hw: (g.h, g.w),
+        out_hw: (oh, ow),
+        ymap,
+        xmap,
+        bias,
+    }
+    .run(y, g.is_depthwise());
+}
+
+/// `dx` from `gy` for a validated geometry. `dx` is fully overwritten.
+pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [T]) {
+    let (oh, ow) = g.ohw();
+    let (s, p, d) = (g.stride, g.padding, g.dilation);
+    let ymap = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
+    let xmap = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
+    let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
+    // a[g][c][tap][o] = w[g cog + o][c][tap]: the transposed weights of each group.
+    let mut a = vec![T::ZERO; w.len()];
+    for gi in 0..g.groups {
+        for o in 0..cog {
+            for c in 0..cig {
+                for t in 0..taps {
+                    a[((gi * cig + c) * taps + t) * cog + o] = w[((gi * cog + o) * cig + c) * taps + t];
+                }
+            }
+        }
+    }
+    GatherConv {
+        a: &a,
+        m: cig,
+        c_src: cog,
+        groups: g.groups,
+        n: g.n,
+        src: gy,
+        src_hw: (oh, ow),
+        out_hw: (g.h, g.w),
+        ymap,
+        xmap,
+        bias: None,
+    }
+    .run(dx, g.is_depthwise());
+}
+
+/// `dst[n][g m + r][pixel] = bias + sum_{tap, c} a[g][r][tap][c] src[n][g c_src + c][map(pixel, tap)]`.
+///
+/// (The fields are visible to the sibling modules for the depthwise loop in `depthwise.rs`.)
+pub(super) struct GatherConv<'a, T> {
+    /// `[groups][m][taps][c_src]`.
+    pub(super) a: &'a [T],
+    pub(super) m: usize,
+    pub(super) c_src: usize,
+    pub(super) groups: usize,
+    pub(super) n: usize,
+    pub(super) src: &'a [T],
+    pub(super) src_hw: (usize, usize),
+    pub(super) out_hw: (usize, usize),
+    pub(super) ymap: Axis,
+    pub(super) xmap: Axis,
+    pub(super) bias: Option<&'a [T]>,
+}
+
+impl<T: Float> GatherConv<'_, T> {
+    /// Overwrite `out` (`[n][groups m][out plane]`): plan the tiles, then run one parallel task per
+    /// (image, group, tile) unit, or the direct loop per plane for a depthwise conv.
+    pub(super) fn run(&self, out: &mut [T], depthwise: bool) {
+        let ys = segments(&self.ymap, MIN_SPAN_Y);
+        let xs = segments(&self.xmap, MIN_SPAN_X);
+        let (kh, kw) = (self.ymap.off.len(), self.xmap.off.len());
+        if depthwise {
+            return self.run_depthwise(out, &ys, &xs, kh * kw);
+        }
+        let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);
+        let per_image = self.groups * plans.len();
+        let optr = SendPtr(out.as_mut_ptr());
+        (0..self.n * per_image).into_par_iter().for_each(|u| {
+            let (n, rest) = (u / per_image, u % per_image);
+            let (g, t) = (rest / plans.len(), rest % plans.len());
+            let pl = &plans[t];
+            // SAFETY: each (n, g, tile) unit writes only its own tile's pixels of its own planes.
+            unsafe { self.tile(n, g, pl, &ys[pl.sy], &xs[pl.sx], kh * kw, optr.ptr()) };
+        });
+    }
+
+    /// Gather + GEMMs of one unit, written into `out`'s planes of image `n`, group `g`, tile `pl`.
+    ///
+    /// # Safety
+    /// `out` must point to the whole output buffer (`n groups m` planes of `out_hw`), and no other
+    /// thread may access this unit's elements meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(&self, n: usize, g: usize, pl: &TilePlan, yseg: &Segment, xseg: &Segment, taps: usize, out: *mut T) {
+        let (m, c_src) = (self.m, self.c_src);
+        let (oh, ow) = self.out_hw;
+        let oplane = oh * ow;
+        let splane = self.src_hw.0 * self.src_hw.1;
+        let k_all = taps * c_src;
+        let a_g = &self.a[g * m * k_all..][..m * k_all];
+        let src = &self.src[(n * self.groups + g) * c_src * splane..][..c_src * splane];
+        let out_base = (n * self.groups + g) * m * oplane;
+        let npix = pl.npix;
+        let direct_b = self.ymap.is_identity() && self.xmap.is_identity();
+        let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
+        debug_assert!(!direct_b || contiguous);
+        let pix0 = (yseg.start + pl.ja) * ow;
+        let col_len = if direct_b { 0 } else { pl.ntaps * c_src * npix };
+        let tmp_len = if contiguous { 0 } else { m * npix };
+        with_scratch::<T, _>(col_len + tmp_len, |buf| {
+            let (col, tmp) = buf.split_at_mut(col_len);
+            if !direct_b {
+                gather_tile(src, c_src, self.src_hw, yseg, xseg, pl, col);
+            }
+            let (c, rsc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
+            let mut beta = T::ZERO;
+            if self.bias.is_some() || pl.runs.is_empty() {
+                for r in 0..m {
+                    let v = self.bias.map_or(T::ZERO, |b| b[g * m + r]);
+                    std::slice::from_raw_parts_mut(c.add(r * rsc), npix).fill(v);
+                }
+                beta = T::ONE;
+            }
+            for run in &pl.runs {
+                let a =
+                    Mat { data: &a_g[run.tap0 * c_src..], rows: m, cols: run.len * c_src, rs: k_all as isize, cs: 1 };
+                let b = if direct_b {
+                    Mat { data: &src[pix0..], rows: c_src, cols: npix, rs: splane as isize, cs: 1 }
+                } else {
+                    Mat::rm(&col[run.idx0 * c_src * npix..][..run.len * c_src * npix], run.len * c_src, npix)
+                };
+                gemm_serial(T::ONE, a, b, beta, c, rsc as isize, 1);
+                beta = T::ONE;
+            }
+            if !contiguous {
+                let wdt = xseg.count;
+                for r in 0..m {
+                    for (ri, j) in (pl.ja..pl.jb).enumerate() {
+                        let row = out.add(out_base + r * oplane + yseg.coord(j) * ow);
+                        let trow = &tmp[r * npix + ri * wdt..][..wdt];
+                        for (q, &v) in trow.iter().enumerate() {
+                            *row.add(xseg.coord(q)) = v;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `C = alpha A B + beta C` on one thread (the callers parallelise over tiles).
+///
+/// # Safety
+/// `c` with strides `rsc`, `csc` must address a valid `a.rows x b.cols` matrix not aliasing `a`, `b`.
+pub(super) unsafe fn gemm_serial<T: Float>(
+    alpha: T,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    debug_assert_eq!(a.cols, b.rows);
+    let last = |m: &Mat<'_, T>| (m.rows as isize - 1) * m.rs + (m.cols as isize - 1) * m.cs;
+    assert!(a.rows == 0 || a.cols == 0 || (last(&a) as usize) < a.data.len(), "conv gemm: A out of bounds");
+    assert!(b.rows == 0 || b.cols == 0 || (last(&b) as usize) < b.data.len(), "conv gemm: B out of bounds");
+    if a.rows == 0 || b.cols == 0 {
+        return;
+    }
+    T::gemm_raw(
+        a.rows,
+        a.cols,
+        b.cols,
+        alpha,
+        a.data.as_ptr(),
+        a.rs,
+        a.cs,
+        b.data.as_ptr(),
+        b.rs,
+        b.cs,
+        beta,
+        c,
+        rsc,
+        csc,
+    );
+}

@@ -1,0 +1,111 @@
+//! Building a tile's GEMM operands: the im2col block as a gather, the gather of a tile's pixels
+//! out of full planes, and the per-thread scratch buffer both are built in.
+//!
+//! `im2col` is written as a gather (each element of the block reads one source element, or is a
+//! zero for a tap in the padding), so the same code serves `y` (gathering `x`) and `dx` (gathering
+//! `gy`, i.e. col2im without scattered writes) and parallel tiles never write the same memory.
+
+use super::tiling::{Segment, TilePlan};
+use crate::Float;
+use std::any::Any;
+use std::cell::RefCell;
+
+/// Build the im2col block of a tile: rows (live tap, channel), columns the tile's pixels.
+pub(super) fn gather_tile<T: Float>(
+    src: &[T],
+    channels: usize,
+    (src_h, src_w): (usize, usize),
+    yseg: &Segment,
+    xseg: &Segment,
+    pl: &TilePlan,
+    col: &mut [T],
+) {
+    let plane = src_h * src_w;
+    let wdt = xseg.count;
+    let npix = pl.npix;
+    let mut row = 0;
+    for ty in &pl.ky {
+        for tx in &xseg.taps {
+            for c in 0..channels {
+                let sp = &src[c * plane..][..plane];
+                let dst = &mut col[row * npix..][..npix];
+                row += 1;
+                for (r, j) in (pl.ja..pl.jb).enumerate() {
+                    let d = &mut dst[r * wdt..][..wdt];
+                    if j < ty.ja || j >= ty.jb {
+                        d.fill(T::ZERO);
+                        continue;
+                    }
+                    let iy = ty.src0 + (j - ty.ja) * yseg.src_step;
+                    let srow = &sp[iy * src_w..][..src_w];
+                    d[..tx.ja].fill(T::ZERO);
+                    d[tx.jb..].fill(T::ZERO);
+                    let live = &mut d[tx.ja..tx.jb];
+                    if xseg.src_step == 1 {
+                        live.copy_from_slice(&srow[tx.src0..tx.src0 + live.len()]);
+                    } else {
+                        for (q, v) in live.iter_mut().enumerate() {
+                            *v = srow[tx.src0 + q * xseg.src_step];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gather a tile's pixels of `rows` planes (`[rows][plane]`, width `w`) into `tile` (`[rows][npix]`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gather_pixels<T: Float>(
+    tile: &mut [T],
+    planes: &[T],
+    rows: usize,
+    w: usize,
+    plane: usize,
+    yseg: &Segment,
+    xseg: &Segment,
+    pl: &TilePlan,
+) {
+    let wdt = xseg.count;
+    for m in 0..rows {
+        for (r, j) in (pl.ja..pl.jb).enumerate() {
+            let prow = &planes[m * plane + yseg.coord(j) * w..][..w];
+            let trow = &mut tile[m * pl.npix + r * wdt..][..wdt];
+            for (q, v) in trow.iter_mut().enumerate() {
+                *v = prow[xseg.coord(q)];
+            }
+        }
+    }
+}
+
+/// Run `f` on a per-thread scratch buffer of at least `len` elements, reused across calls (its
+/// contents are whatever the last user left; callers overwrite what they read).
+pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    thread_local! {
+        static POOL: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    }
+    // Take the buffer out while `f` runs, so a nested use on this thread gets its own.
+    let mut buf: Vec<T> = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.iter_mut().find_map(|b| b.downcast_mut::<Vec<T>>()) {
+            Some(v) => std::mem::take(v),
+            None => Vec::new(),
+        }
+    });
+    if buf.len() < len {
+        buf.resize(len, T::ZERO);
+    }
+    let r = f(&mut buf[..len]);
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.iter_mut().find_map(|b| b.downcast_mut::<Vec<T>>()) {
+            Some(v) => {
+                if v.capacity() < buf.capacity() {
+                    *v = buf;
+                }
+            }
+            None => p.push(Box::new(buf)),
+        }
+    });
+    r
+}

@@ -1,0 +1,140 @@
+//! The parameter gradients: `dw` (tiled gather + GEMM into per-chunk partial sums) and `db`.
+//!
+//! `dw` reuses the forward tiling (with bigger tiles, [`DW_TILE_PIX`]): each tile adds
+//! `gy_tile (rows x pix) col_tile^T` to a partial sum. The (image, tile) units of each group are cut
+//! into contiguous chunks (about [`DW_CHUNKS`] over all groups) balanced by a cost fixed by the
+//! shapes ([`balanced_bounds`]); each chunk has its own partial sum, and the partials are reduced
+//! in chunk order, so the result does not depend on the thread count. Depthwise convs use the
+//! direct loop in `depthwise.rs`. `db` sums each channel over `n`, then pixels in order.
+
+use super::depthwise::depthwise_weight_grad;
+use super::engine::gemm_serial;
+use super::gather::{gather_pixels, gather_tile, with_scratch};
+use super::tiling::{plan_tiles, segments, Axis};
+use super::{Conv2dGeom, DW_CHUNKS, DW_TILE_PIX, MIN_SPAN_X, MIN_SPAN_Y};
+use crate::cpu::gemm::Mat;
+use crate::cpu::parallel::sum_in_order;
+use crate::Float;
+use rayon::prelude::*;
+
+/// `dw` from `x` and `gy` for a validated geometry. `dw` is fully overwritten.
+pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut [T]) {
+    let (oh, ow) = g.ohw();
+    let (s, p, d) = (g.stride, g.padding, g.dilation);
+    let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
+    let xmap = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
+    let ys = segments(&ymap, MIN_SPAN_Y);
+    let xs = segments(&xmap, MIN_SPAN_X);
+    let (cig, cog, taps, kw) = (g.cig(), g.cog(), g.taps(), g.kw);
+    if g.is_depthwise() {
+        return depthwise_weight_grad(g, &ys, &xs, x, gy, dw);
+    }
+    let plans = plan_tiles(&ys, &xs, kw, DW_TILE_PIX);
+    let direct = ymap.is_identity() && xmap.is_identity();
+    let (plane, oplane) = (g.h * g.w, oh * ow);
+    let gsize = cog * taps * cig;
+
+    // Units of one group: (image, tile), in order; chunks are contiguous ranges balanced by cost.
+    let units: Vec<(usize, usize)> = (0..g.n).flat_map(|n| (0..plans.len()).map(move |t| (n, t))).collect();
+    let costs: Vec<usize> = units.iter().map(|&(_, t)| plans[t].npix * plans[t].ntaps).collect();
+    let nchunks = DW_CHUNKS.div_ceil(g.groups).clamp(1, units.len().max(1));
+    let bounds = balanced_bounds(&costs, nchunks);
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..g.groups).flat_map(|gi| bounds.windows(2).map(move |b| (gi, b[0], b[1]))).collect();
+
+    let partials: Vec<Vec<T>> = tasks
+        .par_iter()
+        .map(|&(gi, u0, u1)| {
+            // Partial dw of group gi in the repacked layout [o][tap][c].
+            let mut acc = vec![T::ZERO; gsize];
+            for &(n, t) in &units[u0..u1] {
+                let pl = &plans[t];
+                if pl.ntaps == 0 {
+                    continue;
+                }
+                let (yseg, xseg) = (&ys[pl.sy], &xs[pl.sx]);
+                let npix = pl.npix;
+                let x_ng = &x[(n * g.groups + gi) * cig * plane..][..cig * plane];
+                let g_ng = &gy[(n * g.groups + gi) * cog * oplane..][..cog * oplane];
+                let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
+                let pix0 = (yseg.start + pl.ja) * ow;
+                let col_len = if direct { 0 } else { pl.ntaps * cig * npix };
+                let gt_len = if contiguous { 0 } else { cog * npix };
+                with_scratch::<T, _>(col_len + gt_len, |buf| {
+                    let (col, gt) = buf.split_at_mut(col_len);
+                    if !direct {
+                        gather_tile(x_ng, cig, (g.h, g.w), yseg, xseg, pl, col);
+                    }
+                    let gmat = if contiguous {
+                        Mat { data: &g_ng[pix0..], rows: cog, cols: npix, rs: oplane as isize, cs: 1 }
+                    } else {
+                        gather_pixels(gt, g_ng, cog, ow, oplane, yseg, xseg, pl);
+                        Mat::rm(&*gt, cog, npix)
+                    };
+                    for r in &pl.runs {
+                        let b = if direct {
+                            Mat { data: &x_ng[pix0..], rows: cig, cols: npix, rs: plane as isize, cs: 1 }.t()
+                        } else {
+                            Mat::rm(&col[r.idx0 * cig * npix..][..r.len * cig * npix], r.len * cig, npix).t()
+                        };
+                        let c_off = r.tap0 * cig;
+                        // SAFETY: acc is [cog][taps*cig]; the view is cog x len*cig at column c_off.
+                        unsafe {
+                            gemm_serial(T::ONE, gmat, b, T::ONE, acc.as_mut_ptr().add(c_off), (taps * cig) as isize, 1)
+                        };
+                    }
+                });
+            }
+            acc
+        })
+        .collect();
+
+    // Reduce the chunks of each group in chunk order, unpacking [o][tap][c] -> [o][c][tap].
+    let per_group = bounds.len() - 1;
+    dw.par_chunks_mut(gsize).enumerate().for_each(|(gi, dwg)| {
+        let parts = &partials[gi * per_group..(gi + 1) * per_group];
+        for o in 0..cog {
+            for t in 0..taps {
+                for c in 0..cig {
+                    let i = (o * taps + t) * cig + c;
+                    let mut s = parts[0][i];
+                    for p in &parts[1..] {
+                        s += p[i];
+                    }
+                    dwg[(o * cig + c) * taps + t] = s;
+                }
+            }
+        }
+    });
+}
+
+/// `db[o] = sum_{n, pixels} gy[n, o, .]` for validated lengths. `db` is overwritten.
+pub(super) fn bias_grad<T: Float>(g: &Conv2dGeom, gy: &[T], db: &mut [T]) {
+    let (oh, ow) = g.ohw();
+    let plane = oh * ow;
+    let c_out = g.c_out;
+    db.par_iter_mut().enumerate().for_each(|(o, acc)| {
+        let mut s = T::ZERO;
+        for n in 0..g.n {
+            let row = &gy[(n * c_out + o) * plane..][..plane];
+            s += sum_in_order(row);
+        }
+        *acc = s;
+    });
+}
+
+/// Split `costs` into `k` contiguous ranges of about equal total cost; returns `k + 1` bounds.
+fn balanced_bounds(costs: &[usize], k: usize) -> Vec<usize> {
+    let total: usize = costs.iter().sum::<usize>().max(1);
+    let mut bounds = vec![0];
+    let mut acc = 0;
+    for (i, &c) in costs.iter().enumerate() {
+        acc += c;
+        let next = bounds.len();
+        if next < k && acc * k >= total * next && i + 1 < costs.len() {
+            bounds.push(i + 1);
+        }
+    }
+    bounds.push(costs.len());
+    bounds
+}
