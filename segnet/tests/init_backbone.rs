@@ -112,8 +112,10 @@ fn train_with_init_backbone_and_bad_files() {
     // Not a checkpoint at all, and no file.
     let junk = tmp.path().join("junk.pth");
     std::fs::write(&junk, b"junk").unwrap();
-    fails_with(&segnet(&["train", "--config", c, "--init-backbone", junk.to_str().unwrap()]), "junk.pth");
-    fails_with(&segnet(&["train", "--config", c, "--init-backbone", "/no/such.pth"]), "no such file");
+    let z = tmp.path().join("z");
+    let z = z.to_str().unwrap();
+    fails_with(&segnet(&["train", "--config", c, "--init-backbone", junk.to_str().unwrap(), "--out", z]), "junk.pth");
+    fails_with(&segnet(&["train", "--config", c, "--init-backbone", "/no/such.pth", "--out", z]), "no such file");
     // The experiment: the flag belongs to the imagenet-ce column.
     let exp = tmp.path().join("exp");
     let out = ok(&segnet(&[
@@ -125,9 +127,9 @@ fn train_with_init_backbone_and_bad_files() {
     assert!(col.contains("init_backbone"), "{col}");
     let base = std::fs::read_to_string(exp.join("n8-s0-ce-only-same-schedule/config.toml")).unwrap();
     assert!(!base.contains("init_backbone"), "the ce-only column starts from random weights: {base}");
-    fails_with(&segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "imagenet-ce"]), "needs --init-backbone");
+    fails_with(&segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "imagenet-ce", "--out", z]), "needs --init-backbone");
     fails_with(
-        &segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "ce-only", "--init-backbone", good.to_str().unwrap()]),
+        &segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "ce-only", "--init-backbone", good.to_str().unwrap(), "--out", z]),
         "imagenet-ce",
     );
 }
