@@ -18,7 +18,7 @@
 use crate::cli::{LabelEfficiencyArgs, LabeledCount};
 use crate::commands::{check_device, resolve_config, set_threads};
 use crate::config::{LossGrid, LossMode, Stage, TrainConfig};
-use crate::plot::{write_lines_png, LineSeries};
+use crate::plot::lines::{lines_png, LineSeries};
 use crate::run_dir::{self, write_atomic};
 use crate::train::{self, RunOptions};
 use anyhow::{bail, Result};
@@ -446,7 +446,8 @@ fn write_results(
                 .collect(),
         })
         .collect();
-    write_lines_png(&out.join("label_efficiency.png"), "VAL MIOU % VS LABELED IMAGES", &series)?;
+    let png = lines_png("validation mIoU against labeled images", "labeled images", "val mIoU (%)", &series)?;
+    write_atomic(&out.join("label_efficiency.png"), &png)?;
     let doc = json!({ "config": base.to_toml(), "seeds": seeds, "labeled": counts, "runs": runs, "cells": cells });
     write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
     write_atomic(&out.join("results.md"), md.as_bytes())?;
