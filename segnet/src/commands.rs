@@ -176,7 +176,10 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     print!("{}", s.table);
-    println!("run directory: {} (config.toml, metrics.jsonl, curves.png, checkpoints/)", s.dir.display());
+    println!(
+        "run directory: {} (config.toml, metrics.jsonl, curves.png, class_iou.png, checkpoints/)",
+        s.dir.display()
+    );
     Ok(())
 }
 

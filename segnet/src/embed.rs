@@ -72,14 +72,22 @@ pub fn stratified_quotas(available: &[usize], total: usize) -> Vec<usize> {
     quota
 }
 
-/// Mean cosine similarities of unit rows by class: `(per-class intra means, mean intra, mean
-/// inter, inter per class pair (a, b, cos))`. Uses `sum_{i != j} x_i . x_j = |S|^2 - n` for unit
-/// rows with sum `S`, so it costs one pass, not all pairs.
-pub fn cosine_stats(
-    rows: &[Vec<f64>],
-    classes: &[usize],
-    n_classes: usize,
-) -> (Vec<Option<f64>>, Option<f64>, Option<f64>, Vec<(usize, usize, f64)>) {
+/// Mean cosine similarities of a sample by class ([`cosine_stats`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CosineStats {
+    /// Per class, the mean over its pairs of distinct pixels (`None` below two pixels).
+    pub intra: Vec<Option<f64>>,
+    /// The mean of [`Self::intra`] over the classes that have one.
+    pub mean_intra: Option<f64>,
+    /// Per pair of classes present `(a, b, mean over their cross pairs)`, `a < b`.
+    pub pairs: Vec<(usize, usize, f64)>,
+    /// The mean over [`Self::pairs`] (`None` with fewer than two classes).
+    pub mean_inter: Option<f64>,
+}
+
+/// The cosine similarities of unit rows by class. Uses `sum_{i != j} x_i . x_j = |S|^2 - n` for
+/// unit rows with sum `S`, so it costs one pass, not all pairs.
+pub fn cosine_stats(rows: &[Vec<f64>], classes: &[usize], n_classes: usize) -> CosineStats {
     let dim = rows.first().map_or(0, Vec::len);
     let mut sums = vec![vec![0.0; dim]; n_classes];
     let mut counts = vec![0usize; n_classes];
@@ -106,7 +114,7 @@ pub fn cosine_stats(
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let mean_intra = mean(intra.iter().flatten().copied().collect());
     let mean_inter = mean(pairs.iter().map(|p| p.2).collect());
-    (intra, mean_intra, mean_inter, pairs)
+    CosineStats { intra, mean_intra, pairs, mean_inter }
 }
 
 /// Fail now, before the network runs, if `path` cannot be written later (its folder is missing).
@@ -215,7 +223,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
             (xy[0], xy.get(1).copied().unwrap_or(0.0))
         })
         .collect();
-    let (intra, mean_intra, mean_inter, pairs) = cosine_stats(&rows, &classes, n_classes);
+    let CosineStats { intra, mean_intra, pairs, mean_inter } = cosine_stats(&rows, &classes, n_classes);
     let separation = mean_intra.zip(mean_inter).map(|(i, e)| i - e);
 
     let what = if head { "projection-head" } else { "decoder" };
@@ -232,7 +240,8 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     )?;
     write_atomic(&a.out, &png)?;
 
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    // (A difference of two equal means is printed as 0, not -0.0000.)
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.4}", if v.abs() < 5e-5 { 0.0 } else { v }));
     let per_class: Vec<String> =
         (0..n_classes).filter(|&k| quotas[k] > 0).map(|k| format!("{} {}", names[k], quotas[k])).collect();
     println!(
@@ -250,6 +259,12 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
     );
     if mean_inter.is_none() {
         eprintln!("warning: the sample has pixels of one class only: no inter-class similarity");
+    }
+    if mean_intra.zip(mean_inter).is_some_and(|(i, e)| i > 0.999 && e > 0.999) {
+        eprintln!(
+            "warning: the embeddings are all but identical (cosine similarity ~1 within and across classes): the {what} output has collapsed to one direction{}",
+            if head { "; --features decoder shows the features before the head" } else { "" }
+        );
     }
     println!("map: {}", a.out.display());
     if let Some(j) = &a.json {
@@ -287,16 +302,15 @@ mod tests {
         let s = std::f64::consts::FRAC_1_SQRT_2;
         // Class 0: two copies of e1 (intra 1); class 1: e2 and (e1+e2)/sqrt2 (intra 1/sqrt2).
         let rows = vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 1.0], vec![s, s]];
-        let (intra, mi, me, pairs) = cosine_stats(&rows, &[0, 0, 1, 1], 3);
-        assert!((intra[0].unwrap() - 1.0).abs() < 1e-12);
-        assert!((intra[1].unwrap() - s).abs() < 1e-12);
-        assert_eq!(intra[2], None);
-        assert!((mi.unwrap() - (1.0 + s) / 2.0).abs() < 1e-12);
+        let c = cosine_stats(&rows, &[0, 0, 1, 1], 3);
+        assert!((c.intra[0].unwrap() - 1.0).abs() < 1e-12);
+        assert!((c.intra[1].unwrap() - s).abs() < 1e-12);
+        assert_eq!(c.intra[2], None);
+        assert!((c.mean_intra.unwrap() - (1.0 + s) / 2.0).abs() < 1e-12);
         // Cross pairs: e1.e2 = 0 twice, e1.(e1+e2)/sqrt2 = s twice: mean s/2.
-        assert_eq!(pairs.len(), 1);
-        assert!((me.unwrap() - s / 2.0).abs() < 1e-12);
-        let (_, _, me, _) = cosine_stats(&rows[..2], &[0, 0], 2);
-        assert_eq!(me, None, "one class: no inter-class pairs");
+        assert_eq!(c.pairs.len(), 1);
+        assert!((c.mean_inter.unwrap() - s / 2.0).abs() < 1e-12);
+        assert_eq!(cosine_stats(&rows[..2], &[0, 0], 2).mean_inter, None, "one class: no inter-class pairs");
     }
 
     #[test]

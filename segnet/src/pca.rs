@@ -76,7 +76,10 @@ impl Pca {
 
     /// The coordinates of `row` on the axes.
     pub fn project(&self, row: &[f64]) -> Vec<f64> {
-        self.axes.iter().map(|a| a.iter().zip(row.iter().zip(&self.mean)).map(|(a, (x, m))| a * (x - m)).sum()).collect()
+        self.axes
+            .iter()
+            .map(|a| a.iter().zip(row.iter().zip(&self.mean)).map(|(a, (x, m))| a * (x - m)).sum())
+            .collect()
     }
 
     /// The fraction of the total variance along axis `k` (0 when there is none).

@@ -94,3 +94,45 @@ impl RunDir {
         json!({ "stage": stage, "step": step, "global_step": global })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(stage: &str, step: usize, global: usize, loss: f64) -> Value {
+        let mut r = RunDir::record(stage, step, global);
+        r["loss"] = loss.into();
+        r["lr"] = 0.1.into();
+        r
+    }
+
+    /// A run stopped inside its second stage and reopened (as `--resume` does): the curves hold
+    /// both invocations' records, odd lines are skipped, and the picture is redrawn.
+    #[test]
+    fn reopened_run_directory_keeps_its_curves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run");
+        {
+            let mut d = RunDir::open(&path).unwrap();
+            for s in 1..=4 {
+                d.log(step("contrastive", s, s, 6.0 - s as f64 * 0.1)).unwrap();
+            }
+            d.log(json!({ "stage": "finetune", "global_step": 4, "reused_from": "x" })).unwrap();
+            d.log(step("finetune", 1, 5, 1.0)).unwrap();
+            d.log(json!({ "stage": "finetune", "step": 1, "global_step": 5, "miou": 0.2, "iou": [0.1, null] }))
+                .unwrap();
+            d.plot().unwrap();
+        }
+        // A line cut short by a crash.
+        let mut f = OpenOptions::new().append(true).open(path.join("metrics.jsonl")).unwrap();
+        writeln!(f, "{{\"stage\":\"finetune\",\"glo").unwrap();
+        let mut d = RunDir::open(&path).unwrap();
+        assert_eq!(d.curves.loss("contrastive").len(), 4);
+        assert_eq!(d.curves.miou("finetune"), [(5.0, 20.0)]);
+        d.log(step("finetune", 2, 6, 0.8)).unwrap();
+        d.plot().unwrap();
+        assert_eq!(d.curves.loss("finetune"), [(5.0, 1.0), (6.0, 0.8)]);
+        let img = image::open(path.join("curves.png")).unwrap();
+        assert_eq!((img.width(), img.height()), (crate::plot::curves::WIDTH, d.curves.height()));
+    }
+}

@@ -60,7 +60,8 @@ impl Curves {
     /// evaluation (`stage`, `global_step`, `miou`) or a reused stage (`reused_from`). Anything
     /// else (pseudo-label statistics, unknown keys, lines without a stage or step) is ignored.
     pub fn add(&mut self, v: &Value) {
-        let (Some(stage), Some(x)) = (v.get("stage").and_then(Value::as_str), v.get("global_step").and_then(Value::as_f64))
+        let (Some(stage), Some(x)) =
+            (v.get("stage").and_then(Value::as_str), v.get("global_step").and_then(Value::as_f64))
         else {
             return;
         };
@@ -424,7 +425,8 @@ mod tests {
     #[test]
     fn a_resumed_stage_replaces_the_steps_it_repeats() {
         let mut c = Curves::new();
-        let step = |g: usize, loss: f64| json!({ "stage": "finetune", "step": g, "global_step": g, "loss": loss, "lr": 0.1 });
+        let step =
+            |g: usize, loss: f64| json!({ "stage": "finetune", "step": g, "global_step": g, "loss": loss, "lr": 0.1 });
         for g in 1..=6 {
             c.add(&step(g, 1.0));
         }
@@ -468,7 +470,8 @@ mod tests {
         c.add(&json!({ "stage": "contrastive", "global_step": 0, "reused_from": "elsewhere" }));
         let png = c.png("one step").unwrap();
         assert!(inked_pixels(&png, WIDTH, c.height()) > 1000);
-        let five: Vec<Value> = (0..5).map(|k| json!({ "stage": format!("s{k}"), "global_step": k, "loss": 1.0 })).collect();
+        let five: Vec<Value> =
+            (0..5).map(|k| json!({ "stage": format!("s{k}"), "global_step": k, "loss": 1.0 })).collect();
         let mut c = Curves::new();
         five.iter().for_each(|r| c.add(r));
         assert_eq!(c.height(), TITLE_H + 2 * LOSS_ROW_H + BOTTOM_H, "a fifth stage starts a second row");

@@ -92,7 +92,8 @@ pub fn colour(k: usize) -> RGBColor {
 /// A short number for tick labels: no trailing noise, scientific only where it must be.
 pub fn tick(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    // Tick positions are computed in floating point: "0" rather than -1.1e-16.
+    if a < 1e-12 {
         "0".into()
     } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.1e}")
@@ -225,6 +226,7 @@ mod tests {
         assert_eq!(tick(2.5), "2.5");
         assert_eq!(tick(1000.0), "1000");
         assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(-1.1e-16), "0");
         assert_eq!(tick(2e-5), "2.0e-5");
         assert_eq!(range([3.0, 3.0]), (2.85, 3.15));
         assert_eq!(range([f64::NAN]), (0.0, 1.0));

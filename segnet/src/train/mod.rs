@@ -424,10 +424,5 @@ pub fn load_for_features(path: &Path) -> Result<FeatureModel> {
         n.add_projection(&mut rng)?;
     }
     load_fitting(path, &mut n)?;
-    Ok(FeatureModel {
-        net: n,
-        cfg: info.cfg,
-        names: info.names,
-        stage: info.stage.unwrap_or_else(|| "unknown".into()),
-    })
+    Ok(FeatureModel { net: n, cfg: info.cfg, names: info.names, stage: info.stage.unwrap_or_else(|| "unknown".into()) })
 }
