@@ -373,6 +373,18 @@ pub struct SynthArgs {
 pub enum ExperimentCommand {
     /// CE-only vs contrastive + fine-tune at several labeled counts, same data and budget.
     LabelEfficiency(LabelEfficiencyArgs),
+    /// Redraw the label-efficiency plot (mIoU against labeled images, error bars of one std)
+    /// from a results.json of `label-efficiency` (or several merged by hand).
+    Plot(ExperimentPlotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentPlotArgs {
+    /// The results.json (its `cells`: labeled, column, mean, std).
+    pub results: PathBuf,
+    /// Output PNG.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -93,13 +93,17 @@ impl Pca {
 }
 
 /// The dominant eigenpair of the symmetric positive semi-definite `m` (`dim x dim`), orthogonal to
-/// `found`. Power iteration until the Rayleigh quotient settles (or 2000 iterations; the axis is
-/// then still inside the leading eigenspace, which is all a picture needs).
+/// `found`. Power iteration until the vector settles (or 2000 iterations, when the top two
+/// eigenvalues are close: the axis is then still inside their eigenspace, all a picture needs).
 fn top_eigenvector(m: &[f64], dim: usize, found: &[Vec<f64>]) -> (Vec<f64>, f64) {
+    // Twice: one Gram-Schmidt pass leaves a vector that was nearly parallel to a found axis
+    // visibly non-orthogonal ("twice is enough", Parlett and Kahan).
     let orthogonalise = |v: &mut Vec<f64>| {
-        for f in found {
-            let d: f64 = v.iter().zip(f).map(|(a, b)| a * b).sum();
-            v.iter_mut().zip(f).for_each(|(a, b)| *a -= d * b);
+        for _ in 0..2 {
+            for f in found {
+                let d: f64 = v.iter().zip(f).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(f).for_each(|(a, b)| *a -= d * b);
+            }
         }
     };
     let normalise = |v: &mut Vec<f64>| -> bool {
@@ -134,9 +138,11 @@ fn top_eigenvector(m: &[f64], dim: usize, found: &[Vec<f64>]) -> (Vec<f64>, f64)
             std::mem::swap(&mut v, &mut w);
             return (sign(v), 0.0);
         }
-        let settled = (next - lambda).abs() <= 1e-12 * next.abs().max(1e-300);
         lambda = next;
-        if it > 2 && settled {
+        // On the vector, not the Rayleigh quotient: that settles quadratically faster than the
+        // vector it is computed from.
+        let change = v.iter().zip(&w).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+        if it > 2 && change < 1e-13 {
             break;
         }
     }
