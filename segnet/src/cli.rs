@@ -369,6 +369,8 @@ pub struct SynthArgs {
     pub classes: usize,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ExperimentCommand {
     /// CE-only vs contrastive + fine-tune at several labeled counts, same data and budget.
