@@ -1,4 +1,4 @@
-//! The command line: `segnet train | eval | predict | data | experiment | bench`.
+//! The command line: `segnet train | eval | predict | embed | data | experiment | bench`.
 
 use crate::config::{LossGrid, LossMode, Stage};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,6 +21,10 @@ pub enum Command {
     /// Write label PNGs (with the palette), colour overlays and, with ground truth, image |
     /// prediction | ground truth side by side.
     Predict(PredictArgs),
+    /// Map the learned pixel embeddings: sample labeled pixels of the validation images, project
+    /// their features to 2-D with PCA, draw them coloured by class, and report the mean intra-
+    /// and inter-class cosine similarity (compare a checkpoint before and after pretraining).
+    Embed(EmbedArgs),
     /// Make, import and inspect data packs.
     #[command(subcommand)]
     Data(DataCommand),
@@ -160,11 +164,55 @@ pub struct EvalArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the per-class IoU as a bar chart (with the mIoU as a dashed line) into this PNG.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     /// Device: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[command(flatten)]
     pub infer: InferArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Checkpoint of any stage but densecl: contrastive, finetune, ce-only, pseudo, u2pl.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Pack whose labeled images to embed (default: the synthetic validation split of the
+    /// checkpoint's run, as `segnet eval`).
+    #[arg(long, value_name = "PACK")]
+    pub data: Option<PathBuf>,
+    /// Labeled pixels to sample, stratified over the classes (an equal share per class present;
+    /// ignore-label pixels are never sampled).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub pixels: usize,
+    /// Seed of the pixel sample (the same seed, checkpoint and data give the same map).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Which embedding: `head` (the projection head's output; contrastive and U2PL checkpoints),
+    /// `decoder` (the decoder's features before the classifier, L2-normalised per pixel), or
+    /// `auto` (the head where the checkpoint has one, else the decoder).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub features: FeatureKind,
+    /// The map (PNG): the sample on its first two principal components, coloured by class.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also write the numbers (intra- and inter-class cosine similarity, separation, per class
+    /// and per class pair) as JSON into this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `segnet embed --features`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum FeatureKind {
+    Auto,
+    Head,
+    Decoder,
 }
 
 /// How `eval` and `predict` run the network on whole images (`segnet::infer`).
@@ -330,10 +378,24 @@ pub struct SynthArgs {
     pub classes: usize,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ExperimentCommand {
     /// CE-only vs contrastive + fine-tune at several labeled counts, same data and budget.
     LabelEfficiency(LabelEfficiencyArgs),
+    /// Redraw the label-efficiency plot (mIoU against labeled images, error bars of one std)
+    /// from a results.json of `label-efficiency` (or several merged by hand).
+    Plot(ExperimentPlotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentPlotArgs {
+    /// The results.json (its `cells`: labeled, column, mean, std).
+    pub results: PathBuf,
+    /// Output PNG.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,7 @@
 use crate::cli::{Command, ExperimentCommand, LabeledCount, TrainArgs, TrainCmdArgs};
 use crate::config::TrainConfig;
 use crate::train::{self, RunOptions};
-use crate::{bench, data_cmd, evaluate, experiment, predict, run_dir};
+use crate::{bench, data_cmd, embed, evaluate, experiment, predict, run_dir};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -14,11 +14,13 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => {
             let dev = check_device(&a.device)?;
-            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, dev, &a.infer)
+            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, a.plot.as_deref(), dev, &a.infer)
         }
         Command::Predict(a) => predict::run(&a),
+        Command::Embed(a) => embed::run(&a),
         Command::Data(d) => data_cmd::run(d),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment::label_efficiency(a),
+        Command::Experiment(ExperimentCommand::Plot(a)) => experiment::plot_results(&a.results, &a.out),
         Command::Bench(b) => bench::run(b),
     }
 }
@@ -185,7 +187,10 @@ fn train_cmd(t: TrainCmdArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     print!("{}", s.table);
-    println!("run directory: {} (config.toml, metrics.jsonl, curves.png, checkpoints/)", s.dir.display());
+    println!(
+        "run directory: {} (config.toml, metrics.jsonl, curves.png, class_iou.png, checkpoints/)",
+        s.dir.display()
+    );
     Ok(())
 }
 
@@ -193,9 +198,16 @@ fn evaluate_cmd(
     ckpt: &PathBuf,
     data: Option<&PathBuf>,
     as_json: bool,
+    plot: Option<&std::path::Path>,
     dev: engine::Device,
     infer_args: &crate::cli::InferArgs,
 ) -> Result<()> {
+    if let Some(p) = plot {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            bail!("--plot {}: the folder {} does not exist", p.display(), parent.display());
+        }
+    }
     let (mut net, mut cfg, names, _) = train::load_for_inference(ckpt)?;
     let opts = infer_args.options(cfg.crop)?;
     nn::to_device(&mut net, dev)?;
@@ -246,6 +258,15 @@ fn evaluate_cmd(
         }
         println!();
         print!("{}", cm.table(&names));
+    }
+    if let Some(p) = plot {
+        let file = ckpt.file_name().map_or(ckpt.display().to_string(), |f| f.to_string_lossy().into_owned());
+        let on = data.map_or("synthetic validation split".to_string(), |d| d.display().to_string());
+        let png = crate::plot::bars::class_iou_png(&format!("IoU per class: {file} on {on}"), &names, &s.iou, s.miou)?;
+        run_dir::write_atomic(p, &png)?;
+        if !as_json {
+            println!("class IoU chart: {}", p.display());
+        }
     }
     Ok(())
 }

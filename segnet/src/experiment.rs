@@ -13,15 +13,16 @@
 //! Everything lands in the output folder: one run directory per run, `results.json` (every run,
 //! with per-class IoU and the training-subset mIoU, plus the cell summaries), `results.md` (the
 //! table) and `label_efficiency.png` (mIoU against the labeled count, one line per recipe, error
-//! bars of one standard deviation).
+//! bars of one standard deviation, [`crate::plot::lines`]). `segnet experiment plot` redraws the
+//! picture from a `results.json` (one of several invocations merged by hand, say).
 
 use crate::cli::{LabelEfficiencyArgs, LabeledCount};
 use crate::commands::{check_device, resolve_config, set_threads};
 use crate::config::{LossGrid, LossMode, Stage, TrainConfig};
-use crate::plot::{write_lines_png, LineSeries};
+use crate::plot::lines::{lines_png, LineSeries};
 use crate::run_dir::{self, write_atomic};
 use crate::train::{self, RunOptions};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -435,6 +436,18 @@ fn write_results(
             }
         }
     }
+    write_atomic(&out.join("label_efficiency.png"), &label_efficiency_png(&cells)?)?;
+    let doc = json!({ "config": base.to_toml(), "seeds": seeds, "labeled": counts, "runs": runs, "cells": cells });
+    write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    write_atomic(&out.join("results.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+/// The lines of the label-efficiency plot from the cell summaries of a `results.json`
+/// (`{labeled, column, mean, std}` in percent; the paired-gain cells, without a `mean`, are
+/// skipped): one line per column, in the order the columns first appear.
+pub fn series_from_cells(cells: &[Value]) -> Vec<LineSeries> {
+    // CE-only greys first (the baselines of the default column order), then colours.
     let colours: [[u8; 3]; 8] = [
         [90, 90, 90],
         [150, 150, 150],
@@ -445,34 +458,71 @@ fn write_results(
         [255, 127, 14],
         [23, 190, 207],
     ];
-    let series: Vec<LineSeries> = cols
-        .iter()
-        .enumerate()
-        .map(|(k, c)| LineSeries {
-            name: c.name(),
-            color: colours[k % colours.len()],
-            points: counts
-                .iter()
-                .filter_map(|&n| {
-                    let v = scores(n, c, "miou");
-                    (!v.is_empty()).then(|| {
-                        let (m, s) = mean_std(&v);
-                        (n as f64, m, s)
-                    })
-                })
-                .collect(),
-        })
-        .collect();
-    write_lines_png(&out.join("label_efficiency.png"), "VAL MIOU % VS LABELED IMAGES", &series)?;
-    let doc = json!({ "config": base.to_toml(), "seeds": seeds, "labeled": counts, "runs": runs, "cells": cells });
-    write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
-    write_atomic(&out.join("results.md"), md.as_bytes())?;
-    Ok(md)
+    let mut series: Vec<LineSeries> = Vec::new();
+    for c in cells {
+        let (Some(col), Some(n), Some(m)) = (c["column"].as_str(), c["labeled"].as_f64(), c["mean"].as_f64()) else {
+            continue;
+        };
+        let point = (n, m, c["std"].as_f64().unwrap_or(0.0));
+        match series.iter_mut().find(|s| s.name == col) {
+            Some(s) => s.points.push(point),
+            None => {
+                let color = colours[series.len() % colours.len()];
+                series.push(LineSeries { name: col.to_string(), color, points: vec![point] });
+            }
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
+/// `label_efficiency.png` from the cell summaries (as [`series_from_cells`] reads them).
+fn label_efficiency_png(cells: &[Value]) -> Result<Vec<u8>> {
+    lines_png("validation mIoU against labeled images", "labeled images", "val mIoU (%)", &series_from_cells(cells))
+}
+
+/// `segnet experiment plot`: redraw `label_efficiency.png` from a `results.json` into `out`.
+pub fn plot_results(results: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(results).with_context(|| format!("{}: cannot read", results.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a JSON document", results.display()))?;
+    let cells = doc["cells"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if series_from_cells(cells).is_empty() {
+        bail!(
+            "{}: no `cells` with a mean (not a results.json of `segnet experiment label-efficiency`?)",
+            results.display()
+        );
+    }
+    write_atomic(out, &label_efficiency_png(cells)?)?;
+    println!("plot: {}", out.display());
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plot from the checked-in results of the v3 round: its three columns, both counts.
+    #[test]
+    fn plot_from_a_results_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/results/label-efficiency-v3-merged.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let s = series_from_cells(doc["cells"].as_array().unwrap());
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ce-only (same-schedule)", "ce-only (equal-steps)", "contrastive"]);
+        assert!(s.iter().all(|s| s.points.first().map(|p| p.0) == Some(20.0)), "sorted by count");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("le.png");
+        plot_results(&path, &out).unwrap();
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), crate::plot::lines::SIZE);
+        let bad = tmp.path().join("bad.json");
+        std::fs::write(&bad, "{\"runs\": []}").unwrap();
+        assert!(format!("{:#}", plot_results(&bad, &out).unwrap_err()).contains("bad.json"));
+        assert!(format!("{:#}", plot_results(&tmp.path().join("none.json"), &out).unwrap_err()).contains("none.json"));
+    }
 
     #[test]
     fn mean_and_sample_std() {

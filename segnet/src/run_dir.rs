@@ -1,7 +1,8 @@
 //! A run directory: `config.toml`, `metrics.jsonl` (one JSON object per line), checkpoints under
-//! `checkpoints/`, and `curves.png`, kept up to date as the run goes.
+//! `checkpoints/`, `curves.png` (kept up to date as the run goes, [`crate::plot::curves`]) and,
+//! at the end, `final_scores.json` and `class_iou.png` ([`crate::plot::bars`]).
 
-use crate::plot::{write_png, Series};
+use crate::plot::curves::Curves;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::fs::{self, File, OpenOptions};
@@ -13,8 +14,8 @@ pub struct RunDir {
     /// The folder.
     pub path: PathBuf,
     metrics: File,
-    losses: Vec<(f64, f64)>,
-    mious: Vec<(f64, f64)>,
+    /// Every record so far (those of an earlier invocation too, when resuming), for the plot.
+    curves: Curves,
 }
 
 /// `runs/<UTC date>-<time>` for a new run.
@@ -49,28 +50,12 @@ impl RunDir {
             .append(true)
             .open(path.join("metrics.jsonl"))
             .with_context(|| format!("cannot open {}", path.join("metrics.jsonl").display()))?;
-        let mut r = RunDir { path: path.to_path_buf(), metrics, losses: Vec::new(), mious: Vec::new() };
-        r.reload_curves();
-        Ok(r)
-    }
-
-    fn reload_curves(&mut self) {
-        let Ok(text) = fs::read_to_string(self.path.join("metrics.jsonl")) else { return };
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                self.track(&v);
-            }
+        let mut curves = Curves::new();
+        // A resumed run's curves start with what the earlier invocations logged.
+        if let Ok(text) = fs::read_to_string(path.join("metrics.jsonl")) {
+            curves.add_jsonl(&text);
         }
-    }
-
-    fn track(&mut self, v: &Value) {
-        let x = v["global_step"].as_f64().unwrap_or(0.0);
-        if let Some(l) = v["loss"].as_f64() {
-            self.losses.push((x, l));
-        }
-        if let Some(m) = v["miou"].as_f64() {
-            self.mious.push((x, m * 100.0));
-        }
+        Ok(RunDir { path: path.to_path_buf(), metrics, curves })
     }
 
     /// Write a file into the run directory (atomically: temp file, fsync, rename).
@@ -81,17 +66,22 @@ impl RunDir {
     /// Append one metrics record.
     pub fn log(&mut self, v: Value) -> Result<()> {
         writeln!(self.metrics, "{v}").context("cannot append to metrics.jsonl")?;
-        self.track(&v);
+        self.curves.add(&v);
         Ok(())
     }
 
     /// Redraw `curves.png`.
     pub fn plot(&self) -> Result<()> {
-        let panels = [
-            Series { title: "TRAINING LOSS / STEP", points: &self.losses, color: [200, 40, 40] },
-            Series { title: "VAL MIOU % / STEP", points: &self.mious, color: [30, 90, 200] },
-        ];
-        write_png(&self.path.join("curves.png"), &panels).context("cannot write curves.png")
+        let title = format!("training curves: {}", self.path.display());
+        let png = self.curves.png(&title)?;
+        write_atomic(&self.path.join("curves.png"), &png)
+    }
+
+    /// Write `class_iou.png`: the per-class IoU of `scores` as bars (classes named `names`).
+    pub fn plot_class_iou(&self, names: &[String], scores: &crate::metrics::Scores) -> Result<()> {
+        let title = format!("validation IoU per class: {}", self.path.display());
+        let png = crate::plot::bars::class_iou_png(&title, names, &scores.iou, scores.miou)?;
+        write_atomic(&self.path.join("class_iou.png"), &png)
     }
 
     /// Drop the metrics records after global step `global`, and any line a kill cut short: a
@@ -116,5 +106,47 @@ impl RunDir {
     /// A JSON value for logging.
     pub fn record(stage: &str, step: usize, global: usize) -> Value {
         json!({ "stage": stage, "step": step, "global_step": global })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(stage: &str, step: usize, global: usize, loss: f64) -> Value {
+        let mut r = RunDir::record(stage, step, global);
+        r["loss"] = loss.into();
+        r["lr"] = 0.1.into();
+        r
+    }
+
+    /// A run stopped inside its second stage and reopened (as `--resume` does): the curves hold
+    /// both invocations' records, odd lines are skipped, and the picture is redrawn.
+    #[test]
+    fn reopened_run_directory_keeps_its_curves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run");
+        {
+            let mut d = RunDir::open(&path).unwrap();
+            for s in 1..=4 {
+                d.log(step("contrastive", s, s, 6.0 - s as f64 * 0.1)).unwrap();
+            }
+            d.log(json!({ "stage": "finetune", "global_step": 4, "reused_from": "x" })).unwrap();
+            d.log(step("finetune", 1, 5, 1.0)).unwrap();
+            d.log(json!({ "stage": "finetune", "step": 1, "global_step": 5, "miou": 0.2, "iou": [0.1, null] }))
+                .unwrap();
+            d.plot().unwrap();
+        }
+        // A line cut short by a crash.
+        let mut f = OpenOptions::new().append(true).open(path.join("metrics.jsonl")).unwrap();
+        writeln!(f, "{{\"stage\":\"finetune\",\"glo").unwrap();
+        let mut d = RunDir::open(&path).unwrap();
+        assert_eq!(d.curves.loss("contrastive").len(), 4);
+        assert_eq!(d.curves.miou("finetune"), [(5.0, 20.0)]);
+        d.log(step("finetune", 2, 6, 0.8)).unwrap();
+        d.plot().unwrap();
+        assert_eq!(d.curves.loss("finetune"), [(5.0, 1.0), (6.0, 0.8)]);
+        let img = image::open(path.join("curves.png")).unwrap();
+        assert_eq!((img.width(), img.height()), (crate::plot::curves::WIDTH, d.curves.height()));
     }
 }

@@ -349,6 +349,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let scores = cm.scores();
     let table = cm.table(&class_names);
     dir.write("final_scores.json", &serde_json::to_string_pretty(&scores)?)?;
+    dir.plot_class_iou(&class_names, &scores)?;
     let train_scores = if opts.score_train {
         let s = crate::evaluate::evaluate_records(&mut net, &train, subset.labeled.clone())?.scores();
         dir.write("final_train_scores.json", &serde_json::to_string_pretty(&s)?)?;
@@ -374,9 +375,18 @@ fn init_backbone(cfg: &TrainConfig, net: &mut Net, stage: Stage, quiet: bool) ->
 /// pack's palette (if it has one).
 pub type LoadedModel = (Net, TrainConfig, Vec<String>, Option<Vec<[u8; 3]>>);
 
-/// Load a segmentation checkpoint for eval/predict: its model is rebuilt from the run config it
-/// carries, so a checkpoint of another architecture cannot be loaded into the wrong model.
-pub fn load_for_inference(path: &Path) -> Result<LoadedModel> {
+/// What a segnet checkpoint says about itself, read before a model is built for it.
+struct CheckpointInfo {
+    data: nn::CheckpointData,
+    cfg: TrainConfig,
+    spec: crate::model::ModelSpec,
+    names: Vec<String>,
+    palette: Option<Vec<[u8; 3]>>,
+    /// The stage that wrote it (`None` for a checkpoint without the key).
+    stage: Option<String>,
+}
+
+fn read_info(path: &Path) -> Result<CheckpointInfo> {
     let data = read_checkpoint(path)?;
     let cfg = TrainConfig::from_toml(&data.meta.config)
         .map_err(|e| anyhow::anyhow!("{}: the checkpoint's run config does not parse: {e}", path.display()))?;
@@ -401,22 +411,84 @@ pub fn load_for_inference(path: &Path) -> Result<LoadedModel> {
             .collect()
     });
     let spec = net::spec(&cfg, classes)?;
-    let mut n = net::new_net(&spec, false, &mut Rng::new(0))?;
-    let (_, report) = load_checkpoint(path, &mut n, None, false)?;
+    let stage = data.meta.extra.get("stage").cloned();
+    Ok(CheckpointInfo { data, cfg, spec, names, palette, stage })
+}
+
+/// Load `path` into `n` (non-strict: a final U2PL checkpoint also holds its representation head,
+/// a pretraining one its projection head), refusing one that leaves parts of `n` unfilled.
+fn load_fitting(path: &Path, n: &mut Net) -> Result<()> {
+    let (_, report) = load_checkpoint(path, n, None, false)?;
     if !report.missing.is_empty() || !report.mismatched.is_empty() {
         bail!("{}: does not fit the model its config describes: {}", path.display(), report);
     }
-    if data.meta.extra.get("stage").map(String::as_str) == Some("densecl") {
+    Ok(())
+}
+
+/// Load a segmentation checkpoint for eval/predict: its model is rebuilt from the run config it
+/// carries, so a checkpoint of another architecture cannot be loaded into the wrong model.
+pub fn load_for_inference(path: &Path) -> Result<LoadedModel> {
+    let info = read_info(path)?;
+    // The stage first: a pretraining checkpoint would otherwise fail the fit below with a list
+    // of missing classifier tensors instead of the reason.
+    if info.stage.as_deref() == Some("densecl") {
         bail!(
             "{}: a densecl-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint",
             path.display()
         );
     }
-    if data.meta.extra.get("stage").map(String::as_str) == Some("contrastive") {
+    if info.stage.as_deref() == Some("contrastive") {
         bail!(
             "{}: a contrastive-stage checkpoint has no trained classifier; use a finetune or ce-only checkpoint",
             path.display()
         );
     }
-    Ok((n, cfg, names, palette))
+    let mut n = net::new_net(&info.spec, false, &mut Rng::new(0))?;
+    load_fitting(path, &mut n)?;
+    Ok((n, info.cfg, info.names, info.palette))
+}
+
+/// A network of any stage whose features can be looked at ([`load_for_features`]).
+pub struct FeatureModel {
+    /// The network: with the projection head when the checkpoint has one, with the classifier
+    /// when it has one.
+    pub net: Net,
+    /// Its run config.
+    pub cfg: TrainConfig,
+    /// The class names it was trained with.
+    pub names: Vec<String>,
+    /// The stage that wrote the checkpoint (`"unknown"` when it does not say).
+    pub stage: String,
+}
+
+impl FeatureModel {
+    /// Whether the network has a (trained) projection head.
+    pub fn has_projection(&self) -> bool {
+        self.net.projection.is_some()
+    }
+}
+
+/// Load a checkpoint of any stage that trains the decoder, for `segnet embed`: unlike
+/// [`load_for_inference`] a contrastive checkpoint is welcome (it has a projection head and no
+/// classifier). The model is rebuilt from the run config the checkpoint carries, with the
+/// projection head when the checkpoint has `projection.*` tensors (a contrastive or U2PL stage)
+/// and the classifier when it has `classifier.classifier.6.*`. A DenseCL checkpoint is refused:
+/// that stage trains the backbone alone, its decoder is untrained.
+pub fn load_for_features(path: &Path) -> Result<FeatureModel> {
+    let info = read_info(path)?;
+    if info.stage.as_deref() == Some("densecl") {
+        bail!(
+            "{}: a densecl-stage checkpoint trains only the backbone (its decoder and projection are untrained); embed the checkpoint of the stage after it",
+            path.display()
+        );
+    }
+    let has = |prefix: &str| info.data.model.keys().any(|k| k.starts_with(prefix));
+    let (projection, classifier) = (has("projection."), has("classifier.classifier.6."));
+    let mut rng = Rng::new(0);
+    let mut n = net::new_net(&info.spec, projection && !classifier, &mut rng)?;
+    if projection && classifier {
+        n.add_projection(&mut rng)?;
+    }
+    load_fitting(path, &mut n)?;
+    Ok(FeatureModel { net: n, cfg: info.cfg, names: info.names, stage: info.stage.unwrap_or_else(|| "unknown".into()) })
 }
