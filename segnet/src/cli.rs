@@ -385,14 +385,21 @@ pub enum ExperimentCommand {
     /// CE-only vs contrastive + fine-tune at several labeled counts, same data and budget.
     LabelEfficiency(LabelEfficiencyArgs),
     /// Redraw the label-efficiency plot (mIoU against labeled images, error bars of one std)
-    /// from a results.json of `label-efficiency` (or several merged by hand).
+    /// and print its table from one or several results.json of `label-efficiency`, merged.
     Plot(ExperimentPlotArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ExperimentPlotArgs {
-    /// The results.json (its `cells`: labeled, column, mean, std).
-    pub results: PathBuf,
+    /// results.json files of `label-efficiency`: their runs are merged (a run is identified by
+    /// labeled count, master seed and column; the first file wins a repeat) and every cell is
+    /// recomputed from the runs, so experiments run in parts (other seeds, other columns) make
+    /// one table.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Also write the merged runs and cells as one results.json here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Output PNG.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub out: PathBuf,

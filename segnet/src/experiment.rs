@@ -230,7 +230,6 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
     set_threads(base.threads);
     let device = check_device(&a.train.device)?;
     let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
-    std::fs::create_dir_all(&out)?;
     // The labeled images there are, to resolve `all` and to refuse counts larger than that.
     let available = {
         let (train, _) = crate::data::open(&base)?;
@@ -249,6 +248,8 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
             counts.push(n);
         }
     }
+    // Only once the arguments are known good: a refused command leaves no folder behind.
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}: cannot create", out.display()))?;
     let cols = columns(&a.recipes, a.protocol);
     let total_runs = counts.len() * a.seeds as usize * cols.len();
     println!(
@@ -483,20 +484,85 @@ fn label_efficiency_png(cells: &[Value]) -> Result<Vec<u8>> {
     lines_png("validation mIoU against labeled images", "labeled images", "val mIoU (%)", &series_from_cells(cells))
 }
 
-/// `segnet experiment plot`: redraw `label_efficiency.png` from a `results.json` into `out`.
-pub fn plot_results(results: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(results).with_context(|| format!("{}: cannot read", results.display()))?;
-    let doc: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a JSON document", results.display()))?;
-    let cells = doc["cells"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    if series_from_cells(cells).is_empty() {
-        bail!(
-            "{}: no `cells` with a mean (not a results.json of `segnet experiment label-efficiency`?)",
-            results.display()
-        );
+/// `segnet experiment plot`: merge the runs of `results` (results.json files), recompute each
+/// cell (labeled count x column: mean and std over master seeds) and the paired gains over every
+/// CE-only column, draw the plot into `out`, print the table; `json` gets the merged document.
+pub fn plot_results(results: &[std::path::PathBuf], out: &Path, json_out: Option<&Path>) -> Result<()> {
+    let mut runs: Vec<Value> = Vec::new();
+    for f in results {
+        let text = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        let doc: Value = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON document", f.display()))?;
+        let Some(rs) = doc["runs"].as_array() else {
+            bail!("{}: no `runs` (not a results.json of `segnet experiment label-efficiency`?)", f.display());
+        };
+        for r in rs {
+            let key = |r: &Value| (r["labeled"].clone(), r["master_seed"].clone(), r["column"].clone());
+            if r["miou"].as_f64().is_none() || r["master_seed"].as_u64().is_none() {
+                bail!("{}: a run without miou or master_seed: {r}", f.display());
+            }
+            if !runs.iter().any(|q| key(q) == key(r)) {
+                runs.push(r.clone());
+            }
+        }
     }
-    write_atomic(out, &label_efficiency_png(cells)?)?;
-    println!("plot: {}", out.display());
+    if runs.is_empty() {
+        bail!("{}: no runs to plot", results.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let mut counts: Vec<u64> = runs.iter().filter_map(|r| r["labeled"].as_u64()).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let mut columns: Vec<String> = Vec::new();
+    for r in &runs {
+        let c = r["column"].as_str().unwrap_or("?").to_string();
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+    }
+    let pick = |n: u64, col: &str| -> Vec<(u64, f64)> {
+        let mut v: Vec<(u64, f64)> = runs
+            .iter()
+            .filter(|r| r["labeled"].as_u64() == Some(n) && r["column"].as_str() == Some(col))
+            .map(|r| (r["master_seed"].as_u64().unwrap_or(0), r["miou"].as_f64().unwrap_or(f64::NAN) * 100.0))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    let mut cells = Vec::new();
+    let mut md = String::from("| labeled | column | val mIoU (%) | seeds |\n|---:|---|---:|---|\n");
+    for &n in &counts {
+        for col in &columns {
+            let v = pick(n, col);
+            if v.is_empty() {
+                continue;
+            }
+            let (m, s) = mean_std(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+            let seeds: Vec<String> = v.iter().map(|(k, x)| format!("{k}: {x:.2}")).collect();
+            md.push_str(&format!("| {n} | {col} | {m:.2} ± {s:.2} | {} |\n", seeds.join(", ")));
+            cells.push(json!({ "labeled": n, "column": col, "mean": m, "std": s, "runs": v.len() }));
+        }
+    }
+    md.push_str("\nPaired gains (points, same master seeds):\n\n| labeled | column | versus | gain |\n|---:|---|---|---:|\n");
+    for &n in &counts {
+        for base in columns.iter().filter(|c| c.starts_with("ce-only")) {
+            let b = pick(n, base);
+            for col in columns.iter().filter(|c| *c != base) {
+                let d: Vec<f64> =
+                    pick(n, col).iter().filter_map(|(k, x)| b.iter().find(|q| q.0 == *k).map(|q| x - q.1)).collect();
+                if d.is_empty() {
+                    continue;
+                }
+                let (m, s) = mean_std(&d);
+                md.push_str(&format!("| {n} | {col} | {base} | {m:+.2} ± {s:.2} ({} pairs) |\n", d.len()));
+                cells.push(json!({ "labeled": n, "column": col, "versus": base, "gain_mean": m, "gain_std": s, "pairs": d.len() }));
+            }
+        }
+    }
+    write_atomic(out, &label_efficiency_png(&cells)?)?;
+    if let Some(j) = json_out {
+        let doc = json!({ "merged_from": results, "runs": runs, "cells": cells });
+        write_atomic(j, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    println!("{md}\nplot: {}", out.display());
     Ok(())
 }
 
@@ -515,13 +581,34 @@ mod tests {
         assert!(s.iter().all(|s| s.points.first().map(|p| p.0) == Some(20.0)), "sorted by count");
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("le.png");
-        plot_results(&path, &out).unwrap();
+        let merged = tmp.path().join("merged.json");
+        // The same file twice: repeats count once; cells come from the runs, not the stored cells.
+        plot_results(&[path.clone(), path.clone()], &out, Some(&merged)).unwrap();
         let img = image::open(&out).unwrap();
         assert_eq!((img.width(), img.height()), crate::plot::lines::SIZE);
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+        assert_eq!(m["runs"].as_array().unwrap().len(), doc["runs"].as_array().unwrap().len());
+        let all_contrastive: Vec<f64> = doc["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["labeled"] == 500 && r["column"] == "contrastive")
+            .map(|r| r["miou"].as_f64().unwrap() * 100.0)
+            .collect();
+        let cell = m["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["labeled"] == 500 && c["column"] == "contrastive" && c.get("mean").is_some())
+            .unwrap()
+            .clone();
+        assert_eq!(cell["runs"].as_u64().unwrap() as usize, all_contrastive.len());
+        assert!((cell["mean"].as_f64().unwrap() - mean_std(&all_contrastive).0).abs() < 1e-9);
         let bad = tmp.path().join("bad.json");
         std::fs::write(&bad, "{\"runs\": []}").unwrap();
-        assert!(format!("{:#}", plot_results(&bad, &out).unwrap_err()).contains("bad.json"));
-        assert!(format!("{:#}", plot_results(&tmp.path().join("none.json"), &out).unwrap_err()).contains("none.json"));
+        assert!(format!("{:#}", plot_results(&[bad.clone()], &out, None).unwrap_err()).contains("bad.json"));
+        let none = tmp.path().join("none.json");
+        assert!(format!("{:#}", plot_results(&[none], &out, None).unwrap_err()).contains("none.json"));
     }
 
     #[test]
