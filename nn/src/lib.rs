@@ -57,8 +57,8 @@ mod param;
 
 pub use checkpoint::write_atomically;
 pub use checkpoint::{
-    check_state_dict, load_checkpoint, load_state_dict, read_checkpoint, read_pth, save_checkpoint, state_dict, CheckpointData, CheckpointMeta, LoadReport,
-    PthFile, StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,
+    check_state_dict, load_checkpoint, load_state_dict, read_checkpoint, read_pth, save_checkpoint, state_dict,
+    CheckpointData, CheckpointMeta, LoadReport, PthFile, StateValue, FORMAT, FORMAT_VERSION, MOMENTUM_PREFIX,
 };
 pub use ctx::{Ctx, Grads};
 pub use error::{Error, Result};

@@ -20,7 +20,9 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Embed(a) => embed::run(&a),
         Command::Data(d) => data_cmd::run(d),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment::label_efficiency(a),
-        Command::Experiment(ExperimentCommand::Plot(a)) => experiment::plot_results(&a.results, &a.out, a.json.as_deref()),
+        Command::Experiment(ExperimentCommand::Plot(a)) => {
+            experiment::plot_results(&a.results, &a.out, a.json.as_deref())
+        }
         Command::Bench(b) => bench::run(b),
     }
 }

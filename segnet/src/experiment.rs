@@ -279,15 +279,13 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
                 let dir = out.join(format!("n{n}-s{seed}-{}", col.folder()));
                 // Recipes that begin with the same stages (same seed and settings) train them once:
                 // the longest prefix an earlier run of this cell row trained is copied from it.
-                let reuse = (1..cfg.stages.len())
-                    .rev()
-                    .find_map(|k| {
-                        let key = cfg.prefix_key(k);
-                        trained
-                            .iter()
-                            .find(|(c, _): &&(TrainConfig, PathBuf)| c.stages.len() >= k && c.prefix_key(k) == key)
-                            .map(|(_, d)| (k, d.clone()))
-                    });
+                let reuse = (1..cfg.stages.len()).rev().find_map(|k| {
+                    let key = cfg.prefix_key(k);
+                    trained
+                        .iter()
+                        .find(|(c, _): &&(TrainConfig, PathBuf)| c.stages.len() >= k && c.prefix_key(k) == key)
+                        .map(|(_, d)| (k, d.clone()))
+                });
                 let opts = RunOptions {
                     out: dir.clone(),
                     quiet: true,
@@ -491,7 +489,8 @@ pub fn plot_results(results: &[std::path::PathBuf], out: &Path, json_out: Option
     let mut runs: Vec<Value> = Vec::new();
     for f in results {
         let text = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        let doc: Value = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON document", f.display()))?;
+        let doc: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a JSON document", f.display()))?;
         let Some(rs) = doc["runs"].as_array() else {
             bail!("{}: no `runs` (not a results.json of `segnet experiment label-efficiency`?)", f.display());
         };
@@ -541,7 +540,9 @@ pub fn plot_results(results: &[std::path::PathBuf], out: &Path, json_out: Option
             cells.push(json!({ "labeled": n, "column": col, "mean": m, "std": s, "runs": v.len() }));
         }
     }
-    md.push_str("\nPaired gains (points, same master seeds):\n\n| labeled | column | versus | gain |\n|---:|---|---|---:|\n");
+    md.push_str(
+        "\nPaired gains (points, same master seeds):\n\n| labeled | column | versus | gain |\n|---:|---|---|---:|\n",
+    );
     for &n in &counts {
         for base in columns.iter().filter(|c| c.starts_with("ce-only")) {
             let b = pick(n, base);

@@ -66,24 +66,22 @@ fn read_renamed(path: &Path) -> Result<(BTreeMap<String, StateValue>, Vec<String
 /// Errors name the file and list what is missing or mis-shaped.
 pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
     let (tensors, notes) = read_renamed(path)?;
-    // A dry run first: nothing changes unless every backbone tensor fits.
+    let (total, arch) = (tensors.len(), describe_resnet(&tensors));
     let mut probe = BackboneOnly(backbone);
-    let wanted = nn::state_names(&mut probe);
-    let present = wanted.iter().filter(|n| tensors.contains_key(*n)).count();
-    if present == 0 {
-        let first: Vec<&str> = tensors.keys().take(5).map(|k| k.trim_start_matches("backbone.")).collect();
+    let wanted: std::collections::BTreeSet<String> = nn::state_names(&mut probe).into_iter().collect();
+    let (trial, left): (BTreeMap<_, _>, BTreeMap<_, _>) = tensors.into_iter().partition(|(k, _)| wanted.contains(k));
+    if trial.is_empty() {
+        let first: Vec<&str> = left.keys().take(5).map(|k| k.trim_start_matches("backbone.")).collect();
         bail!(
-            "--init-backbone {}: none of its {} tensors is a ResNet backbone tensor with torchvision names \
+            "--init-backbone {}: none of its {total} tensors is a ResNet backbone tensor with torchvision names \
              (conv1.weight, layer1.0.conv1.weight, ...); it has {first:?}",
-            path.display(),
-            tensors.len()
+            path.display()
         );
     }
-    let mut trial = tensors.clone();
-    trial.retain(|k, _| wanted.contains(k));
+    // A dry run first: nothing changes unless every backbone tensor fits.
     let dry = nn::check_state_dict(&mut probe, &trial);
     if !dry.missing.is_empty() || !dry.mismatched.is_empty() {
-        let what = match describe_resnet(&tensors) {
+        let what = match arch {
             Some(arch) => format!("the file holds a {arch}"),
             None => "the file is another depth or width".to_string(),
         };
@@ -97,11 +95,10 @@ pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
         );
     }
     let report = nn::load_state_dict(path, &mut probe, &trial)?;
-    let left: Vec<String> =
-        tensors.keys().filter(|k| !wanted.contains(*k)).map(|k| k.trim_start_matches("backbone.").to_string()).collect();
+    let left: Vec<&str> = left.keys().map(|k| k.trim_start_matches("backbone.")).collect();
     let mut line = format!("{} backbone tensors loaded from {}", report.loaded, path.display());
     if !left.is_empty() {
-        let shown: Vec<&str> = left.iter().take(6).map(String::as_str).collect();
+        let shown = &left[..left.len().min(6)];
         line += &format!("; {} left out (no place in DeepLabV3+): {}", left.len(), shown.join(", "));
         if left.len() > shown.len() {
             line += ", ...";
@@ -117,11 +114,8 @@ pub fn load(path: &Path, backbone: &mut ResNet) -> Result<String> {
 /// (`conv3` only in bottlenecks), blocks per stage, and the stem's width relative to 64.
 fn describe_resnet(t: &BTreeMap<String, StateValue>) -> Option<String> {
     let stem = t.get("backbone.conv1.weight")?.dims();
-    let blocks = |layer: usize| {
-        (0..)
-            .take_while(|b| t.contains_key(&format!("backbone.layer{layer}.{b}.conv1.weight")))
-            .count()
-    };
+    let blocks =
+        |layer: usize| (0..).take_while(|b| t.contains_key(&format!("backbone.layer{layer}.{b}.conv1.weight"))).count();
     let counts = [blocks(1), blocks(2), blocks(3), blocks(4)];
     let bottleneck = t.contains_key("backbone.layer1.0.conv3.weight");
     let depth = match (bottleneck, counts) {

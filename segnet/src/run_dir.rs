@@ -90,8 +90,11 @@ impl RunDir {
         let file = self.path.join("metrics.jsonl");
         let text = fs::read_to_string(&file).unwrap_or_default();
         let step_of = |l: &str| serde_json::from_str::<Value>(l).ok().and_then(|v| v["global_step"].as_u64());
-        let kept: String =
-            text.lines().filter(|l| step_of(l).is_some_and(|g| g as usize <= global)).map(|l| format!("{l}\n")).collect();
+        let kept: String = text
+            .lines()
+            .filter(|l| step_of(l).is_some_and(|g| g as usize <= global))
+            .map(|l| format!("{l}\n"))
+            .collect();
         write_atomic(&file, kept.as_bytes())?;
         let path = self.path.clone();
         *self = RunDir::open(&path)?;

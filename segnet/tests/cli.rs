@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 mod common;
-use common::{fails_with, ok, segnet};
+use common::{checkpoint_floats, fails_with, ok, segnet};
 
 const TINY: &str = r#"
 labeled = 12
@@ -130,21 +130,6 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     }
 }
 
-/// The float tensors of a checkpoint, for bit-exact comparisons.
-fn checkpoint_floats(path: &std::path::Path) -> Vec<(String, Vec<f64>)> {
-    let x = nn::read_checkpoint(path).unwrap();
-    let mut v: Vec<(String, Vec<f64>)> = x
-        .model
-        .iter()
-        .filter_map(|(k, v)| match v {
-            nn::StateValue::Float(p) => Some((k.clone(), p.to_vec_f64().unwrap())),
-            _ => None,
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn reused_stages_give_the_same_run_as_training_them_again() {
     use segnet::config::{Stage, TrainConfig};
@@ -159,8 +144,9 @@ fn reused_stages_give_the_same_run_as_training_them_again() {
     let full = tmp.path().join("full");
     run(&cfg, &RunOptions { out: full.clone(), quiet: true, ..Default::default() }).unwrap();
     let reused = tmp.path().join("reused");
-    let s = run(&cfg, &RunOptions { out: reused.clone(), quiet: true, reuse: Some((2, a.clone())), ..Default::default() })
-        .unwrap();
+    let s =
+        run(&cfg, &RunOptions { out: reused.clone(), quiet: true, reuse: Some((2, a.clone())), ..Default::default() })
+            .unwrap();
     assert!(s.scores.is_some());
     for name in ["contrastive-final", "finetune-final", "pseudo-final"] {
         let x = checkpoint_floats(&full.join(format!("checkpoints/{name}.safetensors")));
@@ -172,7 +158,12 @@ fn reused_stages_give_the_same_run_as_training_them_again() {
     // A run directory without the stage to reuse: an error naming the file.
     let e = run(
         &cfg,
-        &RunOptions { out: tmp.path().join("bad"), quiet: true, reuse: Some((2, tmp.path().join("none"))), ..Default::default() },
+        &RunOptions {
+            out: tmp.path().join("bad"),
+            quiet: true,
+            reuse: Some((2, tmp.path().join("none"))),
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("contrastive-final.safetensors"), "{e:#}");

@@ -88,7 +88,8 @@ fn train_with_init_backbone_and_bad_files() {
     let c = cfg.to_str().unwrap();
     let good = fixture("resnet18-w0.125.pth");
     let run = tmp.path().join("run");
-    let o = segnet(&["train", "--config", c, "--init-backbone", good.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    let o =
+        segnet(&["train", "--config", c, "--init-backbone", good.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     ok(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("ce-only starts its backbone from --init-backbone"), "{err}");
@@ -97,18 +98,47 @@ fn train_with_init_backbone_and_bad_files() {
     assert!(saved.contains("init_backbone"), "{saved}");
     // A segnet checkpoint works as the source too (its backbone.* names).
     let ck = run.join("checkpoints/ce-only-final.safetensors");
-    let o2 = segnet(&["train", "--config", c, "--init-backbone", ck.to_str().unwrap(), "--out", tmp.path().join("r2").to_str().unwrap()]);
+    let o2 = segnet(&[
+        "train",
+        "--config",
+        c,
+        "--init-backbone",
+        ck.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r2").to_str().unwrap(),
+    ]);
     ok(&o2);
     assert!(String::from_utf8_lossy(&o2.stderr).contains("backbone tensors loaded"));
 
     // Another width: every mis-shaped tensor listed, with the hint.
-    let o = segnet(&["train", "--config", c, "--width", "0.25", "--init-backbone", good.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    let o = segnet(&[
+        "train",
+        "--config",
+        c,
+        "--width",
+        "0.25",
+        "--init-backbone",
+        good.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
     fails_with(&o, "mis-shaped");
     fails_with(&o, "--width 1");
     fails_with(&o, "the file holds a resnet18 at width 0.125");
     // A PyTorch file that is not a backbone.
     let misc = fixture("misc.pth");
-    fails_with(&segnet(&["train", "--config", c, "--init-backbone", misc.to_str().unwrap(), "--out", tmp.path().join("y").to_str().unwrap()]), "none of its");
+    fails_with(
+        &segnet(&[
+            "train",
+            "--config",
+            c,
+            "--init-backbone",
+            misc.to_str().unwrap(),
+            "--out",
+            tmp.path().join("y").to_str().unwrap(),
+        ]),
+        "none of its",
+    );
     // Not a checkpoint at all, and no file.
     let junk = tmp.path().join("junk.pth");
     std::fs::write(&junk, b"junk").unwrap();
@@ -119,17 +149,45 @@ fn train_with_init_backbone_and_bad_files() {
     // The experiment: the flag belongs to the imagenet-ce column.
     let exp = tmp.path().join("exp");
     let out = ok(&segnet(&[
-        "experiment", "label-efficiency", "--config", c, "--labeled", "8", "--seeds", "1", "--recipes", "ce-only,imagenet-ce",
-        "--protocol", "same-schedule", "--init-backbone", good.to_str().unwrap(), "--out", exp.to_str().unwrap(),
+        "experiment",
+        "label-efficiency",
+        "--config",
+        c,
+        "--labeled",
+        "8",
+        "--seeds",
+        "1",
+        "--recipes",
+        "ce-only,imagenet-ce",
+        "--protocol",
+        "same-schedule",
+        "--init-backbone",
+        good.to_str().unwrap(),
+        "--out",
+        exp.to_str().unwrap(),
     ]));
     assert!(out.contains("imagenet-ce"), "{out}");
     let col = std::fs::read_to_string(exp.join("n8-s0-imagenet-ce/config.toml")).unwrap();
     assert!(col.contains("init_backbone"), "{col}");
     let base = std::fs::read_to_string(exp.join("n8-s0-ce-only-same-schedule/config.toml")).unwrap();
     assert!(!base.contains("init_backbone"), "the ce-only column starts from random weights: {base}");
-    fails_with(&segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "imagenet-ce", "--out", z]), "needs --init-backbone");
     fails_with(
-        &segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "ce-only", "--init-backbone", good.to_str().unwrap(), "--out", z]),
+        &segnet(&["experiment", "label-efficiency", "--config", c, "--recipes", "imagenet-ce", "--out", z]),
+        "needs --init-backbone",
+    );
+    fails_with(
+        &segnet(&[
+            "experiment",
+            "label-efficiency",
+            "--config",
+            c,
+            "--recipes",
+            "ce-only",
+            "--init-backbone",
+            good.to_str().unwrap(),
+            "--out",
+            z,
+        ]),
         "imagenet-ce",
     );
 }

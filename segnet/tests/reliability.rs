@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{ok, segnet};
+use common::{checkpoint_floats, ok, segnet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,7 +80,8 @@ fn assert_run_dir_valid(dir: &Path) -> Vec<String> {
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "safetensors") {
-                nn::read_checkpoint(&p).unwrap_or_else(|err| panic!("{} is not valid after a kill: {err}", p.display()));
+                nn::read_checkpoint(&p)
+                    .unwrap_or_else(|err| panic!("{} is not valid after a kill: {err}", p.display()));
                 names.push(p.file_name().unwrap().to_string_lossy().into_owned());
             }
         }
@@ -99,17 +100,6 @@ fn assert_run_dir_valid(dir: &Path) -> Vec<String> {
     }
     names.sort();
     names
-}
-
-fn floats(path: &Path) -> Vec<(String, Vec<f64>)> {
-    let x = nn::read_checkpoint(path).unwrap();
-    x.model
-        .iter()
-        .filter_map(|(k, v)| match v {
-            nn::StateValue::Float(t) => Some((k.clone(), t.to_vec_f64().unwrap())),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]
@@ -152,8 +142,8 @@ fn sigkill_during_training_then_resume_gives_the_uninterrupted_weights() {
     let names = assert_run_dir_valid(&run);
     assert!(names.contains(&"finetune-final.safetensors".to_string()), "{names:?}");
     for name in ["contrastive-final", "finetune-final"] {
-        let a = floats(&clean.join(format!("checkpoints/{name}.safetensors")));
-        let b = floats(&run.join(format!("checkpoints/{name}.safetensors")));
+        let a = checkpoint_floats(&clean.join(format!("checkpoints/{name}.safetensors")));
+        let b = checkpoint_floats(&run.join(format!("checkpoints/{name}.safetensors")));
         assert_eq!(a, b, "{name}: the killed-and-resumed run differs from the uninterrupted one");
     }
     let sa = std::fs::read_to_string(clean.join("final_scores.json")).unwrap();

@@ -73,13 +73,7 @@ pub fn class_iou_png(title: &str, names: &[String], iou: &[Option<f64>], miou: f
             .draw_series(DashedLineSeries::new([(m, -0.5), (m, n as f64 - 0.5)], 8, 5, red.stroke_width(2)))?
             .label(format!("mIoU {m:.1} %"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(font(13))
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
+        super::legend(&mut chart, SeriesLabelPosition::LowerRight, 13, 0.9)?;
         Ok(())
     })
     .context("drawing the class IoU chart")

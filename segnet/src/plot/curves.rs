@@ -275,14 +275,7 @@ fn note(chart: &Chart<'_, '_>, text: &str) -> Result<()> {
 }
 
 fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, pos: SeriesLabelPosition) -> Result<()> {
-    chart
-        .configure_series_labels()
-        .position(pos)
-        .label_font(font(12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()?;
-    Ok(())
+    super::legend(chart, pos, 12, 0.85)
 }
 
 fn draw_stage_loss(area: &Area<'_>, s: &StageCurves, c: RGBColor) -> Result<()> {

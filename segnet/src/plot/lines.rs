@@ -88,13 +88,7 @@ pub fn lines_png(title: &str, x_desc: &str, y_desc: &str, series: &[LineSeries])
             );
         }
         if n > 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .label_font(font(13))
-                .background_style(WHITE.mix(0.9))
-                .border_style(RGBColor(180, 180, 180))
-                .draw()?;
+            super::legend(&mut chart, SeriesLabelPosition::LowerRight, 13, 0.9)?;
         }
         Ok(())
     })

@@ -31,6 +31,24 @@ pub const FAMILY: &str = "sans-serif";
 /// The drawing area every plot function draws on.
 pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
+/// The legend of `chart` in the plots' one style: labels at `size` px on a white box of
+/// `opacity`, with a light grey border, at `pos`.
+pub fn legend<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, CT>,
+    pos: SeriesLabelPosition,
+    size: u32,
+    opacity: f64,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .label_font(font(size))
+        .background_style(WHITE.mix(opacity))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()?;
+    Ok(())
+}
+
 /// Register the embedded font with plotters (once per process; later calls are free).
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();

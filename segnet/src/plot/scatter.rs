@@ -67,13 +67,7 @@ pub fn scatter_png(
                 .label(format!("{name} ({})", counts[k]))
                 .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(font(13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
+        super::legend(&mut chart, SeriesLabelPosition::UpperRight, 13, 0.85)?;
         Ok(())
     })
     .context("drawing the embedding map")

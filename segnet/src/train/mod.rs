@@ -112,7 +112,8 @@ pub fn newest_checkpoint(dir: &Path) -> Result<PathBuf> {
             Err(err) => eprintln!("segnet: skipping {}: {err:#}", path.display()),
         }
     }
-    best.map(|(_, p)| p).with_context(|| format!("--resume {}: no valid checkpoint in {}", dir.display(), folder.display()))
+    best.map(|(_, p)| p)
+        .with_context(|| format!("--resume {}: no valid checkpoint in {}", dir.display(), folder.display()))
 }
 
 /// `--resume PATH`: a checkpoint, or a run directory (its newest valid checkpoint).
@@ -135,9 +136,11 @@ fn read_resume(path: &Path) -> Result<(TrainConfig, ResumePoint)> {
             })
         };
     let (stage_index, step) = (get("stage_index")?, get("stage_step")?);
-    let is_final = data.meta.extra.get("stage").is_some_and(|s| {
-        path.file_stem().is_some_and(|f| f.to_string_lossy() == format!("{s}-final"))
-    });
+    let is_final = data
+        .meta
+        .extra
+        .get("stage")
+        .is_some_and(|s| path.file_stem().is_some_and(|f| f.to_string_lossy() == format!("{s}-final")));
     // A stage's final checkpoint: that stage is done, the next one starts afresh.
     let point = if is_final {
         ResumePoint { stage_index: stage_index + 1, step: 0, path: None }
@@ -175,7 +178,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // The steps after the checkpoint are run (and logged) again; a fresh run into a folder that
     // holds an earlier (e.g. killed) attempt starts a fresh log.
     let done_steps = match &resume {
-        Some(r) => cfg.stages[..r.stage_index.min(cfg.stages.len())].iter().map(|s| cfg.stage(*s).steps).sum::<usize>() + r.step,
+        Some(r) => {
+            cfg.stages[..r.stage_index.min(cfg.stages.len())].iter().map(|s| cfg.stage(*s).steps).sum::<usize>()
+                + r.step
+        }
         None => 0,
     };
     dir.forget_after(done_steps)?;
@@ -232,9 +238,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if si < *k {
                 let src = from.join("checkpoints").join(format!("{}-final.safetensors", stage.name()));
                 let dst = ctx.dir.checkpoint(&format!("{}-final", stage.name()));
-                let bytes = std::fs::read(&src).with_context(|| {
-                    format!("{}: cannot read the {} stage to reuse", src.display(), stage.name())
-                })?;
+                let bytes = std::fs::read(&src)
+                    .with_context(|| format!("{}: cannot read the {} stage to reuse", src.display(), stage.name()))?;
                 crate::run_dir::write_atomic(&dst, &bytes)?;
                 ctx.dir.log(json!({ "stage": stage.name(), "global_step": ctx.global_offset, "reused_from": src }))?;
                 if !opts.quiet {

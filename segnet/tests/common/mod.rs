@@ -21,3 +21,16 @@ pub fn fails_with(o: &Output, needle: &str) {
     assert!(err.contains(needle), "error should mention {needle:?}, got: {err}");
     assert!(!err.contains("panicked"), "bad input must not panic: {err}");
 }
+
+/// The float tensors of a checkpoint by name (sorted), for bit-exact comparisons of two runs.
+#[allow(dead_code)] // not every test file compares checkpoints
+pub fn checkpoint_floats(path: &std::path::Path) -> Vec<(String, Vec<f64>)> {
+    let x = nn::read_checkpoint(path).unwrap();
+    x.model
+        .iter()
+        .filter_map(|(k, v)| match v {
+            nn::StateValue::Float(t) => Some((k.clone(), t.to_vec_f64().unwrap())),
+            _ => None,
+        })
+        .collect()
+}

@@ -72,7 +72,12 @@ fn half_to_f32(h: u16) -> f32 {
 }
 
 /// The elements of `t` in row-major order, gathered through its strides.
-fn gather(t: &TensorRef, storage: &[u8], width: usize, conv: fn(&[u8]) -> f64) -> std::result::Result<Vec<f64>, String> {
+fn gather(
+    t: &TensorRef,
+    storage: &[u8],
+    width: usize,
+    conv: fn(&[u8]) -> f64,
+) -> std::result::Result<Vec<f64>, String> {
     let numel: usize = t.size.iter().product();
     let stored = storage.len() / width;
     if numel == 0 {
@@ -105,11 +110,9 @@ pub fn read_pth(path: impl AsRef<Path>) -> Result<PthFile> {
     let err = |m: String| Error::checkpoint(path, m);
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     if bytes.first() == Some(&0x80) {
-        return Err(err(
-            "a legacy (pre-1.6, non-zip) PyTorch file: re-save it with a current PyTorch \
+        return Err(err("a legacy (pre-1.6, non-zip) PyTorch file: re-save it with a current PyTorch \
              (torch.save(torch.load(f), g)) to read it here"
-                .into(),
-        ));
+            .into()));
     }
     let entries = zip::entries(&bytes).map_err(|e| err(format!("not a PyTorch zip checkpoint: {e}")))?;
     let pkls: Vec<&String> = entries.keys().filter(|k| k.ends_with("/data.pkl") || *k == "data.pkl").collect();
@@ -122,7 +125,10 @@ pub fn read_pth(path: impl AsRef<Path>) -> Result<PthFile> {
     if let Some(bo) = entries.get(&format!("{prefix}byteorder")) {
         let order = &bytes[bo.offset..bo.offset + bo.size];
         if order != b"little" {
-            return Err(err(format!("byte order {:?}: only little-endian files are supported", String::from_utf8_lossy(order))));
+            return Err(err(format!(
+                "byte order {:?}: only little-endian files are supported",
+                String::from_utf8_lossy(order)
+            )));
         }
     }
     let e = entries[pkl];
@@ -212,7 +218,13 @@ mod tests {
     fn strided_views_are_gathered_in_row_major_order() {
         // A 2x3 storage read as its transpose (3x2, strides (1, 3)), offset 0.
         let storage: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let t = TensorRef { dtype: "FloatStorage".into(), key: "0".into(), offset: 0, size: vec![3, 2], stride: vec![1, 3] };
+        let t = TensorRef {
+            dtype: "FloatStorage".into(),
+            key: "0".into(),
+            offset: 0,
+            size: vec![3, 2],
+            stride: vec![1, 3],
+        };
         let (w, conv, _) = element("FloatStorage").unwrap();
         assert_eq!(gather(&t, &storage, w, conv).unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         let past = TensorRef { offset: 1, ..t };

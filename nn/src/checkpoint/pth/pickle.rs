@@ -304,7 +304,8 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 set_items(stack.last_mut().ok_or("SETITEMS without a dict")?, items)?;
             }
             b'a' | b'e' => {
-                let items = if op == b'a' { vec![pop(&mut stack, op)?] } else { since_mark(&mut stack, &mut marks, op)? };
+                let items =
+                    if op == b'a' { vec![pop(&mut stack, op)?] } else { since_mark(&mut stack, &mut marks, op)? };
                 match stack.last_mut() {
                     Some(Value::List(l)) => l.extend(items),
                     other => return Err(format!("APPEND(S) on a non-list {other:?}")),
