@@ -4,6 +4,7 @@ pub mod batchnorm;
 pub mod contrastive;
 pub mod conv;
 pub mod gemm;
+pub mod packed_gemm;
 pub mod parallel;
 pub mod pool;
 pub mod resize;

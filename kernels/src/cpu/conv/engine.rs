@@ -6,10 +6,11 @@
 //! work over (image, group, tile) units and runs each unit's gather + GEMMs ([`GatherConv::tile`]);
 //! depthwise convs branch off to the direct loop in `depthwise.rs`.
 
-use super::gather::{gather_tile, with_scratch};
+use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, with_scratch};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
+use crate::cpu::packed_gemm::{self, as_f32, slab_len, KSeg, PackedA};
 use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use rayon::prelude::*;
@@ -20,18 +21,25 @@ pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
-    let (cig, taps) = (g.cig(), g.taps());
-    // Repack w[o][c][tap] -> a[o][tap][c] so that a run of live taps is one contiguous K range.
-    let mut a = vec![T::ZERO; w.len()];
-    for o in 0..g.c_out {
-        for c in 0..cig {
-            for t in 0..taps {
-                a[(o * taps + t) * cig + c] = w[(o * cig + c) * taps + t];
+    let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
+    // The packed f32 path: per group, A(o, tap cig + c) = w[o][c][tap] in the micro-kernel's panels.
+    let packed =
+        packed_weights(g, w, cog, taps * cig, |w, gi, o, l| w[((gi * cog + o) * cig + l % cig) * taps + l / cig]);
+    // Otherwise repack w[o][c][tap] -> a[o][tap][c] so that a run of live taps is one contiguous K range.
+    let mut a = Vec::new();
+    if packed.is_none() {
+        a = vec![T::ZERO; w.len()];
+        for o in 0..g.c_out {
+            for c in 0..cig {
+                for t in 0..taps {
+                    a[(o * taps + t) * cig + c] = w[(o * cig + c) * taps + t];
+                }
             }
         }
     }
     GatherConv {
         a: &a,
+        packed: packed.as_deref(),
         m: g.cog(),
         c_src: cig,
         groups: g.groups,
@@ -53,19 +61,26 @@ pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [
     let ymap = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // a[g][c][tap][o] = w[g cog + o][c][tap]: the transposed weights of each group.
-    let mut a = vec![T::ZERO; w.len()];
-    for gi in 0..g.groups {
-        for o in 0..cog {
-            for c in 0..cig {
-                for t in 0..taps {
-                    a[((gi * cig + c) * taps + t) * cog + o] = w[((gi * cog + o) * cig + c) * taps + t];
+    // The packed f32 path: per group, A(c, tap cog + o) = w[o][c][tap].
+    let packed =
+        packed_weights(g, w, cig, taps * cog, |w, gi, c, l| w[((gi * cog + l % cog) * cig + c) * taps + l / cog]);
+    // Otherwise a[g][c][tap][o] = w[g cog + o][c][tap]: the transposed weights of each group.
+    let mut a = Vec::new();
+    if packed.is_none() {
+        a = vec![T::ZERO; w.len()];
+        for gi in 0..g.groups {
+            for o in 0..cog {
+                for c in 0..cig {
+                    for t in 0..taps {
+                        a[((gi * cig + c) * taps + t) * cog + o] = w[((gi * cog + o) * cig + c) * taps + t];
+                    }
                 }
             }
         }
     }
     GatherConv {
         a: &a,
+        packed: packed.as_deref(),
         m: cig,
         c_src: cog,
         groups: g.groups,
@@ -84,8 +99,11 @@ pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [
 ///
 /// (The fields are visible to the sibling modules for the depthwise loop in `depthwise.rs`.)
 pub(super) struct GatherConv<'a, T> {
-    /// `[groups][m][taps][c_src]`.
+    /// `[groups][m][taps][c_src]` (empty on the packed path).
     pub(super) a: &'a [T],
+    /// The same weights per group in the packed GEMM's panels, when `T` is f32 and the CPU has
+    /// AVX2 + FMA ([`use_packed`]): then tiles gather straight into slabs and skip matrixmultiply.
+    pub(super) packed: Option<&'a [PackedA]>,
     pub(super) m: usize,
     pub(super) c_src: usize,
     pub(super) groups: usize,
@@ -127,6 +145,9 @@ impl<T: Float> GatherConv<'_, T> {
     /// thread may access this unit's elements meanwhile.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(&self, n: usize, g: usize, pl: &TilePlan, yseg: &Segment, xseg: &Segment, taps: usize, out: *mut T) {
+        if let Some(packed) = self.packed {
+            return self.tile_packed(&packed[g], n, g, pl, yseg, xseg, out.cast());
+        }
         let (m, c_src) = (self.m, self.c_src);
         let (oh, ow) = self.out_hw;
         let oplane = oh * ow;
@@ -181,6 +202,74 @@ impl<T: Float> GatherConv<'_, T> {
             }
         });
     }
+
+    /// [`Self::tile`] on the packed f32 path: the tile's im2col block is gathered straight into
+    /// the GEMM's slabs and multiplied by the group's packed weights, one segment per run of live
+    /// taps, all accumulated in registers before `C` is stored.
+    ///
+    /// # Safety
+    /// As [`Self::tile`]; `T` is f32 (the caller checked, [`use_packed`]).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_packed(
+        &self,
+        pa: &PackedA,
+        n: usize,
+        g: usize,
+        pl: &TilePlan,
+        yseg: &Segment,
+        xseg: &Segment,
+        out: *mut f32,
+    ) {
+        let (m, c_src) = (self.m, self.c_src);
+        let (oh, ow) = self.out_hw;
+        let oplane = oh * ow;
+        let splane = self.src_hw.0 * self.src_hw.1;
+        let src = as_f32(self.src).expect("packed conv path on f32 only");
+        let src = &src[(n * self.groups + g) * c_src * splane..][..c_src * splane];
+        let out_base = (n * self.groups + g) * m * oplane;
+        let npix = pl.npix;
+        let direct_b = self.ymap.is_identity() && self.xmap.is_identity();
+        let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
+        let pix0 = (yseg.start + pl.ja) * ow;
+        let k = pl.ntaps * c_src;
+        let b_len = slab_len(k, npix);
+        let row_len = if direct_b { 0 } else { npix };
+        let tmp_len = if contiguous { 0 } else { m * npix };
+        with_scratch::<f32, _>(b_len + row_len + tmp_len, |buf| {
+            let (slabs, rest) = buf.split_at_mut(b_len);
+            let (row, tmp) = rest.split_at_mut(row_len);
+            if direct_b {
+                gather_planes_slabs(src, k, splane, pix0, npix, slabs);
+            } else {
+                gather_tile_slabs(src, c_src, self.src_hw, yseg, xseg, pl, row, slabs);
+            }
+            let (c, ldc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
+            let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
+            if let Some(b) = bias {
+                for r in 0..m {
+                    std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
+                }
+            }
+            let segs: Vec<KSeg> = pl
+                .runs
+                .iter()
+                .map(|r| KSeg { a_k0: r.tap0 * c_src, b_k0: r.idx0 * c_src, len: r.len * c_src })
+                .collect();
+            packed_gemm::gemm_to(pa, &segs, slabs, k, npix, c, ldc, bias.is_some());
+            if !contiguous {
+                let wdt = xseg.count;
+                for r in 0..m {
+                    for (ri, j) in (pl.ja..pl.jb).enumerate() {
+                        let orow = out.add(out_base + r * oplane + yseg.coord(j) * ow);
+                        let trow = &tmp[r * npix + ri * wdt..][..wdt];
+                        for (q, &v) in trow.iter().enumerate() {
+                            *orow.add(xseg.coord(q)) = v;
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// `C = alpha A B + beta C` on one thread (the callers parallelise over tiles).
@@ -219,4 +308,25 @@ pub(super) unsafe fn gemm_serial<T: Float>(
         rsc,
         csc,
     );
+}
+
+/// True when convs on `T` take the packed f32 path: `T` is f32 and the CPU has AVX2 + FMA.
+pub(super) fn use_packed<T: Float>() -> bool {
+    as_f32::<T>(&[]).is_some() && packed_gemm::available()
+}
+
+/// Per group, the `m x k` matrix `A(i, l) = at(w, group, i, l)` packed for the micro-kernel, or
+/// `None` when `T` does not take the packed path (or the conv is depthwise: a direct loop).
+fn packed_weights<T: Float>(
+    g: &Conv2dGeom,
+    w: &[T],
+    m: usize,
+    k: usize,
+    at: impl Fn(&[f32], usize, usize, usize) -> f32 + Sync,
+) -> Option<Vec<PackedA>> {
+    if !use_packed::<T>() || g.is_depthwise() {
+        return None;
+    }
+    let w = as_f32(w)?;
+    Some((0..g.groups).into_par_iter().map(|gi| PackedA::pack(m, k, |i, l| at(w, gi, i, l))).collect())
 }

@@ -5,7 +5,8 @@
 //! zero for a tap in the padding), so the same code serves `y` (gathering `x`) and `dx` (gathering
 //! `gy`, i.e. col2im without scattered writes) and parallel tiles never write the same memory.
 
-use super::tiling::{Segment, TilePlan};
+use super::tiling::{Segment, TapSpan, TilePlan};
+use crate::cpu::packed_gemm::NR;
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
@@ -14,41 +15,104 @@ use std::cell::RefCell;
 pub(super) fn gather_tile<T: Float>(
     src: &[T],
     channels: usize,
-    (src_h, src_w): (usize, usize),
+    src_hw: (usize, usize),
     yseg: &Segment,
     xseg: &Segment,
     pl: &TilePlan,
     col: &mut [T],
 ) {
-    let plane = src_h * src_w;
-    let wdt = xseg.count;
     let npix = pl.npix;
+    for_each_col_row(channels, pl, xseg, |row, ty, tx, c| {
+        col_row(&src[c * src_hw.0 * src_hw.1..], src_hw.1, yseg, xseg, pl, ty, tx, &mut col[row * npix..][..npix])
+    });
+}
+
+/// The same im2col block straight in the packed GEMM's slab layout (`k` = live taps x channels
+/// rows, slabs of [`NR`] pixels, the padding columns of the last slab zeroed). `row` is scratch for
+/// one row of `npix` values.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gather_tile_slabs(
+    src: &[f32],
+    channels: usize,
+    src_hw: (usize, usize),
+    yseg: &Segment,
+    xseg: &Segment,
+    pl: &TilePlan,
+    row: &mut [f32],
+    slabs: &mut [f32],
+) {
+    let k = pl.ntaps * channels;
+    for_each_col_row(channels, pl, xseg, |l, ty, tx, c| {
+        col_row(&src[c * src_hw.0 * src_hw.1..], src_hw.1, yseg, xseg, pl, ty, tx, row);
+        row_to_slabs(row, k, l, slabs);
+    });
+}
+
+/// The `k x npix` block whose row `l` is `planes[l * plane + pix0 ..][..npix]` (a 1x1 conv reads
+/// its source planes directly), in slab layout.
+pub(super) fn gather_planes_slabs(planes: &[f32], k: usize, plane: usize, pix0: usize, npix: usize, slabs: &mut [f32]) {
+    for l in 0..k {
+        row_to_slabs(&planes[l * plane + pix0..][..npix], k, l, slabs);
+    }
+}
+
+/// Row `l` of a `k`-row slab block from the row's `npix` values, zeroing the last slab's padding.
+fn row_to_slabs(row: &[f32], k: usize, l: usize, slabs: &mut [f32]) {
+    for (q, chunk) in row.chunks(NR).enumerate() {
+        let dst = &mut slabs[(q * k + l) * NR..][..NR];
+        dst[..chunk.len()].copy_from_slice(chunk);
+        dst[chunk.len()..].fill(0.0);
+    }
+}
+
+/// Call `f(row, y tap, x tap, channel)` for each row of a tile's im2col block, in row order.
+fn for_each_col_row(
+    channels: usize,
+    pl: &TilePlan,
+    xseg: &Segment,
+    mut f: impl FnMut(usize, &TapSpan, &TapSpan, usize),
+) {
     let mut row = 0;
     for ty in &pl.ky {
         for tx in &xseg.taps {
             for c in 0..channels {
-                let sp = &src[c * plane..][..plane];
-                let dst = &mut col[row * npix..][..npix];
+                f(row, ty, tx, c);
                 row += 1;
-                for (r, j) in (pl.ja..pl.jb).enumerate() {
-                    let d = &mut dst[r * wdt..][..wdt];
-                    if j < ty.ja || j >= ty.jb {
-                        d.fill(T::ZERO);
-                        continue;
-                    }
-                    let iy = ty.src0 + (j - ty.ja) * yseg.src_step;
-                    let srow = &sp[iy * src_w..][..src_w];
-                    d[..tx.ja].fill(T::ZERO);
-                    d[tx.jb..].fill(T::ZERO);
-                    let live = &mut d[tx.ja..tx.jb];
-                    if xseg.src_step == 1 {
-                        live.copy_from_slice(&srow[tx.src0..tx.src0 + live.len()]);
-                    } else {
-                        for (q, v) in live.iter_mut().enumerate() {
-                            *v = srow[tx.src0 + q * xseg.src_step];
-                        }
-                    }
-                }
+            }
+        }
+    }
+}
+
+/// One row of the im2col block: tap (`ty`, `tx`) of one source plane over the tile's pixels,
+/// zero where the tap lands in the padding.
+#[allow(clippy::too_many_arguments)]
+fn col_row<T: Float>(
+    sp: &[T],
+    src_w: usize,
+    yseg: &Segment,
+    xseg: &Segment,
+    pl: &TilePlan,
+    ty: &TapSpan,
+    tx: &TapSpan,
+    dst: &mut [T],
+) {
+    let wdt = xseg.count;
+    for (r, j) in (pl.ja..pl.jb).enumerate() {
+        let d = &mut dst[r * wdt..][..wdt];
+        if j < ty.ja || j >= ty.jb {
+            d.fill(T::ZERO);
+            continue;
+        }
+        let iy = ty.src0 + (j - ty.ja) * yseg.src_step;
+        let srow = &sp[iy * src_w..][..src_w];
+        d[..tx.ja].fill(T::ZERO);
+        d[tx.jb..].fill(T::ZERO);
+        let live = &mut d[tx.ja..tx.jb];
+        if xseg.src_step == 1 {
+            live.copy_from_slice(&srow[tx.src0..tx.src0 + live.len()]);
+        } else {
+            for (q, v) in live.iter_mut().enumerate() {
+                *v = srow[tx.src0 + q * xseg.src_step];
             }
         }
     }

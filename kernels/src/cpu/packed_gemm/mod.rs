@@ -1,0 +1,224 @@
+//! An f32 GEMM on operands that are already in the micro-kernel's layout, for the convolutions.
+//!
+//! A general GEMM (matrixmultiply, [`crate::cpu::gemm`]) copies both operands into its own panels
+//! on every call. The conv engine calls it once per tile of ~256 pixels, so the weights were
+//! repacked for every tile of every image, and the im2col block was built once and then copied
+//! again into the library's panels. Here both operands are built in the layout the micro-kernel
+//! reads, once:
+//!
+//! * the left operand `A` (`m x k`, the weights) is [`PackedA`]: panels of [`MR`] rows, `k`
+//!   contiguous inside a panel, `A(p MR + r, l) = data[(p k + l) MR + r]`, packed once per conv call;
+//! * the right operand `B` (`k x n`, the im2col block of a tile) is gathered straight into slabs of
+//!   [`NR`] columns, `B(l, q NR + j) = b[(q k + l) NR + j]`, zero-padded to whole slabs
+//!   ([`slab_len`]).
+//!
+//! [`gemm`] computes `C (+)= A[:, segments] B` where a list of [`KSeg`]s says which columns of `A`
+//! meet which rows of `B`: a conv tile only gathers its live taps, so its `B` rows are a subset of
+//! `A`'s columns, in runs. `K` is cut into blocks of at most [`KC`] (a `KC x NR` slab of `B` stays
+//! in L1 while the row panels of `A` stream past it from L2), and each element of `C` sums its
+//! products in a fixed order: segments in order, `l` in order, so results do not depend on threads.
+//!
+//! The micro-kernel (`avx2.rs`, AVX2 + FMA, chosen at run time by [`available`]) keeps a
+//! `6 x 16` block of `C` in twelve registers. [`gemm_reference`] is the plain loop nest on the
+//! same layouts that the tests compare it with; on CPUs without AVX2 the conv engine keeps calling
+//! matrixmultiply.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(test)]
+mod tests;
+
+use std::any::TypeId;
+
+/// Rows of `A` per panel (and of `C` per micro-kernel block).
+pub const MR: usize = 6;
+/// Columns of `B` per slab (and of `C` per micro-kernel block): two AVX registers.
+pub const NR: usize = 16;
+/// Most `k` per block: a `KC x NR` slab of `B` is 16 KiB, half of L1.
+pub const KC: usize = 256;
+
+/// True when the CPU runs the AVX2 + FMA micro-kernel (checked once, cached by std).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `s` as `&[f32]` when `T` is `f32` (the conv engine is generic; only f32 takes this path).
+pub fn as_f32<T: 'static>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so the cast is the identity.
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+/// `s` as `&mut [f32]` when `T` is `f32`.
+pub fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32, so the cast is the identity.
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
+}
+
+/// An `m x k` matrix in panels of [`MR`] rows (the last panel zero-padded).
+pub struct PackedA {
+    data: Vec<f32>,
+    pub m: usize,
+    pub k: usize,
+}
+
+impl PackedA {
+    /// Pack `A(i, l) = at(i, l)`.
+    pub fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedA {
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0.0f32; panels * k * MR];
+        for p in 0..panels {
+            let rows = (m - p * MR).min(MR);
+            let panel = &mut data[p * k * MR..][..k * MR];
+            for r in 0..rows {
+                for l in 0..k {
+                    panel[l * MR + r] = at(p * MR + r, l);
+                }
+            }
+        }
+        PackedA { data, m, k }
+    }
+
+    /// `A(i, l)` (for tests and references).
+    pub fn get(&self, i: usize, l: usize) -> f32 {
+        self.data[((i / MR) * self.k + l) * MR + i % MR]
+    }
+}
+
+/// Floats of a `k x n` right operand in slabs of [`NR`] columns.
+pub fn slab_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * k * NR
+}
+
+/// Where `B(l, j)` lives in slab layout with `k` rows: `(j / NR) k NR + l NR + j % NR`.
+#[inline(always)]
+pub fn slab_index(k: usize, l: usize, j: usize) -> usize {
+    ((j / NR) * k + l) * NR + j % NR
+}
+
+/// Columns `a_k0 .. a_k0 + len` of `A` times rows `b_k0 .. b_k0 + len` of `B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KSeg {
+    pub a_k0: usize,
+    pub b_k0: usize,
+    pub len: usize,
+}
+
+/// Split `segs` into blocks of at most [`KC`] products each, cutting segments where needed.
+fn k_blocks(segs: &[KSeg]) -> Vec<Vec<KSeg>> {
+    let mut blocks = vec![Vec::new()];
+    let mut room = KC;
+    for s in segs {
+        let mut s = *s;
+        while s.len > 0 {
+            if room == 0 {
+                blocks.push(Vec::new());
+                room = KC;
+            }
+            let take = s.len.min(room);
+            blocks.last_mut().unwrap().push(KSeg { len: take, ..s });
+            s.a_k0 += take;
+            s.b_k0 += take;
+            s.len -= take;
+            room -= take;
+        }
+    }
+    blocks.retain(|b| !b.is_empty());
+    blocks
+}
+
+fn check(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c_len: usize, ldc: usize) {
+    assert!(segs.iter().all(|s| s.a_k0 + s.len <= a.k && s.b_k0 + s.len <= bk), "packed gemm: segment out of range");
+    assert!(b.len() >= slab_len(bk, n), "packed gemm: B shorter than its slabs");
+    assert!(ldc >= n && (a.m == 0 || n == 0 || c_len >= (a.m - 1) * ldc + n), "packed gemm: C out of bounds");
+}
+
+/// `C (m x n, row stride ldc) = [C +] sum_segments A[:, a_k0..] B[b_k0.., :]`, `B` in slabs of
+/// `bk` rows. `accumulate = false` overwrites `C` (also when there are no segments). Requires
+/// [`available`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    check(a, segs, b, bk, n, c.len(), ldc);
+    // SAFETY: `check` bounds C.
+    unsafe { gemm_to(a, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
+}
+
+/// [`gemm`] into a raw `C`, for callers whose parallel tasks write disjoint blocks of one buffer.
+///
+/// # Safety
+/// `c` must address `a.m` rows of stride `ldc` with `n` writable columns each, not aliasing `a` or
+/// `b`, and no other thread may touch them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_to(
+    a: &PackedA,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(available(), "packed gemm: AVX2 + FMA required");
+    check(a, segs, b, bk, n, usize::MAX, ldc);
+    if a.m == 0 || n == 0 {
+        return;
+    }
+    let blocks = k_blocks(segs);
+    if blocks.is_empty() {
+        if !accumulate {
+            for i in 0..a.m {
+                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    for (bi, blk) in blocks.iter().enumerate() {
+        let acc = accumulate || bi > 0;
+        for q in 0..n.div_ceil(NR) {
+            let w = (n - q * NR).min(NR);
+            let slab = b.as_ptr().add(q * bk * NR);
+            for p in 0..a.m.div_ceil(MR) {
+                let rows = (a.m - p * MR).min(MR);
+                let panel = a.data.as_ptr().add(p * a.k * MR);
+                // SAFETY: AVX2 + FMA present; `check` bounds the panels and slabs, the caller C.
+                avx2::micro(blk, panel, slab, c.add(p * MR * ldc + q * NR), ldc, rows, w, acc);
+            }
+        }
+    }
+}
+
+/// The same product as [`gemm`] as a plain loop nest (f64 sums): what the tests compare it with.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_reference(
+    a: &PackedA,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    check(a, segs, b, bk, n, c.len(), ldc);
+    for i in 0..a.m {
+        for j in 0..n {
+            let mut s = if accumulate { c[i * ldc + j] as f64 } else { 0.0 };
+            for sg in segs {
+                for l in 0..sg.len {
+                    s += a.get(i, sg.a_k0 + l) as f64 * b[slab_index(bk, sg.b_k0 + l, j)] as f64;
+                }
+            }
+            c[i * ldc + j] = s as f32;
+        }
+    }
+}
