@@ -10,7 +10,7 @@ use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, with_sc
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
-use crate::cpu::packed_gemm::{self, as_f32, slab_len, KSeg, PackedA};
+use crate::cpu::packed_gemm::{self, as_f32, slab_len, KSeg, PackedA, MR};
 use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use rayon::prelude::*;
@@ -22,9 +22,18 @@ pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&
     let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // The packed f32 path: per group, A(o, tap cig + c) = w[o][c][tap] in the micro-kernel's panels.
-    let packed =
-        packed_weights(g, w, cog, taps * cig, |w, gi, o, l| w[((gi * cog + o) * cig + l % cig) * taps + l / cig]);
+    // The packed f32 path: per group, A(o, tap cig + c) = w[o][c][tap] in the micro-kernel's panels
+    // (each row o of a panel reads its cig x taps weights in order).
+    let packed = packed_weights(g, w, cog, taps * cig, |wg, p, rows, panel| {
+        for r in 0..rows {
+            let wo = &wg[(p * MR + r) * cig * taps..][..cig * taps];
+            for c in 0..cig {
+                for t in 0..taps {
+                    panel[(t * cig + c) * MR + r] = wo[c * taps + t];
+                }
+            }
+        }
+    });
     // Otherwise repack w[o][c][tap] -> a[o][tap][c] so that a run of live taps is one contiguous K range.
     let mut a = Vec::new();
     if packed.is_none() {
@@ -61,9 +70,18 @@ pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [
     let ymap = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // The packed f32 path: per group, A(c, tap cog + o) = w[o][c][tap].
-    let packed =
-        packed_weights(g, w, cig, taps * cog, |w, gi, c, l| w[((gi * cog + l % cog) * cig + c) * taps + l / cog]);
+    // The packed f32 path: per group, A(c, tap cog + o) = w[o][c][tap] (a panel of rows c reads,
+    // for each o, its rows x taps weights in order).
+    let packed = packed_weights(g, w, cig, taps * cog, |wg, p, rows, panel| {
+        for o in 0..cog {
+            let wo = &wg[(o * cig + p * MR) * taps..][..rows * taps];
+            for r in 0..rows {
+                for t in 0..taps {
+                    panel[(t * cog + o) * MR + r] = wo[r * taps + t];
+                }
+            }
+        }
+    });
     // Otherwise a[g][c][tap][o] = w[g cog + o][c][tap]: the transposed weights of each group.
     let mut a = Vec::new();
     if packed.is_none() {
@@ -315,18 +333,26 @@ pub(super) fn use_packed<T: Float>() -> bool {
     as_f32::<T>(&[]).is_some() && packed_gemm::available()
 }
 
-/// Per group, the `m x k` matrix `A(i, l) = at(w, group, i, l)` packed for the micro-kernel, or
-/// `None` when `T` does not take the packed path (or the conv is depthwise: a direct loop).
+/// Per group, an `m x k` matrix packed for the micro-kernel by `fill(group weights, panel, rows,
+/// panel data)` ([`PackedA::pack_panels`]), or `None` when `T` does not take the packed path (or
+/// the conv is depthwise: a direct loop).
 fn packed_weights<T: Float>(
     g: &Conv2dGeom,
     w: &[T],
     m: usize,
     k: usize,
-    at: impl Fn(&[f32], usize, usize, usize) -> f32 + Sync,
+    fill: impl Fn(&[f32], usize, usize, &mut [f32]) + Sync,
 ) -> Option<Vec<PackedA>> {
     if !use_packed::<T>() || g.is_depthwise() {
         return None;
     }
     let w = as_f32(w)?;
-    Some((0..g.groups).into_par_iter().map(|gi| PackedA::pack(m, k, |i, l| at(w, gi, i, l))).collect())
+    let per_group = w.len() / g.groups;
+    Some(
+        (0..g.groups)
+            .map(|gi| {
+                PackedA::pack_panels(m, k, |p, rows, panel| fill(&w[gi * per_group..][..per_group], p, rows, panel))
+            })
+            .collect(),
+    )
 }

@@ -65,6 +65,26 @@ fn row_to_slabs(row: &[f32], k: usize, l: usize, slabs: &mut [f32]) {
     }
 }
 
+/// Column `j` of a slab block with `k` rows (`B(l, j) = row[l]`, `l < k`): the transposed layout
+/// `dw` needs, where the im2col rows become the GEMM's columns.
+pub(super) fn row_to_transposed_slabs(row: &[f32], k: usize, j: usize, slabs: &mut [f32]) {
+    let base = (j / NR) * k * NR + j % NR;
+    for (l, &v) in row.iter().enumerate() {
+        slabs[base + l * NR] = v;
+    }
+}
+
+/// Zero the padding columns `n..` of the last slab of a `k`-row slab block (scratch buffers hold
+/// whatever the last user left).
+pub(super) fn zero_slab_padding(slabs: &mut [f32], k: usize, n: usize) {
+    if n % NR != 0 {
+        let last = &mut slabs[(n / NR) * k * NR..][..k * NR];
+        for l in 0..k {
+            last[l * NR + n % NR..(l + 1) * NR].fill(0.0);
+        }
+    }
+}
+
 /// Call `f(row, y tap, x tap, channel)` for each row of a tile's im2col block, in row order.
 fn for_each_col_row(
     channels: usize,
@@ -86,7 +106,7 @@ fn for_each_col_row(
 /// One row of the im2col block: tap (`ty`, `tx`) of one source plane over the tile's pixels,
 /// zero where the tap lands in the padding.
 #[allow(clippy::too_many_arguments)]
-fn col_row<T: Float>(
+pub(super) fn col_row<T: Float>(
     sp: &[T],
     src_w: usize,
     yseg: &Segment,

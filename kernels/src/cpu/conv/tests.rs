@@ -94,11 +94,42 @@ fn naive_dx(g: &Conv2dGeom, w: &[f64], gy: &[f64]) -> Vec<f64> {
     dx
 }
 
-/// f32 runs the packed GEMM path (on AVX2 + FMA CPUs; matrixmultiply elsewhere): `y` and `dx`
+/// Direct definition of `dw`.
+fn naive_dw(g: &Conv2dGeom, x: &[f64], gy: &[f64]) -> Vec<f64> {
+    let (oh, ow) = g.out_hw().unwrap();
+    let (cig, cog) = (g.cig(), g.cog());
+    let mut dw = vec![0.0; g.c_out * cig * g.kh * g.kw];
+    for n in 0..g.n {
+        for o in 0..g.c_out {
+            let gi = o / cog;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let gv = gy[((n * g.c_out + o) * oh + oy) * ow + ox];
+                    for c in 0..cig {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c_in + gi * cig + c) * g.h + iy as usize) * g.w + ix as usize;
+                                dw[((o * cig + c) * g.kh + ky) * g.kw + kx] += x[xi] * gv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// f32 runs the packed GEMM path (on AVX2 + FMA CPUs; matrixmultiply elsewhere): `y`, `dx`, `dw`
 /// against the direct definitions in f64, on shapes with ragged panels (rows not a multiple of 6,
 /// pixels not of 16), K blocks, dead taps, strides, groups and the unpadded 1x1 case.
 #[test]
-fn f32_forward_and_input_grad_match_naive() {
+fn f32_forward_input_and_weight_grads_match_naive() {
     let cases = [
         (2, 4, 9, 8, 6, 3, 3, [1, 1], [1, 1], [1, 1], 2),
         (1, 3, 33, 33, 4, 3, 3, [1, 1], [18, 18], [18, 18], 1),
@@ -127,6 +158,11 @@ fn f32_forward_and_input_grad_match_naive() {
         conv2d_backward_input(&g, &f(&wt), &f(&gy), &mut dx);
         for (a, e) in dx.iter().zip(&naive_dx(&g, &wt, &gy)) {
             assert!(close(*a, *e, c_out * kh * kw), "{g:?}: dx {a} vs {e}");
+        }
+        let mut dw = vec![7.0f32; wt.len()];
+        conv2d_backward_weight(&g, &f(&x), &f(&gy), &mut dw);
+        for (a, e) in dw.iter().zip(&naive_dw(&g, &x, &gy)) {
+            assert!(close(*a, *e, n * oh * ow), "{g:?}: dw {a} vs {e}");
         }
     }
 }

@@ -9,10 +9,12 @@
 
 use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
-use super::gather::{gather_pixels, gather_tile, with_scratch};
-use super::tiling::{plan_tiles, segments, Axis};
+use super::engine::use_packed;
+use super::gather::{col_row, gather_pixels, gather_tile, row_to_transposed_slabs, with_scratch, zero_slab_padding};
+use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, DW_CHUNKS, DW_TILE_PIX, MIN_SPAN_X, MIN_SPAN_Y};
 use crate::cpu::gemm::Mat;
+use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA};
 use crate::cpu::parallel::sum_in_order;
 use crate::Float;
 use rayon::prelude::*;
@@ -42,11 +44,13 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
     let tasks: Vec<(usize, usize, usize)> =
         (0..g.groups).flat_map(|gi| bounds.windows(2).map(move |b| (gi, b[0], b[1]))).collect();
 
+    let packed = use_packed::<T>();
     let partials: Vec<Vec<T>> = tasks
         .par_iter()
         .map(|&(gi, u0, u1)| {
             // Partial dw of group gi in the repacked layout [o][tap][c].
             let mut acc = vec![T::ZERO; gsize];
+            let mut gy_panels = PackedA::pack(0, 0, |_, _| 0.0);
             for &(n, t) in &units[u0..u1] {
                 let pl = &plans[t];
                 if pl.ntaps == 0 {
@@ -58,6 +62,12 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
                 let g_ng = &gy[(n * g.groups + gi) * cog * oplane..][..cog * oplane];
                 let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
                 let pix0 = (yseg.start + pl.ja) * ow;
+                if packed {
+                    let tile = DwTile { g, x_ng, g_ng, yseg, xseg, pl, direct, contiguous, pix0 };
+                    let acc32 = as_f32_mut(&mut acc).expect("packed conv path on f32 only");
+                    tile.accumulate_packed(&mut gy_panels, acc32);
+                    continue;
+                }
                 let col_len = if direct { 0 } else { pl.ntaps * cig * npix };
                 let gt_len = if contiguous { 0 } else { cog * npix };
                 with_scratch::<T, _>(col_len + gt_len, |buf| {
@@ -137,4 +147,70 @@ fn balanced_bounds(costs: &[usize], k: usize) -> Vec<usize> {
     }
     bounds.push(costs.len());
     bounds
+}
+
+/// One (image, tile) unit of `dw` on the packed f32 path.
+struct DwTile<'a, T> {
+    g: &'a Conv2dGeom,
+    /// The image's source planes and output-gradient planes of this group.
+    x_ng: &'a [T],
+    g_ng: &'a [T],
+    yseg: &'a Segment,
+    xseg: &'a Segment,
+    pl: &'a TilePlan,
+    direct: bool,
+    contiguous: bool,
+    pix0: usize,
+}
+
+impl<T: Float> DwTile<'_, T> {
+    /// `acc ([cog][taps cig]) += gy_tile col_tile^T` with the packed GEMM: the tile's output
+    /// gradient is `A` (`cog x npix`, packed into `gy_panels`, a buffer kept across tiles), and
+    /// each run of live taps gives `B` = its rows of the im2col block, transposed into slabs
+    /// (`npix x run channels`), gathered straight from the source.
+    fn accumulate_packed(&self, gy_panels: &mut PackedA, acc: &mut [f32]) {
+        let (g, pl, yseg, xseg) = (self.g, self.pl, self.yseg, self.xseg);
+        let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
+        let (oh, ow) = g.ohw();
+        let (plane, oplane) = (g.h * g.w, oh * ow);
+        let npix = pl.npix;
+        let x = as_f32(self.x_ng).expect("packed conv path on f32 only");
+        let gyv = as_f32(self.g_ng).expect("packed conv path on f32 only");
+        let wdt = xseg.count;
+        if self.contiguous {
+            gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + self.pix0 + p]);
+        } else {
+            let coords: Vec<usize> =
+                (0..npix).map(|p| yseg.coord(pl.ja + p / wdt) * ow + xseg.coord(p % wdt)).collect();
+            gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + coords[p]]);
+        }
+        let whole = [KSeg { a_k0: 0, b_k0: 0, len: npix }];
+        let max_run = pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig;
+        with_scratch::<f32, _>(slab_len(npix, max_run) + npix, |buf| {
+            let (slabs, row) = buf.split_at_mut(slab_len(npix, max_run));
+            for r in &pl.runs {
+                let cols = r.len * cig;
+                let slabs = &mut slabs[..slab_len(npix, cols)];
+                if self.direct {
+                    for c in 0..cig {
+                        row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c, slabs);
+                    }
+                } else {
+                    for j in 0..cols {
+                        let (tap_idx, c) = (r.idx0 + j / cig, j % cig);
+                        let (ty, tx) = (&pl.ky[tap_idx / xseg.taps.len()], &xseg.taps[tap_idx % xseg.taps.len()]);
+                        col_row(&x[c * plane..], g.w, yseg, xseg, pl, ty, tx, row);
+                        row_to_transposed_slabs(row, npix, j, slabs);
+                    }
+                }
+                zero_slab_padding(slabs, npix, cols);
+                let ldc = taps * cig;
+                let c_off = r.tap0 * cig;
+                // SAFETY: acc is [cog][taps cig]; the block is cog x cols at column c_off, in bounds.
+                unsafe {
+                    packed_gemm::gemm_to(gy_panels, &whole, slabs, npix, cols, acc.as_mut_ptr().add(c_off), ldc, true)
+                };
+            }
+        });
+    }
 }

@@ -36,6 +36,8 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// Most `k` per block: a `KC x NR` slab of `B` is 16 KiB, half of L1.
 pub const KC: usize = 256;
+/// Rows of `A` per block: `MC x KC` of `A` is 96 KiB, so it stays in L2 with the tile's `B`.
+pub const MC: usize = 16 * MR;
 
 /// True when the CPU runs the AVX2 + FMA micro-kernel (checked once, cached by std).
 pub fn available() -> bool {
@@ -73,16 +75,36 @@ pub struct PackedA {
 impl PackedA {
     /// Pack `A(i, l) = at(i, l)`.
     pub fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedA {
+        let mut a = PackedA { data: Vec::new(), m: 0, k: 0 };
+        a.repack(m, k, at);
+        a
+    }
+
+    /// Pack a new matrix into this one's buffer (kept between calls: no fresh pages per tile).
+    pub fn repack(&mut self, m: usize, k: usize, at: impl Fn(usize, usize) -> f32) {
         let panels = m.div_ceil(MR);
-        let mut data = vec![0.0f32; panels * k * MR];
+        self.data.clear();
+        self.data.resize(panels * k * MR, 0.0);
         for p in 0..panels {
             let rows = (m - p * MR).min(MR);
-            let panel = &mut data[p * k * MR..][..k * MR];
+            let panel = &mut self.data[p * k * MR..][..k * MR];
             for r in 0..rows {
                 for l in 0..k {
                     panel[l * MR + r] = at(p * MR + r, l);
                 }
             }
+        }
+        (self.m, self.k) = (m, k);
+    }
+
+    /// Pack panel by panel in parallel: `fill(p, rows, panel)` writes `A(p MR + r, l)` at
+    /// `panel[l MR + r]` for `r < rows` (the rest is zero), in whatever order reads its source
+    /// best: the conv weights are `[o][c][tap]`, which neither operand's `l` order walks contiguously.
+    pub fn pack_panels(m: usize, k: usize, fill: impl Fn(usize, usize, &mut [f32]) + Sync) -> PackedA {
+        use rayon::prelude::*;
+        let mut data = vec![0.0f32; m.div_ceil(MR) * k * MR];
+        if k > 0 {
+            data.par_chunks_mut(k * MR).enumerate().for_each(|(p, panel)| fill(p, (m - p * MR).min(MR), panel));
         }
         PackedA { data, m, k }
     }
@@ -181,17 +203,21 @@ pub unsafe fn gemm_to(
         }
         return;
     }
+    // K blocks outermost (C is stored once per block), then row blocks of A (in L2), then the
+    // slabs of B (one in L1 while the row panels of the block stream past it).
     #[cfg(target_arch = "x86_64")]
     for (bi, blk) in blocks.iter().enumerate() {
         let acc = accumulate || bi > 0;
-        for q in 0..n.div_ceil(NR) {
-            let w = (n - q * NR).min(NR);
-            let slab = b.as_ptr().add(q * bk * NR);
-            for p in 0..a.m.div_ceil(MR) {
-                let rows = (a.m - p * MR).min(MR);
-                let panel = a.data.as_ptr().add(p * a.k * MR);
-                // SAFETY: AVX2 + FMA present; `check` bounds the panels and slabs, the caller C.
-                avx2::micro(blk, panel, slab, c.add(p * MR * ldc + q * NR), ldc, rows, w, acc);
+        for i0 in (0..a.m).step_by(MC) {
+            for q in 0..n.div_ceil(NR) {
+                let w = (n - q * NR).min(NR);
+                let slab = b.as_ptr().add(q * bk * NR);
+                for p in i0 / MR..(i0 + MC).min(a.m).div_ceil(MR) {
+                    let rows = (a.m - p * MR).min(MR);
+                    let panel = a.data.as_ptr().add(p * a.k * MR);
+                    // SAFETY: AVX2 + FMA present; `check` bounds the panels and slabs, the caller C.
+                    avx2::micro(blk, panel, slab, c.add(p * MR * ldc + q * NR), ldc, rows, w, acc);
+                }
             }
         }
     }

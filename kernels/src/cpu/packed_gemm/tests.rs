@@ -29,7 +29,7 @@ fn k_blocks_cut_segments_at_kc_and_keep_their_order() {
 }
 
 #[test]
-fn matches_reference_on_ragged_shapes_segments_and_k_blocks() {
+fn matches_reference_on_ragged_shapes_segments_k_and_row_blocks() {
     if !available() {
         eprintln!("skipped: no AVX2 + FMA");
         return;
@@ -42,6 +42,7 @@ fn matches_reference_on_ragged_shapes_segments_and_k_blocks() {
         (1, 600, 33, &[(0, 600)]),
         (64, 2304, 70, &[(0, 256), (512, 700), (1400, 904)]),
         (5, 3, 1, &[(2, 1), (0, 1)]),
+        (200, 300, 20, &[(0, 300)]),
     ];
     for &(m, k, n, spans) in cases {
         let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
