@@ -14,6 +14,10 @@ directly:
   or (contrastive) decoder features resized bilinearly (align_corners=True) to (crop-1)/8+1, a
   projection head of three 1x1 convs with bias (ReLU after the first two), F.normalize, and the
   naive N x N within-image pixel contrastive loss (Zhao et al., per-positive form, tau 0.07).
+  `--views 2 --grid decoder` is what segnet's contrastive stage does with `--loss-mode within`
+  (`segnet bench step --stage contrastive --loss-mode within`): the batch and a colour-mapped
+  second view each go through the network, the loss on the decoder's own stride-4 map, the two
+  within-image losses summed.
 * SGD momentum 0.9, weight decay 1e-4; 21 classes; input normal(0, 1); blocky random labels.
 
 State names follow segnet's checkpoints (`backbone.*`, `classifier.*`, `projection.*`), so
@@ -143,7 +147,9 @@ class DeepLab(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def embed(self, x, grid):
-        f = F.interpolate(self.features(x), size=(grid, grid), mode="bilinear", align_corners=True)
+        f = self.features(x)
+        if grid is not None:  # None: the decoder's map as it comes (segnet's `--loss-grid decoder`)
+            f = F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=True)
         return F.normalize(self.projection(f), dim=1)
 
 
@@ -210,6 +216,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--views", type=int, default=1, choices=[1, 2],
+                   help="contrastive: 2 = also a colour-mapped second view, losses summed (segnet's two-view batches)")
+    p.add_argument("--grid", default="eighth", choices=["eighth", "decoder"],
+                   help="contrastive: loss on (crop-1)/8+1 (resized) or on the decoder's own map")
     p.add_argument("--json", action="store_true")
     p.add_argument("--phases", action="store_true", help="also time forward+loss, backward, optimizer")
     p.add_argument("--compare-checkpoint", help="segnet .safetensors checkpoint to compare names/shapes with")
@@ -227,8 +237,11 @@ def main():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(a.batch, 3, a.crop, a.crop, generator=g)
     labels = blocky_labels(a.batch, a.crop, a.crop, a.classes, g)
-    grid = (a.crop - 1) // 8 + 1
-    small = F.interpolate(labels[:, None].float(), size=(grid, grid), mode="nearest")[:, 0].long()
+    grid = (a.crop - 1) // 8 + 1 if a.grid == "eighth" else None
+    side = grid if grid is not None else (a.crop - 1) // 4 + 1  # the decoder map of a stride-4 head
+    small = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0].long()
+    # The second view: a per-channel colour map of the first, as segnet's bench builds it.
+    x2 = x * torch.tensor([0.8, 1.1, 0.9])[None, :, None, None] + torch.tensor([0.1, -0.05, 0.2])[None, :, None, None]
 
     times, cpu, fwd, bwd, upd = [], [], [], [], []
     for it in range(a.warmup + a.iters):
@@ -236,6 +249,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         if contrastive:
             loss = naive_contrastive_loss(model.embed(x, grid), small)
+            if a.views == 2:
+                loss = loss + naive_contrastive_loss(model.embed(x2, grid), small)
         else:
             loss = F.cross_entropy(model.logits(x), labels, ignore_index=IGNORE)
         t1 = time.perf_counter()
@@ -252,7 +267,8 @@ def main():
 
     out = {
         "bench": "step", "impl": f"torch {torch.__version__}", "backbone": a.backbone, "stage": a.stage,
-        "batch": a.batch, "crop": a.crop, "output_stride": 16, "threads": a.threads, "iters": a.iters,
+        "batch": a.batch, "crop": a.crop, "output_stride": 16,
+        "loss_form": {"mode": "within", "grid": a.grid, "views": a.views} if contrastive else None, "threads": a.threads, "iters": a.iters,
         "median_step_s": statistics.median(times), "min_step_s": min(times), "peak_rss_mb": peak_rss_mb(),
         "median_step_cpu_s": statistics.median(cpu),
         "params": params, "loss": loss.item(), "rss_after_import_mb": rss_import,

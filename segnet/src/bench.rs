@@ -109,6 +109,12 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     cfg.crop = a.crop;
     cfg.batch = a.batch;
     cfg.u2pl_settings.sup_only_steps = 0;
+    if let Some(m) = a.loss_mode {
+        cfg.loss.mode = m;
+    }
+    if let Some(g) = a.loss_grid {
+        cfg.loss.grid = g;
+    }
     // Two or more images per batch-norm chunk of the DenseCL key batch.
     cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((a.batch / 2).max(1));
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -160,6 +166,9 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
+        "loss_form": (a.stage == Stage::Contrastive).then(|| json!({
+            "mode": format!("{:?}", cfg.loss.mode).to_lowercase(), "grid": format!("{:?}", cfg.loss.grid).to_lowercase(),
+        })),
     }))
 }
 

@@ -484,6 +484,13 @@ pub struct BenchStepArgs {
     pub iters: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// The contrastive stage's loss form (default: the training default, `cross`); `within` is
+    /// what `benches/torch/deeplab_step.py --views 2` computes.
+    #[arg(long, value_enum)]
+    pub loss_mode: Option<LossMode>,
+    /// The contrastive stage's loss grid (default: the training default, `decoder`).
+    #[arg(long, value_enum)]
+    pub loss_grid: Option<LossGrid>,
     #[arg(long)]
     pub json: bool,
     #[arg(long, default_value = "cpu")]

@@ -150,3 +150,43 @@ fn speed_on_conv_tile_shapes() {
         println!("{m}x{k}x{n}: packed {:.1} GFLOP/s, matrixmultiply {:.1} GFLOP/s", gf / ours, gf / mm);
     }
 }
+
+/// `cargo test -p kernels --release --lib packed_gemm::tests::fma_peak -- --ignored --nocapture`:
+/// the machine's f32 FMA peak, the yardstick for the GEMM figures: twelve independent chains of
+/// 8-wide fused multiply-adds (enough to cover the FMA latency on two pipes), on 1 and on 2 threads.
+#[test]
+#[ignore]
+fn fma_peak() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if !available() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn chains(iters: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, a, b);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            let s = acc.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
+        let iters = 50_000_000;
+        let flops = (iters * 12 * 8 * 2) as f64;
+        for threads in [1usize, 2] {
+            let t0 = std::time::Instant::now();
+            let sums: Vec<f32> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| unsafe { chains(iters) })).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let secs = t0.elapsed().as_secs_f64();
+            println!("FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})", threads as f64 * flops / secs * 1e-9, sums[0]);
+        }
+    }
+}
