@@ -218,6 +218,7 @@ fn loss(a: BenchLossArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LossGrid, LossMode};
 
     fn tiny(stage: Stage) -> BenchStepArgs {
         BenchStepArgs {
@@ -231,6 +232,8 @@ mod tests {
             threads: 0,
             iters: 1,
             warmup: 0,
+            loss_mode: None,
+            loss_grid: None,
             json: true,
             device: "cpu".into(),
         }
@@ -247,6 +250,16 @@ mod tests {
                 assert!(v.get(key).is_some(), "{key} missing from {v}");
             }
         }
+        // The loss form flags reach the contrastive objective and the report.
+        let a = BenchStepArgs {
+            loss_mode: Some(LossMode::Within),
+            loss_grid: Some(LossGrid::Eighth),
+            ..tiny(Stage::Contrastive)
+        };
+        let v = step_report(&a).unwrap();
+        assert_eq!(v["loss_form"]["mode"], "within");
+        assert_eq!(v["loss_form"]["grid"], "eighth");
+        assert!(step_report(&tiny(Stage::Finetune)).unwrap()["loss_form"].is_null());
         let b = random_batch(2, 9, 3, true, &mut Rng::new(0)).unwrap();
         let d = b.distorted.as_ref().unwrap();
         assert_eq!(d.len(), b.images.len());

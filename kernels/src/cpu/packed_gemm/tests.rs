@@ -186,7 +186,11 @@ fn fma_peak() {
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             let secs = t0.elapsed().as_secs_f64();
-            println!("FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})", threads as f64 * flops / secs * 1e-9, sums[0]);
+            println!(
+                "FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})",
+                threads as f64 * flops / secs * 1e-9,
+                sums[0]
+            );
         }
     }
 }
