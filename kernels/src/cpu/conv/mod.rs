@@ -17,8 +17,10 @@
 //! which is col2im written as a gather, so parallel tiles never write the same element. The
 //! destination is cut into tiles of about [`TILE_PIX`] pixels; a tile's `im2col` block (taps x
 //! channels x pixels) is built in a per-thread scratch buffer reused across calls and multiplied by
-//! the repacked weights `[rows][tap][channel]` with `matrixmultiply` (one GEMM per run of
-//! consecutive taps).
+//! the repacked weights `[rows][tap][channel]`. In f32 on AVX2 + FMA CPUs (the training path) the
+//! weights are packed once per call into the micro-kernel's row panels and the block is gathered
+//! straight into its column slabs ([`crate::cpu::packed_gemm`]), every run of consecutive live taps
+//! one segment of one GEMM; otherwise (f64, other CPUs) `matrixmultiply` runs one GEMM per run.
 //!
 //! **Skipping taps in the padding.** Along each axis the destination coordinates are split at the
 //! points where a tap starts or stops landing inside the source, so within a 2-D region the set of
@@ -33,7 +35,8 @@
 //! loop instead of 1-row GEMMs.
 //!
 //! **dw** runs the forward tiling and accumulates `gy_tile (rows x pix) col_tile^T` into a
-//! per-chunk partial sum; chunks are fixed by the problem (balanced by a deterministic cost) and
+//! per-chunk partial sum (on the packed path `gy_tile` is packed as the left operand and each run's
+//! im2col rows are gathered transposed into slabs); chunks are fixed by the problem (balanced by a deterministic cost) and
 //! reduced in chunk order. **db** sums each channel over `n` then pixels in order.
 //!
 //! Work is split over (image, group, tile) units whose boundaries depend only on the shapes, and

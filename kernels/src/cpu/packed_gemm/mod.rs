@@ -1,6 +1,6 @@
 //! An f32 GEMM on operands that are already in the micro-kernel's layout, for the convolutions.
 //!
-//! A general GEMM (matrixmultiply, [`crate::cpu::gemm`]) copies both operands into its own panels
+//! A general GEMM (matrixmultiply, [`crate::cpu::gemm()`]) copies both operands into its own panels
 //! on every call. The conv engine calls it once per tile of ~256 pixels, so the weights were
 //! repacked for every tile of every image, and the im2col block was built once and then copied
 //! again into the library's panels. Here both operands are built in the layout the micro-kernel
