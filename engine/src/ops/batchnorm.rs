@@ -109,7 +109,7 @@ fn forward<T: Element>(
     let ws = weight.map(|w| w.cpu_slice::<T>(OP)).transpose()?;
     let bs = bias.map(|b| b.cpu_slice::<T>(OP)).transpose()?;
     let eps_t = T::from_f64(eps);
-    let mut y = vec![T::ZERO; xs.len()];
+    let mut y = kernels::cpu::parallel::zeros::<T>(xs.len());
     let (mean, invstd, mode) = if training {
         let stats = bn_train_forward(xs, d, ws, bs, eps_t, &mut y);
         let mean: Vec<T> = stats.iter().map(|s| s.0).collect();
@@ -183,7 +183,7 @@ impl Backward for BatchNormBackward {
         let cshape = Shape(vec![self.d.c]);
         with_dtype!(g.dtype(), T, {
             let ws = self.weight.as_ref().map(|w| w.cpu_slice::<T>(OP)).transpose()?;
-            let mut dx = needs[0].then(|| vec![T::ZERO; self.x.numel()]);
+            let mut dx = needs[0].then(|| kernels::cpu::parallel::zeros::<T>(self.x.numel()));
             let sums = bn_backward(
                 g.cpu_slice::<T>(OP)?,
                 self.x.cpu_slice::<T>(OP)?,

@@ -142,14 +142,14 @@ impl Backward for Conv2dBackward {
         with_dtype!(g.dtype(), T, {
             let gs = g.cpu_slice::<T>(OP)?;
             let dx = if needs[0] {
-                let mut v = vec![T::ZERO; self.x.numel()];
+                let mut v = kernels::cpu::parallel::zeros::<T>(self.x.numel());
                 conv2d_backward_input(geom, self.w.cpu_slice::<T>(OP)?, gs, &mut v);
                 Some(Tensor::from_cpu(T::wrap(v), self.x.shape.clone()))
             } else {
                 None
             };
             let dw = if needs[1] {
-                let mut v = vec![T::ZERO; self.w.numel()];
+                let mut v = kernels::cpu::parallel::zeros::<T>(self.w.numel());
                 conv2d_backward_weight(geom, self.x.cpu_slice::<T>(OP)?, gs, &mut v);
                 Some(Tensor::from_cpu(T::wrap(v), self.w.shape.clone()))
             } else {
@@ -190,7 +190,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
         });
     }
     let out = with_dtype!(x.dtype(), T, {
-        let mut y = vec![T::ZERO; out_shape.numel()];
+        let mut y = kernels::cpu::parallel::zeros::<T>(out_shape.numel());
         let bias = match b {
             Some(b) => Some(b.cpu_slice::<T>(OP)?),
             None => None,

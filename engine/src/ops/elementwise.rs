@@ -27,6 +27,7 @@ use crate::shape::strides;
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
 use kernels::cpu::parallel::for_chunks_mut;
+use rayon::prelude::*;
 
 /// The broadcast shape of `a` and `b`, or an error naming `op`.
 pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
@@ -154,14 +155,14 @@ fn binary_kernel<T: Element, F: Fn(T, T) -> T + Sync>(
 ) -> Result<Tensor> {
     let (xa, xb) = (a.cpu_slice::<T>(op)?, b.cpu_slice::<T>(op)?);
     let n: usize = out_dims.iter().product();
-    let mut out = vec![T::ZERO; n];
     if a.dims() == b.dims() {
-        for_chunks_mut(&mut out, 8192, |s, ch| {
-            for (i, o) in ch.iter_mut().enumerate() {
-                *o = f(xa[s + i], xb[s + i]);
-            }
-        });
-    } else if n > 0 {
+        // One parallel pass that writes each output once (no zero fill first).
+        let mut out = Vec::with_capacity(n);
+        xa.par_iter().zip(xb.par_iter()).with_min_len(8192).map(|(&x, &y)| f(x, y)).collect_into_vec(&mut out);
+        return Ok(Tensor::from_cpu(T::wrap(out), Shape(out_dims)));
+    }
+    let mut out = kernels::cpu::parallel::zeros::<T>(n);
+    if n > 0 {
         let sa = broadcast_strides(a.dims(), &out_dims);
         let sb = broadcast_strides(b.dims(), &out_dims);
         let r = out_dims.len();
@@ -197,12 +198,8 @@ where
 {
     with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>(op)?;
-        let mut out = vec![T::ZERO; xs.len()];
-        for_chunks_mut(&mut out, 8192, |s, ch| {
-            for (i, o) in ch.iter_mut().enumerate() {
-                *o = T::from_f64(f(xs[s + i].to_f64()));
-            }
-        });
+        let mut out = Vec::with_capacity(xs.len());
+        xs.par_iter().with_min_len(8192).map(|&v| T::from_f64(f(v.to_f64()))).collect_into_vec(&mut out);
         Ok(Tensor::from_cpu(T::wrap(out), x.shape.clone()))
     })
 }
@@ -221,7 +218,9 @@ pub(crate) fn scale_untracked(x: &Tensor, alpha: f64) -> Result<Tensor> {
     with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>("scale")?;
         let a = T::from_f64(alpha);
-        Ok(Tensor::from_cpu(T::wrap(xs.iter().map(|&v| v * a).collect()), x.shape.clone()))
+        let mut out = Vec::with_capacity(xs.len());
+        xs.par_iter().with_min_len(8192).map(|&v| v * a).collect_into_vec(&mut out);
+        Ok(Tensor::from_cpu(T::wrap(out), x.shape.clone()))
     })
 }
 
@@ -373,7 +372,7 @@ impl Backward for UnaryBackward {
 fn unary_cpu(name: &'static str, op: UnOp, x: &Tensor) -> Result<Tensor> {
     Ok(with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>(name)?;
-        let mut out = vec![T::ZERO; xs.len()];
+        let mut out = Vec::with_capacity(xs.len());
         let f = move |v: T| -> T {
             match op {
                 UnOp::Neg => -v,
@@ -384,11 +383,7 @@ fn unary_cpu(name: &'static str, op: UnOp, x: &Tensor) -> Result<Tensor> {
                 UnOp::Affine(a, b) => T::from_f64(a) * v + T::from_f64(b),
             }
         };
-        for_chunks_mut(&mut out, 8192, |s, ch| {
-            for (i, o) in ch.iter_mut().enumerate() {
-                *o = f(xs[s + i]);
-            }
-        });
+        xs.par_iter().with_min_len(8192).map(|&v| f(v)).collect_into_vec(&mut out);
         Tensor::from_cpu(T::wrap(out), x.shape.clone())
     }))
 }

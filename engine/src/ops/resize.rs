@@ -69,7 +69,7 @@ pub fn resize_bilinear(x: &Tensor, out_hw: [usize; 2], align_corners: bool) -> R
     }
     let out = with_dtype!(x.dtype(), T, {
         let (th, tw) = (linear_taps::<T>(ih, d.oh, align_corners), linear_taps::<T>(iw, d.ow, align_corners));
-        let mut y = vec![T::ZERO; out_shape.numel()];
+        let mut y = kernels::cpu::parallel::zeros::<T>(out_shape.numel());
         bilinear_forward(x.cpu_slice::<T>(OP)?, d, &th, &tw, &mut y);
         Tensor::from_cpu(T::wrap(y), out_shape)
     });
@@ -105,7 +105,7 @@ impl Backward for ResizeBilinearBackward {
         with_dtype!(g.dtype(), T, {
             let th = linear_taps::<T>(d.ih, d.oh, self.align_corners);
             let tw = linear_taps::<T>(d.iw, d.ow, self.align_corners);
-            let mut dx = vec![T::ZERO; self.in_shape.numel()];
+            let mut dx = kernels::cpu::parallel::zeros::<T>(self.in_shape.numel());
             bilinear_backward(g.cpu_slice::<T>(OP)?, d, &th, &tw, &mut dx);
             Ok(vec![Some(Tensor::from_cpu(T::wrap(dx), self.in_shape.clone()))])
         })

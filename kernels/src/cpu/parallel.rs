@@ -48,6 +48,19 @@ where
     out.par_chunks_mut(c).enumerate().for_each(|(ci, ch)| f(ci * c, ch));
 }
 
+/// `n` zeros, written by the pool's threads in fixed chunks. A serial `vec![0.0; n]` of a large
+/// buffer is a memset (once the allocator reuses freed memory) plus the first-touch page faults, all
+/// on one core while the other waits; the training step allocates its activations and gradients
+/// fresh every step, so that was a tenth of a step on one core. Small buffers stay serial.
+pub fn zeros<T: Float>(n: usize) -> Vec<T> {
+    if n < 1 << 16 || rayon::current_num_threads() == 1 {
+        return vec![T::ZERO; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    (0..n).into_par_iter().with_min_len(1 << 14).map(|_| T::ZERO).collect_into_vec(&mut v);
+    v
+}
+
 /// A raw pointer to an output buffer, shared by parallel tasks that write through it.
 ///
 /// `*mut T` is neither `Send` nor `Sync`; this wrapper is both, which is sound only because of how

@@ -20,6 +20,7 @@
 use crate::{for_each_param, under_prefix, Error, Grads, Module, Param, ParamKind, Result};
 use engine::{ops, with_dtype, Device, Element, Tensor};
 use std::collections::BTreeMap;
+use rayon::prelude::*;
 
 /// Hyperparameters of [`Sgd`] (the learning rate comes from the schedule at each step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -229,6 +230,9 @@ fn update_on_device(
     Ok(())
 }
 
+/// Elements per parallel task of the update (smaller tensors run on one thread).
+const PAR_MIN: usize = 1 << 14;
+
 /// The update of one tensor, element by element in `T` arithmetic (as PyTorch's CPU loop).
 fn sgd_kernel<T: Element>(p: &mut Tensor, g: &Tensor, buf: Option<(&mut Tensor, bool)>, h: &Hyper) -> Result<()> {
     let g = g.cpu_slice::<T>("sgd")?;
@@ -236,20 +240,23 @@ fn sgd_kernel<T: Element>(p: &mut Tensor, g: &Tensor, buf: Option<(&mut Tensor, 
     let one_minus_damp = T::from_f64(1.0 - h.dampening);
     let mut inner = Ok(());
     match buf {
+        // Element by element, so splitting over threads changes nothing but the time.
         None => p.update_cpu::<T>(|ps| {
-            for (pv, &gv) in ps.iter_mut().zip(g) {
+            ps.par_iter_mut().zip(g.par_iter()).with_min_len(PAR_MIN).for_each(|(pv, &gv)| {
                 let d = gv + wd * *pv;
                 *pv -= lr * d;
-            }
+            });
         })?,
         Some((buf, first)) => buf.update_cpu::<T>(|bs| {
             inner = p.update_cpu::<T>(|ps| {
-                for ((pv, &gv), bv) in ps.iter_mut().zip(g).zip(bs.iter_mut()) {
-                    let d = gv + wd * *pv;
-                    *bv = if first { d } else { m * *bv + one_minus_damp * d };
-                    let d = if h.nesterov { d + m * *bv } else { *bv };
-                    *pv -= lr * d;
-                }
+                ps.par_iter_mut().zip(g.par_iter()).zip(bs.par_iter_mut()).with_min_len(PAR_MIN).for_each(
+                    |((pv, &gv), bv)| {
+                        let d = gv + wd * *pv;
+                        *bv = if first { d } else { m * *bv + one_minus_damp * d };
+                        let d = if h.nesterov { d + m * *bv } else { *bv };
+                        *pv -= lr * d;
+                    },
+                );
             });
         })?,
     }
