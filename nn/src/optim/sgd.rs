@@ -19,8 +19,8 @@
 
 use crate::{for_each_param, under_prefix, Error, Grads, Module, Param, ParamKind, Result};
 use engine::{ops, with_dtype, Device, Element, Tensor};
-use std::collections::BTreeMap;
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 
 /// Hyperparameters of [`Sgd`] (the learning rate comes from the schedule at each step).
 #[derive(Clone, Copy, Debug, PartialEq)]

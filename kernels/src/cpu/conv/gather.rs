@@ -10,6 +10,7 @@ use crate::cpu::packed_gemm::NR;
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Build the im2col block of a tile: rows (live tap, channel), columns the tile's pixels.
 pub(super) fn gather_tile<T: Float>(
@@ -27,9 +28,9 @@ pub(super) fn gather_tile<T: Float>(
     });
 }
 
-/// The same im2col block straight in the packed GEMM's slab layout (`k` = live taps x channels
-/// rows, slabs of [`NR`] pixels, the padding columns of the last slab zeroed). `row` is scratch for
-/// one row of `npix` values.
+/// Rows `rows` of the same im2col block (rows = live taps x channels), straight in the packed
+/// GEMM's slab layout (`rows.len()` rows, slabs of [`NR`] pixels, the padding columns of the last
+/// slab zeroed). `row` is scratch for one row of `npix` values.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gather_tile_slabs(
     src: &[f32],
@@ -38,13 +39,16 @@ pub(super) fn gather_tile_slabs(
     yseg: &Segment,
     xseg: &Segment,
     pl: &TilePlan,
+    rows: Range<usize>,
     row: &mut [f32],
     slabs: &mut [f32],
 ) {
-    let k = pl.ntaps * channels;
+    let k = rows.len();
     for_each_col_row(channels, pl, xseg, |l, ty, tx, c| {
-        col_row(&src[c * src_hw.0 * src_hw.1..], src_hw.1, yseg, xseg, pl, ty, tx, row);
-        row_to_slabs(row, k, l, slabs);
+        if rows.contains(&l) {
+            col_row(&src[c * src_hw.0 * src_hw.1..], src_hw.1, yseg, xseg, pl, ty, tx, row);
+            row_to_slabs(row, k, l - rows.start, slabs);
+        }
     });
 }
 

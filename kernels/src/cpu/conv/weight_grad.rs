@@ -149,6 +149,9 @@ fn balanced_bounds(costs: &[usize], k: usize) -> Vec<usize> {
     bounds
 }
 
+/// Most columns of `dw` (taps x channels) per packed GEMM call; a multiple of the slab width.
+const DW_COLS: usize = 256;
+
 /// One (image, tile) unit of `dw` on the packed f32 path.
 struct DwTile<'a, T> {
     g: &'a Conv2dGeom,
@@ -185,27 +188,29 @@ impl<T: Float> DwTile<'_, T> {
             gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + coords[p]]);
         }
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: npix }];
-        let max_run = pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig;
-        with_scratch::<f32, _>(slab_len(npix, max_run) + npix, |buf| {
-            let (slabs, row) = buf.split_at_mut(slab_len(npix, max_run));
-            for r in &pl.runs {
-                let cols = r.len * cig;
-                let slabs = &mut slabs[..slab_len(npix, cols)];
+        // Each run's columns in blocks of at most DW_COLS, so the slab scratch stays ~0.5 MiB per
+        // thread however many taps x channels a run has (4608 for a 3x3 conv on 512 channels).
+        let max_cols = (pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig).min(DW_COLS);
+        with_scratch::<f32, _>(slab_len(npix, max_cols) + npix, |buf| {
+            let (slab_buf, row) = buf.split_at_mut(slab_len(npix, max_cols));
+            for (r, j0) in pl.runs.iter().flat_map(|r| (0..r.len * cig).step_by(DW_COLS).map(move |j0| (r, j0))) {
+                let cols = (r.len * cig - j0).min(DW_COLS);
+                let slabs = &mut slab_buf[..slab_len(npix, cols)];
                 if self.direct {
-                    for c in 0..cig {
-                        row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c, slabs);
+                    for c in j0..j0 + cols {
+                        row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c - j0, slabs);
                     }
                 } else {
-                    for j in 0..cols {
+                    for j in j0..j0 + cols {
                         let (tap_idx, c) = (r.idx0 + j / cig, j % cig);
                         let (ty, tx) = (&pl.ky[tap_idx / xseg.taps.len()], &xseg.taps[tap_idx % xseg.taps.len()]);
                         col_row(&x[c * plane..], g.w, yseg, xseg, pl, ty, tx, row);
-                        row_to_transposed_slabs(row, npix, j, slabs);
+                        row_to_transposed_slabs(row, npix, j - j0, slabs);
                     }
                 }
                 zero_slab_padding(slabs, npix, cols);
                 let ldc = taps * cig;
-                let c_off = r.tap0 * cig;
+                let c_off = r.tap0 * cig + j0;
                 // SAFETY: acc is [cog][taps cig]; the block is cog x cols at column c_off, in bounds.
                 unsafe {
                     packed_gemm::gemm_to(gy_panels, &whole, slabs, npix, cols, acc.as_mut_ptr().add(c_off), ldc, true)
