@@ -81,7 +81,7 @@ pub(super) fn row_to_transposed_slabs(row: &[f32], k: usize, j: usize, slabs: &m
 /// Zero the padding columns `n..` of the last slab of a `k`-row slab block (scratch buffers hold
 /// whatever the last user left).
 pub(super) fn zero_slab_padding(slabs: &mut [f32], k: usize, n: usize) {
-    if n % NR != 0 {
+    if !n.is_multiple_of(NR) {
         let last = &mut slabs[(n / NR) * k * NR..][..k * NR];
         for l in 0..k {
             last[l * NR + n % NR..(l + 1) * NR].fill(0.0);

@@ -147,7 +147,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
     }
     fn set_items(target: &mut Value, items: Vec<Value>) -> Result<(), String> {
         let Value::Dict(d) = target else { return Err(format!("SETITEM(S) on a non-dict {target:?}")) };
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values".into());
         }
         let mut it = items.into_iter();
