@@ -31,28 +31,7 @@ def inputs(h, w):
     return f, labels.view(B, h, w)
 
 
-def naive_loss(feats, labels):
-    """The usual N x N implementation: scores, exp, masks, negative sums, log-probabilities."""
-    losses = []
-    for b in range(feats.shape[0]):
-        y = labels[b].flatten()
-        valid = y != 255
-        f = feats[b].flatten(1).t()[valid]
-        y = y[valid]
-        s = f @ f.t() / TAU
-        s = s - s.max(dim=1, keepdim=True)[0].detach()
-        e = torch.exp(s)
-        pos = (y[:, None] == y[None, :]).float()
-        neg_sum = (e * (1.0 - pos)).sum(1, keepdim=True)
-        log_prob = s - torch.log(e + neg_sum)
-        losses.append((-(pos * log_prob).sum(1) / pos.sum(1)).mean())
-    return torch.stack(losses).mean()
-
-
-CHUNK = 1024
-
-
-def _chunk_terms(fa, f, ya, y):
+def _anchor_terms(fa, f, ya, y):
     """Sum over the anchors `fa` (labels `ya`) of their per-anchor losses against all pixels `f`."""
     s = fa @ f.t() / TAU
     s = s - s.max(dim=1, keepdim=True)[0].detach()
@@ -61,6 +40,21 @@ def _chunk_terms(fa, f, ya, y):
     neg_sum = (e * (1.0 - pos)).sum(1, keepdim=True)
     log_prob = s - torch.log(e + neg_sum)
     return (-(pos * log_prob).sum(1) / pos.sum(1)).sum()
+
+
+def naive_loss(feats, labels):
+    """The usual N x N implementation: scores, exp, masks, negative sums, log-probabilities."""
+    losses = []
+    for b in range(feats.shape[0]):
+        y = labels[b].flatten()
+        valid = y != 255
+        f = feats[b].flatten(1).t()[valid]
+        y = y[valid]
+        losses.append(_anchor_terms(f, f, y, y) / f.shape[0])
+    return torch.stack(losses).mean()
+
+
+CHUNK = 1024
 
 
 def chunked_loss(feats, labels):
@@ -77,9 +71,9 @@ def chunked_loss(feats, labels):
         for a0 in range(0, f.shape[0], CHUNK):
             fa, ya = f[a0:a0 + CHUNK], y[a0:a0 + CHUNK]
             if torch.is_grad_enabled():
-                total = total + checkpoint(_chunk_terms, fa, f, ya, y, use_reentrant=False)
+                total = total + checkpoint(_anchor_terms, fa, f, ya, y, use_reentrant=False)
             else:
-                total = total + _chunk_terms(fa, f, ya, y)
+                total = total + _anchor_terms(fa, f, ya, y)
         losses.append(total / f.shape[0])
     return torch.stack(losses).mean()
 

@@ -2,17 +2,17 @@
 
 use super::*;
 
-/// Direct definition, for checking the tiled kernels.
-fn naive(g: &Conv2dGeom, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+/// Every live term of the direct definition: `f(y index, w index, x index)` for each output
+/// element, input channel and tap that lands inside the input (padding taps contribute nothing).
+fn for_each_term(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
     let (oh, ow) = g.out_hw().unwrap();
     let (cig, cog) = (g.cig(), g.cog());
-    let mut y = vec![0.0; g.n * g.c_out * oh * ow];
     for n in 0..g.n {
         for o in 0..g.c_out {
             let gi = o / cog;
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut s = b.map_or(0.0, |b| b[o]);
+                    let yi = ((n * g.c_out + o) * oh + oy) * ow + ox;
                     for c in 0..cig {
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
@@ -22,15 +22,22 @@ fn naive(g: &Conv2dGeom, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
                                     continue;
                                 }
                                 let xi = ((n * g.c_in + gi * cig + c) * g.h + iy as usize) * g.w + ix as usize;
-                                s += w[((o * cig + c) * g.kh + ky) * g.kw + kx] * x[xi];
+                                f(yi, ((o * cig + c) * g.kh + ky) * g.kw + kx, xi);
                             }
                         }
                     }
-                    y[((n * g.c_out + o) * oh + oy) * ow + ox] = s;
                 }
             }
         }
     }
+}
+
+/// Direct definition of `y`, for checking the tiled kernels.
+fn naive(g: &Conv2dGeom, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let (oh, ow) = g.out_hw().unwrap();
+    let plane = oh * ow;
+    let mut y: Vec<f64> = (0..g.n * g.c_out * plane).map(|i| b.map_or(0.0, |b| b[i / plane % g.c_out])).collect();
+    for_each_term(g, |yi, wi, xi| y[yi] += w[wi] * x[xi]);
     y
 }
 
@@ -65,63 +72,15 @@ fn forward_matches_naive_on_padded_dilated_strided_grouped_cases() {
 
 /// Direct definition of `dx` (the adjoint of [`naive`]), for checking the input-gradient kernel.
 fn naive_dx(g: &Conv2dGeom, w: &[f64], gy: &[f64]) -> Vec<f64> {
-    let (oh, ow) = g.out_hw().unwrap();
-    let (cig, cog) = (g.cig(), g.cog());
     let mut dx = vec![0.0; g.n * g.c_in * g.h * g.w];
-    for n in 0..g.n {
-        for o in 0..g.c_out {
-            let gi = o / cog;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let gv = gy[((n * g.c_out + o) * oh + oy) * ow + ox];
-                    for c in 0..cig {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
-                                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                    continue;
-                                }
-                                let xi = ((n * g.c_in + gi * cig + c) * g.h + iy as usize) * g.w + ix as usize;
-                                dx[xi] += w[((o * cig + c) * g.kh + ky) * g.kw + kx] * gv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_term(g, |yi, wi, xi| dx[xi] += w[wi] * gy[yi]);
     dx
 }
 
 /// Direct definition of `dw`.
 fn naive_dw(g: &Conv2dGeom, x: &[f64], gy: &[f64]) -> Vec<f64> {
-    let (oh, ow) = g.out_hw().unwrap();
-    let (cig, cog) = (g.cig(), g.cog());
-    let mut dw = vec![0.0; g.c_out * cig * g.kh * g.kw];
-    for n in 0..g.n {
-        for o in 0..g.c_out {
-            let gi = o / cog;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let gv = gy[((n * g.c_out + o) * oh + oy) * ow + ox];
-                    for c in 0..cig {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
-                                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                    continue;
-                                }
-                                let xi = ((n * g.c_in + gi * cig + c) * g.h + iy as usize) * g.w + ix as usize;
-                                dw[((o * cig + c) * g.kh + ky) * g.kw + kx] += x[xi] * gv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut dw = vec![0.0; g.c_out * g.cig() * g.kh * g.kw];
+    for_each_term(g, |yi, wi, xi| dw[wi] += x[xi] * gy[yi]);
     dw
 }
 
