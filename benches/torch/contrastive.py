@@ -31,6 +31,13 @@ def inputs(h, w):
     return f, labels.view(B, h, w)
 
 
+def _valid_pixels(feats, labels, b):
+    """Image `b`'s features (pixels x channels) and labels, ignored pixels left out."""
+    y = labels[b].flatten()
+    valid = y != 255
+    return feats[b].flatten(1).t()[valid], y[valid]
+
+
 def _anchor_terms(fa, f, ya, y):
     """Sum over the anchors `fa` (labels `ya`) of their per-anchor losses against all pixels `f`."""
     s = fa @ f.t() / TAU
@@ -46,10 +53,7 @@ def naive_loss(feats, labels):
     """The usual N x N implementation: scores, exp, masks, negative sums, log-probabilities."""
     losses = []
     for b in range(feats.shape[0]):
-        y = labels[b].flatten()
-        valid = y != 255
-        f = feats[b].flatten(1).t()[valid]
-        y = y[valid]
+        f, y = _valid_pixels(feats, labels, b)
         losses.append(_anchor_terms(f, f, y, y) / f.shape[0])
     return torch.stack(losses).mean()
 
@@ -63,10 +67,7 @@ def chunked_loss(feats, labels):
 
     losses = []
     for b in range(feats.shape[0]):
-        y = labels[b].flatten()
-        valid = y != 255
-        f = feats[b].flatten(1).t()[valid]
-        y = y[valid]
+        f, y = _valid_pixels(feats, labels, b)
         total = 0.0
         for a0 in range(0, f.shape[0], CHUNK):
             fa, ya = f[a0:a0 + CHUNK], y[a0:a0 + CHUNK]

@@ -167,7 +167,7 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
         "loss_form": (a.stage == Stage::Contrastive).then(|| json!({
-            "mode": format!("{:?}", cfg.loss.mode).to_lowercase(), "grid": format!("{:?}", cfg.loss.grid).to_lowercase(),
+            "mode": cfg.loss.mode, "grid": cfg.loss.grid,
         })),
     }))
 }

@@ -68,17 +68,8 @@ impl Panels {
     }
 }
 
-/// True when the CPU runs the AVX2 + FMA micro-kernel (checked once, cached by std).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// True when the CPU runs the AVX2 + FMA micro-kernel: the same check as the conv GEMM's.
+pub use crate::cpu::packed_gemm::available;
 
 /// `out (m x n, row stride ldo) = alpha X_a[a0..a0 + m] X_b[b0..b0 + n]^T`, with `b0` a multiple
 /// of [`PANEL`]. Requires [`available`].
@@ -193,6 +184,7 @@ pub fn product_add(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use crate::cpu::packed_gemm::avx2::store_block;
     use std::arch::x86_64::*;
 
     const MR: usize = 6;
@@ -283,15 +275,6 @@ mod avx2 {
         }
     }
 
-    /// Lane masks for the first `w` of 16 columns.
-    #[inline(always)]
-    unsafe fn masks(w: usize) -> (__m256i, __m256i) {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let w0 = _mm256_set1_epi32(w.min(8) as i32);
-        let w1 = _mm256_set1_epi32(w.saturating_sub(8) as i32);
-        (_mm256_cmpgt_epi32(w0, lanes), _mm256_cmpgt_epi32(w1, lanes))
-    }
-
     /// One `R x 16` block of `C` (`w <= 16` columns stored) over all `k`. One pointer per row of
     /// `A`, each stepped on its own: one pointer stepped row to row would chain six dependent adds
     /// into every step.
@@ -323,26 +306,11 @@ mod avx2 {
             bp = bp.add(NR);
         }
         let al = _mm256_set1_ps(alpha);
-        let (m0, m1) = masks(w);
         for r in 0..R {
-            let cr = c.add(r * ldc);
-            let (mut v0, mut v1) = (_mm256_mul_ps(al, lo[r]), _mm256_mul_ps(al, hi[r]));
-            if w == NR {
-                if accumulate {
-                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
-                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
-                }
-                _mm256_storeu_ps(cr, v0);
-                _mm256_storeu_ps(cr.add(8), v1);
-            } else {
-                if accumulate {
-                    v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cr, m0));
-                    v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cr.add(8), m1));
-                }
-                _mm256_maskstore_ps(cr, m0, v0);
-                _mm256_maskstore_ps(cr.add(8), m1, v1);
-            }
+            lo[r] = _mm256_mul_ps(al, lo[r]);
+            hi[r] = _mm256_mul_ps(al, hi[r]);
         }
+        store_block(&lo, &hi, w, c, ldc, accumulate);
     }
 }
 
@@ -431,18 +399,7 @@ mod tests {
         let x: Vec<f32> = (0..2 * t * d).map(val).collect();
         let mut g = vec![0.0f32; t * t];
         let mut dx = vec![0.0f32; t * d];
-        // Best of 7 batches of 10.
-        let time = |f: &mut dyn FnMut()| {
-            (0..7)
-                .map(|_| {
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..10 {
-                        f();
-                    }
-                    t0.elapsed().as_secs_f64() / 10.0
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
+        let time = crate::cpu::best_time;
         let gf = 2.0 * (t * t * d) as f64 * 1e-9;
         #[allow(clippy::too_many_arguments)]
         fn mm(

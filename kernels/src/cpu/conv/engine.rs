@@ -6,7 +6,7 @@
 //! work over (image, group, tile) units and runs each unit's gather + GEMMs ([`GatherConv::tile`]);
 //! depthwise convs branch off to the direct loop in `depthwise.rs`.
 
-use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, with_scratch};
+use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
@@ -207,16 +207,7 @@ impl<T: Float> GatherConv<'_, T> {
                 beta = T::ONE;
             }
             if !contiguous {
-                let wdt = xseg.count;
-                for r in 0..m {
-                    for (ri, j) in (pl.ja..pl.jb).enumerate() {
-                        let row = out.add(out_base + r * oplane + yseg.coord(j) * ow);
-                        let trow = &tmp[r * npix + ri * wdt..][..wdt];
-                        for (q, &v) in trow.iter().enumerate() {
-                            *row.add(xseg.coord(q)) = v;
-                        }
-                    }
-                }
+                scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
             }
         });
     }
@@ -293,16 +284,7 @@ impl<T: Float> GatherConv<'_, T> {
                 packed_gemm::gemm_to(pa, &segs, slabs, l1 - l0, npix, c, ldc, bias.is_some() || l0 > 0);
             }
             if !contiguous {
-                let wdt = xseg.count;
-                for r in 0..m {
-                    for (ri, j) in (pl.ja..pl.jb).enumerate() {
-                        let orow = out.add(out_base + r * oplane + yseg.coord(j) * ow);
-                        let trow = &tmp[r * npix + ri * wdt..][..wdt];
-                        for (q, &v) in trow.iter().enumerate() {
-                            *orow.add(xseg.coord(q)) = v;
-                        }
-                    }
-                }
+                scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
             }
         });
     }

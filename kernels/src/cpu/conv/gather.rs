@@ -154,14 +154,33 @@ pub(super) fn gather_pixels<T: Float>(
     xseg: &Segment,
     pl: &TilePlan,
 ) {
-    let wdt = xseg.count;
     for m in 0..rows {
-        for (r, j) in (pl.ja..pl.jb).enumerate() {
-            let prow = &planes[m * plane + yseg.coord(j) * w..][..w];
-            let trow = &mut tile[m * pl.npix + r * wdt..][..wdt];
-            for (q, v) in trow.iter_mut().enumerate() {
-                *v = prow[xseg.coord(q)];
-            }
+        let (prow, trow) = (&planes[m * plane..][..plane], &mut tile[m * pl.npix..][..pl.npix]);
+        for (v, off) in trow.iter_mut().zip(pl.plane_offsets(yseg, xseg, w)) {
+            *v = prow[off];
+        }
+    }
+}
+
+/// The inverse of [`gather_pixels`]: write a `[rows][npix]` tile to its pixels of `rows` planes
+/// starting at `planes` (width `w`, `plane` apart).
+///
+/// # Safety
+/// `planes` must address `rows` planes that nothing else touches at this tile's pixels meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn scatter_pixels<T: Copy>(
+    tile: &[T],
+    planes: *mut T,
+    rows: usize,
+    w: usize,
+    plane: usize,
+    yseg: &Segment,
+    xseg: &Segment,
+    pl: &TilePlan,
+) {
+    for m in 0..rows {
+        for (&v, off) in tile[m * pl.npix..][..pl.npix].iter().zip(pl.plane_offsets(yseg, xseg, w)) {
+            *planes.add(m * plane + off) = v;
         }
     }
 }

@@ -157,6 +157,22 @@ pub(super) struct TilePlan {
     pub(super) npix: usize,
 }
 
+impl TilePlan {
+    /// Where this tile's pixels lie in a plane of width `w`, in tile order (its rows of `yseg`,
+    /// each over `xseg`): the map between a `[rows][npix]` tile buffer and full planes.
+    pub(super) fn plane_offsets<'a>(
+        &'a self,
+        yseg: &'a Segment,
+        xseg: &'a Segment,
+        w: usize,
+    ) -> impl Iterator<Item = usize> + 'a {
+        (self.ja..self.jb).flat_map(move |j| {
+            let row = yseg.coord(j) * w;
+            (0..xseg.count).map(move |q| row + xseg.coord(q))
+        })
+    }
+}
+
 /// Tiles of about `target` pixels over every (y segment, x segment) region, in region order, with
 /// their live taps (`kw` turns a (y tap, x tap) pair into a tap index).
 pub(super) fn plan_tiles(ys: &[Segment], xs: &[Segment], kw: usize, target: usize) -> Vec<TilePlan> {

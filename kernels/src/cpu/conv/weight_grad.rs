@@ -179,13 +179,11 @@ impl<T: Float> DwTile<'_, T> {
         let npix = pl.npix;
         let x = as_f32(self.x_ng).expect("packed conv path on f32 only");
         let gyv = as_f32(self.g_ng).expect("packed conv path on f32 only");
-        let wdt = xseg.count;
         if self.contiguous {
             gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + self.pix0 + p]);
         } else {
-            let coords: Vec<usize> =
-                (0..npix).map(|p| yseg.coord(pl.ja + p / wdt) * ow + xseg.coord(p % wdt)).collect();
-            gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + coords[p]]);
+            let offsets: Vec<usize> = pl.plane_offsets(yseg, xseg, ow).collect();
+            gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + offsets[p]]);
         }
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: npix }];
         // Each run's columns in blocks of at most DW_COLS, so the slab scratch stays ~0.5 MiB per

@@ -24,7 +24,7 @@
 //! matrixmultiply.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(test)]
 mod tests;
 
@@ -169,8 +169,8 @@ fn check(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c_len: usiz
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
     check(a, segs, b, bk, n, c.len(), ldc);
-    // SAFETY: `check` bounds C.
-    unsafe { gemm_to(a, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
+    // SAFETY: `check` bounds A, B and C.
+    unsafe { run(a, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 /// [`gemm`] into a raw `C`, for callers whose parallel tasks write disjoint blocks of one buffer.
@@ -189,8 +189,17 @@ pub unsafe fn gemm_to(
     ldc: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "packed gemm: AVX2 + FMA required");
     check(a, segs, b, bk, n, usize::MAX, ldc);
+    run(a, segs, b, bk, n, c, ldc, accumulate)
+}
+
+/// The blocked loops of [`gemm`] and [`gemm_to`], once their operands are checked.
+///
+/// # Safety
+/// As [`gemm_to`], with [`check`] passed.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+    assert!(available(), "packed gemm: AVX2 + FMA required");
     if a.m == 0 || n == 0 {
         return;
     }

@@ -108,17 +108,7 @@ fn speed_on_conv_tile_shapes() {
     if !available() {
         return;
     }
-    let time = |f: &mut dyn FnMut()| {
-        (0..7)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                for _ in 0..10 {
-                    f();
-                }
-                t0.elapsed().as_secs_f64() / 10.0
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = crate::cpu::best_time;
     for &(m, k, n) in &[(256, 2304, 256), (64, 576, 256), (512, 4608, 256), (256, 256, 256), (48, 2304, 256)] {
         let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
         let arm: Vec<f32> = (0..m * k).map(|i| val(i)).collect();
