@@ -184,7 +184,6 @@ pub fn product_add(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::cpu::packed_gemm::avx2::store_block;
     use std::arch::x86_64::*;
 
     const MR: usize = 6;
@@ -275,6 +274,15 @@ mod avx2 {
         }
     }
 
+    /// Lane masks for the first `w` of 16 columns.
+    #[inline(always)]
+    unsafe fn masks(w: usize) -> (__m256i, __m256i) {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let w0 = _mm256_set1_epi32(w.min(8) as i32);
+        let w1 = _mm256_set1_epi32(w.saturating_sub(8) as i32);
+        (_mm256_cmpgt_epi32(w0, lanes), _mm256_cmpgt_epi32(w1, lanes))
+    }
+
     /// One `R x 16` block of `C` (`w <= 16` columns stored) over all `k`. One pointer per row of
     /// `A`, each stepped on its own: one pointer stepped row to row would chain six dependent adds
     /// into every step.
@@ -306,11 +314,26 @@ mod avx2 {
             bp = bp.add(NR);
         }
         let al = _mm256_set1_ps(alpha);
+        let (m0, m1) = masks(w);
         for r in 0..R {
-            lo[r] = _mm256_mul_ps(al, lo[r]);
-            hi[r] = _mm256_mul_ps(al, hi[r]);
+            let cr = c.add(r * ldc);
+            let (mut v0, mut v1) = (_mm256_mul_ps(al, lo[r]), _mm256_mul_ps(al, hi[r]));
+            if w == NR {
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+                }
+                _mm256_storeu_ps(cr, v0);
+                _mm256_storeu_ps(cr.add(8), v1);
+            } else {
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cr, m0));
+                    v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cr.add(8), m1));
+                }
+                _mm256_maskstore_ps(cr, m0, v0);
+                _mm256_maskstore_ps(cr.add(8), m1, v1);
+            }
         }
-        store_block(&lo, &hi, w, c, ldc, accumulate);
     }
 }
 

@@ -24,7 +24,7 @@
 //! matrixmultiply.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2;
+mod avx2;
 #[cfg(test)]
 mod tests;
 
