@@ -6,7 +6,7 @@
 //! work over (image, group, tile) units and runs each unit's gather + GEMMs ([`GatherConv::tile`]);
 //! depthwise convs branch off to the direct loop in `depthwise.rs`.
 
-use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch};
+use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
@@ -244,48 +244,57 @@ impl<T: Float> GatherConv<'_, T> {
         // The block is gathered and multiplied KC rows at a time, so the slabs being read stay in
         // L2 (a 3x3 conv on 512 channels has k = 4608: 4.7 MB of slabs at once would not).
         let b_len = slab_len(k.min(KC), npix);
-        let row_len = if direct_b { 0 } else { npix };
         let tmp_len = if contiguous { 0 } else { m * npix };
-        with_scratch::<f32, _>(b_len + row_len + tmp_len, |buf| {
-            let (slab_buf, rest) = buf.split_at_mut(b_len);
-            let (row, tmp) = rest.split_at_mut(row_len);
-            let (c, ldc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
-            let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
-            if let Some(b) = bias {
-                for r in 0..m {
-                    std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
+        let table_len = if direct_b { 0 } else { TapTable::len(pl.ntaps, npix) };
+        with_scratch::<u32, _>(table_len, |table_buf| {
+            let table = (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl));
+            with_scratch::<f32, _>(b_len + tmp_len, |buf| {
+                let (slab_buf, tmp) = buf.split_at_mut(b_len);
+                let (c, ldc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
+                let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
+                if let Some(b) = bias {
+                    for r in 0..m {
+                        std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
+                    }
                 }
-            }
-            if k == 0 {
-                // No live tap: C is the bias (or zeros).
-                packed_gemm::gemm_to(pa, &[], slab_buf, 0, npix, c, ldc, bias.is_some());
-            }
-            for l0 in (0..k).step_by(KC) {
-                let l1 = (l0 + KC).min(k);
-                let slabs = &mut slab_buf[..slab_len(l1 - l0, npix)];
-                if direct_b {
-                    gather_planes_slabs(&src[l0 * splane..], l1 - l0, splane, pix0, npix, slabs);
-                } else {
-                    gather_tile_slabs(src, c_src, self.src_hw, yseg, xseg, pl, l0..l1, row, slabs);
+                if k == 0 {
+                    // No live tap: C is the bias (or zeros).
+                    packed_gemm::gemm_to(pa, &[], slab_buf, 0, npix, c, ldc, bias.is_some());
                 }
-                // The runs' parts inside rows l0..l1 of the block (b_k0 relative to l0).
-                let segs: Vec<KSeg> = pl
-                    .runs
-                    .iter()
-                    .filter_map(|r| {
-                        let (b0, b1) = ((r.idx0 * c_src).max(l0), ((r.idx0 + r.len) * c_src).min(l1));
-                        (b0 < b1).then(|| KSeg {
-                            a_k0: r.tap0 * c_src + b0 - r.idx0 * c_src,
-                            b_k0: b0 - l0,
-                            len: b1 - b0,
+                for l0 in (0..k).step_by(KC) {
+                    let l1 = (l0 + KC).min(k);
+                    let slabs = &mut slab_buf[..slab_len(l1 - l0, npix)];
+                    if direct_b {
+                        gather_planes_slabs(&src[l0 * splane..], l1 - l0, splane, pix0, npix, slabs);
+                    } else {
+                        gather_tile_slabs(
+                            src,
+                            c_src,
+                            splane,
+                            table.as_ref().expect("built when gathering"),
+                            l0..l1,
+                            slabs,
+                        );
+                    }
+                    // The runs' parts inside rows l0..l1 of the block (b_k0 relative to l0).
+                    let segs: Vec<KSeg> = pl
+                        .runs
+                        .iter()
+                        .filter_map(|r| {
+                            let (b0, b1) = ((r.idx0 * c_src).max(l0), ((r.idx0 + r.len) * c_src).min(l1));
+                            (b0 < b1).then(|| KSeg {
+                                a_k0: r.tap0 * c_src + b0 - r.idx0 * c_src,
+                                b_k0: b0 - l0,
+                                len: b1 - b0,
+                            })
                         })
-                    })
-                    .collect();
-                packed_gemm::gemm_to(pa, &segs, slabs, l1 - l0, npix, c, ldc, bias.is_some() || l0 > 0);
-            }
-            if !contiguous {
-                scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
-            }
+                        .collect();
+                    packed_gemm::gemm_to(pa, &segs, slabs, l1 - l0, npix, c, ldc, bias.is_some() || l0 > 0);
+                }
+                if !contiguous {
+                    scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
+                }
+            })
         });
     }
 }

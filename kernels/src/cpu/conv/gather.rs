@@ -28,28 +28,113 @@ pub(super) fn gather_tile<T: Float>(
     });
 }
 
-/// Rows `rows` of the same im2col block (rows = live taps x channels), straight in the packed
-/// GEMM's slab layout (`rows.len()` rows, slabs of [`NR`] pixels, the padding columns of the last
-/// slab zeroed). `row` is scratch for one row of `npix` values.
-#[allow(clippy::too_many_arguments)]
+/// Marks a (tap, pixel) pair of a [`TapTable`] whose source lies in the padding.
+const DEAD: u32 = u32::MAX;
+
+/// Where each live tap of a tile reads, built once per tile (taps x pixels entries) so that the
+/// packed gathers read each (tap, channel) row of the im2col block through it, instead of walking
+/// the segment geometry, with its many short copies, once per row (taps x channels rows).
+///
+/// Per live tap `t` (in im2col row order: y taps of the tile, then x taps of its segment) the
+/// table holds `npix` offsets, inside one source plane, of the element tap `t` reads for each tile
+/// pixel ([`DEAD`] in the padding), then one entry per slab of [`NR`] pixels: the slab's first
+/// offset when its `NR` sources are consecutive (one plain copy), else [`DEAD`].
+pub(super) struct TapTable<'a> {
+    data: &'a [u32],
+    npix: usize,
+}
+
+impl<'a> TapTable<'a> {
+    /// Entries of the table of a tile with `ntaps` live taps and `npix` pixels.
+    pub(super) fn len(ntaps: usize, npix: usize) -> usize {
+        ntaps * (npix + npix.div_ceil(NR))
+    }
+
+    /// Build the table of tile `pl` (sources of width `src_w`) in `buf` (of [`Self::len`]).
+    pub(super) fn build(buf: &'a mut [u32], src_w: usize, yseg: &Segment, xseg: &Segment, pl: &TilePlan) -> Self {
+        let (wdt, npix) = (xseg.count, pl.npix);
+        let per_tap = npix + npix.div_ceil(NR);
+        let mut taps = buf.chunks_mut(per_tap);
+        for ty in &pl.ky {
+            for tx in &xseg.taps {
+                let (o, runs) = taps.next().expect("table sized by TapTable::len").split_at_mut(npix);
+                for (r, j) in (pl.ja..pl.jb).enumerate() {
+                    let d = &mut o[r * wdt..][..wdt];
+                    if j < ty.ja || j >= ty.jb {
+                        d.fill(DEAD);
+                        continue;
+                    }
+                    let row = (ty.src0 + (j - ty.ja) * yseg.src_step) * src_w;
+                    for (q, v) in d.iter_mut().enumerate() {
+                        let live = q >= tx.ja && q < tx.jb;
+                        let off = row + tx.src0 + q.wrapping_sub(tx.ja).wrapping_mul(xseg.src_step);
+                        *v = if live {
+                            u32::try_from(off).expect("conv source planes under 4 G elements")
+                        } else {
+                            DEAD
+                        };
+                    }
+                }
+                for (run, oq) in runs.iter_mut().zip(o.chunks(NR)) {
+                    let consecutive = oq.len() == NR && oq[0] != DEAD && oq.windows(2).all(|w| w[1] == w[0] + 1);
+                    *run = if consecutive { oq[0] } else { DEAD };
+                }
+            }
+        }
+        TapTable { data: buf, npix }
+    }
+
+    /// Tap `t`'s offsets (one per tile pixel) and its per-slab run starts.
+    fn tap(&self, t: usize) -> (&[u32], &[u32]) {
+        let per_tap = self.npix + self.npix.div_ceil(NR);
+        self.data[t * per_tap..][..per_tap].split_at(self.npix)
+    }
+}
+
+/// The source value at `off` of plane `sp`, zero for [`DEAD`] (which lies past any plane).
+#[inline(always)]
+fn tap_value(sp: &[f32], off: u32) -> f32 {
+    sp.get(off as usize).copied().unwrap_or(0.0)
+}
+
+/// Rows `rows` of a tile's im2col block (row `l` = live tap `l / channels` of channel
+/// `l % channels`, read through the tile's [`TapTable`]), straight in the packed GEMM's slab
+/// layout: `rows.len()` rows, slabs of [`NR`] pixels, the padding columns of the last slab zeroed.
 pub(super) fn gather_tile_slabs(
     src: &[f32],
     channels: usize,
-    src_hw: (usize, usize),
-    yseg: &Segment,
-    xseg: &Segment,
-    pl: &TilePlan,
+    plane: usize,
+    table: &TapTable,
     rows: Range<usize>,
-    row: &mut [f32],
     slabs: &mut [f32],
 ) {
     let k = rows.len();
-    for_each_col_row(channels, pl, xseg, |l, ty, tx, c| {
-        if rows.contains(&l) {
-            col_row(&src[c * src_hw.0 * src_hw.1..], src_hw.1, yseg, xseg, pl, ty, tx, row);
-            row_to_slabs(row, k, l - rows.start, slabs);
+    for (i, l) in rows.enumerate() {
+        let sp = &src[(l % channels) * plane..][..plane];
+        let (offs, runs) = table.tap(l / channels);
+        for (q, (oq, &run)) in offs.chunks(NR).zip(runs).enumerate() {
+            let dst = &mut slabs[(q * k + i) * NR..][..NR];
+            if run != DEAD {
+                dst.copy_from_slice(&sp[run as usize..][..NR]);
+                continue;
+            }
+            for (d, &off) in dst.iter_mut().zip(oq) {
+                *d = tap_value(sp, off);
+            }
+            dst[oq.len()..].fill(0.0);
         }
-    });
+    }
+}
+
+/// Column `j` of a transposed slab block with `npix` rows: `B(p, j)` = what live tap `t` of the
+/// tile's [`TapTable`] reads from plane `sp` for pixel `p` (one im2col row of the tile as a column
+/// of `dw`'s right operand).
+pub(super) fn gather_transposed_column(sp: &[f32], table: &TapTable, t: usize, j: usize, slabs: &mut [f32]) {
+    let (o, _) = table.tap(t);
+    let base = (j / NR) * o.len() * NR + j % NR;
+    for (p, &off) in o.iter().enumerate() {
+        slabs[base + p * NR] = tap_value(sp, off);
+    }
 }
 
 /// The `k x npix` block whose row `l` is `planes[l * plane + pix0 ..][..npix]` (a 1x1 conv reads
@@ -187,7 +272,7 @@ pub(super) unsafe fn scatter_pixels<T: Copy>(
 
 /// Run `f` on a per-thread scratch buffer of at least `len` elements, reused across calls (its
 /// contents are whatever the last user left; callers overwrite what they read).
-pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+pub(super) fn with_scratch<T: Copy + Default + 'static, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     thread_local! {
         static POOL: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
     }
@@ -200,7 +285,7 @@ pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> 
         }
     });
     if buf.len() < len {
-        buf.resize(len, T::ZERO);
+        buf.resize(len, T::default());
     }
     let r = f(&mut buf[..len]);
     POOL.with(|p| {

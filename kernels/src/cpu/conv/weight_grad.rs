@@ -10,7 +10,10 @@
 use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
 use super::engine::use_packed;
-use super::gather::{col_row, gather_pixels, gather_tile, row_to_transposed_slabs, with_scratch, zero_slab_padding};
+use super::gather::{
+    gather_pixels, gather_tile, gather_transposed_column, row_to_transposed_slabs, with_scratch, zero_slab_padding,
+    TapTable,
+};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{Conv2dGeom, DW_CHUNKS, DW_TILE_PIX, MIN_SPAN_X, MIN_SPAN_Y};
 use crate::cpu::gemm::Mat;
@@ -173,9 +176,9 @@ impl<T: Float> DwTile<'_, T> {
     /// (`npix x run channels`), gathered straight from the source.
     fn accumulate_packed(&self, gy_panels: &mut PackedA, acc: &mut [f32]) {
         let (g, pl, yseg, xseg) = (self.g, self.pl, self.yseg, self.xseg);
-        let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
+        let (cig, cog) = (g.cig(), g.cog());
         let (oh, ow) = g.ohw();
-        let (plane, oplane) = (g.h * g.w, oh * ow);
+        let oplane = oh * ow;
         let npix = pl.npix;
         let x = as_f32(self.x_ng).expect("packed conv path on f32 only");
         let gyv = as_f32(self.g_ng).expect("packed conv path on f32 only");
@@ -185,35 +188,58 @@ impl<T: Float> DwTile<'_, T> {
             let offsets: Vec<usize> = pl.plane_offsets(yseg, xseg, ow).collect();
             gy_panels.repack(cog, npix, |o, p| gyv[o * oplane + offsets[p]]);
         }
-        let whole = [KSeg { a_k0: 0, b_k0: 0, len: npix }];
         // Each run's columns in blocks of at most DW_COLS, so the slab scratch stays ~0.5 MiB per
         // thread however many taps x channels a run has (4608 for a 3x3 conv on 512 channels).
         let max_cols = (pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig).min(DW_COLS);
-        with_scratch::<f32, _>(slab_len(npix, max_cols) + npix, |buf| {
-            let (slab_buf, row) = buf.split_at_mut(slab_len(npix, max_cols));
-            for (r, j0) in pl.runs.iter().flat_map(|r| (0..r.len * cig).step_by(DW_COLS).map(move |j0| (r, j0))) {
-                let cols = (r.len * cig - j0).min(DW_COLS);
-                let slabs = &mut slab_buf[..slab_len(npix, cols)];
-                if self.direct {
+        let table_len = if self.direct { 0 } else { TapTable::len(pl.ntaps, npix) };
+        with_scratch::<u32, _>(table_len, |table_buf| {
+            let table = (!self.direct).then(|| TapTable::build(table_buf, g.w, yseg, xseg, pl));
+            with_scratch::<f32, _>(slab_len(npix, max_cols), |slab_buf| {
+                self.accumulate_runs(gy_panels, table.as_ref(), x, slab_buf, max_cols, acc);
+            })
+        });
+    }
+
+    /// The GEMMs of [`Self::accumulate_packed`], run by run, in column blocks of [`DW_COLS`]
+    /// (`table`: the tile's [`TapTable`], none when the conv reads its source directly).
+    fn accumulate_runs(
+        &self,
+        gy_panels: &PackedA,
+        table: Option<&TapTable>,
+        x: &[f32],
+        slab_buf: &mut [f32],
+        max_cols: usize,
+        acc: &mut [f32],
+    ) {
+        let (g, pl) = (self.g, self.pl);
+        let (cig, taps) = (g.cig(), g.taps());
+        let plane = g.h * g.w;
+        let npix = pl.npix;
+        let whole = [KSeg { a_k0: 0, b_k0: 0, len: npix }];
+        debug_assert!(slab_buf.len() >= slab_len(npix, max_cols));
+        for (r, j0) in pl.runs.iter().flat_map(|r| (0..r.len * cig).step_by(DW_COLS).map(move |j0| (r, j0))) {
+            let cols = (r.len * cig - j0).min(DW_COLS);
+            let slabs = &mut slab_buf[..slab_len(npix, cols)];
+            match table {
+                None => {
                     for c in j0..j0 + cols {
                         row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c - j0, slabs);
                     }
-                } else {
+                }
+                Some(table) => {
                     for j in j0..j0 + cols {
                         let (tap_idx, c) = (r.idx0 + j / cig, j % cig);
-                        let (ty, tx) = (&pl.ky[tap_idx / xseg.taps.len()], &xseg.taps[tap_idx % xseg.taps.len()]);
-                        col_row(&x[c * plane..], g.w, yseg, xseg, pl, ty, tx, row);
-                        row_to_transposed_slabs(row, npix, j - j0, slabs);
+                        gather_transposed_column(&x[c * plane..][..plane], table, tap_idx, j - j0, slabs);
                     }
                 }
-                zero_slab_padding(slabs, npix, cols);
-                let ldc = taps * cig;
-                let c_off = r.tap0 * cig + j0;
-                // SAFETY: acc is [cog][taps cig]; the block is cog x cols at column c_off, in bounds.
-                unsafe {
-                    packed_gemm::gemm_to(gy_panels, &whole, slabs, npix, cols, acc.as_mut_ptr().add(c_off), ldc, true)
-                };
             }
-        });
+            zero_slab_padding(slabs, npix, cols);
+            let ldc = taps * cig;
+            let c_off = r.tap0 * cig + j0;
+            // SAFETY: acc is [cog][taps cig]; the block is cog x cols at column c_off, in bounds.
+            unsafe {
+                packed_gemm::gemm_to(gy_panels, &whole, slabs, npix, cols, acc.as_mut_ptr().add(c_off), ldc, true)
+            };
+        }
     }
 }
