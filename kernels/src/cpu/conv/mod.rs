@@ -36,8 +36,12 @@
 //!
 //! **dw** runs the forward tiling and accumulates `gy_tile (rows x pix) col_tile^T` into a
 //! per-chunk partial sum (on the packed path `gy_tile` is packed as the left operand and each run's
-//! im2col rows are gathered transposed into slabs); chunks are fixed by the problem (balanced by a deterministic cost) and
-//! reduced in chunk order. **db** sums each channel over `n` then pixels in order.
+//! im2col rows are gathered transposed into slabs); chunks are fixed by the problem (balanced by a
+//! deterministic cost) and reduced in chunk order. On the packed path, convs with few pixels per
+//! input channel (the 17 x 17 maps of the late layers and ASPP) instead run one GEMM per tap over
+//! all the pixels where it lands inside the input, split by blocks of `dw` (`weight_grad_taps.rs`):
+//! no partial sums, and long products instead of a few dozen pixels per dilated region.
+//! **db** sums each channel over `n` then pixels in order.
 //!
 //! Work is split over (image, group, tile) units whose boundaries depend only on the shapes, and
 //! every output element is produced by one unit with a fixed summation order, so results are
@@ -45,15 +49,17 @@
 //!
 //! **Files.** `mod.rs` (this file): the geometry, the tuning constants and the public entry points,
 //! which validate the shapes and hand over to `engine.rs` (the gather-conv engine for `y` and `dx`,
-//! and its serial GEMM), `weight_grad.rs` (`dw` and `db`) or, for depthwise convs, `depthwise.rs`
-//! (direct loops). Both the engine and `dw` build on `tiling.rs` (live-tap segments and tile plans)
-//! and `gather.rs` (im2col as a gather, pixel gathers, per-thread scratch).
+//! and its serial GEMM), `weight_grad.rs` (`dw` and `db`), `weight_grad_taps.rs` (the per-tap `dw`)
+//! or, for depthwise convs, `depthwise.rs` (direct loops). Both the engine and `dw` build on
+//! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a
+//! per-tile tap offset table, pixel gathers, per-thread scratch).
 
 mod depthwise;
 mod engine;
 mod gather;
 mod tiling;
 mod weight_grad;
+mod weight_grad_taps;
 
 #[cfg(test)]
 mod tests;

@@ -84,6 +84,43 @@ fn naive_dw(g: &Conv2dGeom, x: &[f64], gy: &[f64]) -> Vec<f64> {
     dw
 }
 
+type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize);
+
+/// Convs whose f32 `dw` takes the per-tap GEMMs: pixels over several K blocks (dilation 2), more
+/// than one column block with dead taps (300 channels, dilation 6), groups and a stride, rows split
+/// into blocks (1100 output channels), taps that never land inside the input (dilation 12 on 6 x 6).
+const PER_TAP_CASES: [Case; 5] = [
+    (2, 40, 17, 17, 13, 3, 3, [1, 1], [2, 2], [2, 2], 1),
+    (1, 300, 9, 9, 7, 3, 3, [1, 1], [6, 6], [6, 6], 1),
+    (2, 64, 11, 11, 8, 3, 3, [2, 2], [1, 1], [1, 1], 2),
+    (1, 40, 5, 5, 1100, 1, 1, [1, 1], [0, 0], [1, 1], 1),
+    (1, 32, 6, 6, 4, 3, 3, [1, 1], [12, 12], [12, 12], 1),
+];
+
+#[test]
+fn per_tap_dw_is_taken_where_the_tests_expect_it() {
+    for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &PER_TAP_CASES {
+        let g = Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups };
+        assert!(weight_grad_taps::tap_tasks(&g).is_some(), "{g:?}");
+    }
+    // The stem (3 input channels) and an early 1x1 conv (one tap, one column block) keep the tiles.
+    let stem = Conv2dGeom {
+        n: 2,
+        c_in: 3,
+        h: 33,
+        w: 33,
+        c_out: 64,
+        kh: 7,
+        kw: 7,
+        stride: [2, 2],
+        padding: [3, 3],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let early = Conv2dGeom { c_in: 64, c_out: 256, kh: 1, kw: 1, stride: [1, 1], padding: [0, 0], ..stem };
+    assert!(weight_grad_taps::tap_tasks(&stem).is_none() && weight_grad_taps::tap_tasks(&early).is_none());
+}
+
 /// f32 runs the packed GEMM path (on AVX2 + FMA CPUs; matrixmultiply elsewhere): `y`, `dx`, `dw`
 /// against the direct definitions in f64, on shapes with ragged panels (rows not a multiple of 6,
 /// pixels not of 16), K blocks, dead taps, strides, groups and the unpadded 1x1 case.
@@ -98,6 +135,12 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         (1, 300, 6, 6, 5, 1, 1, [1, 1], [0, 0], [1, 1], 1),
         (1, 9, 15, 15, 20, 3, 3, [2, 2], [1, 1], [1, 1], 1),
         (1, 3, 70, 70, 5, 1, 1, [1, 1], [0, 0], [1, 1], 1),
+        // The per-tap dw ([`PER_TAP_CASES`]).
+        PER_TAP_CASES[0],
+        PER_TAP_CASES[1],
+        PER_TAP_CASES[2],
+        PER_TAP_CASES[3],
+        PER_TAP_CASES[4],
     ];
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
     for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &cases {

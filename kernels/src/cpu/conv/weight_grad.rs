@@ -15,6 +15,7 @@ use super::gather::{
     TapTable,
 };
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
+use super::weight_grad_taps::{tap_tasks, weight_grad_taps};
 use super::{Conv2dGeom, DW_CHUNKS, DW_TILE_PIX, MIN_SPAN_X, MIN_SPAN_Y};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA};
@@ -33,6 +34,13 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
     let (cig, cog, taps, kw) = (g.cig(), g.cog(), g.taps(), g.kw);
     if g.is_depthwise() {
         return depthwise_weight_grad(g, &ys, &xs, x, gy, dw);
+    }
+    if use_packed::<T>() {
+        if let Some(tasks) = tap_tasks(g) {
+            let f32s = |v| as_f32(v).expect("packed conv path on f32 only");
+            let dw = as_f32_mut(dw).expect("packed conv path on f32 only");
+            return weight_grad_taps(g, &tasks, f32s(x), f32s(gy), dw);
+        }
     }
     let plans = plan_tiles(&ys, &xs, kw, DW_TILE_PIX);
     let direct = ymap.is_identity() && xmap.is_identity();
