@@ -1,6 +1,8 @@
 //! conv2d forward and forward + backward (dx, dw and db), f32, at the DeepLabV3+ shapes:
-//! ASPP-like 3x3 256 -> 256 on 2x256x33x33 with dilation (= padding) 1, 6, 12, 18, and the 1x1
-//! 256 -> 256 projection on 2x256x65x65. Twin: benches/torch/conv.py.
+//! ASPP-like 3x3 256 -> 256 on 2x256x33x33 with dilation (= padding) 1, 6, 12, 18, the 1x1
+//! 256 -> 256 projection on 2x256x65x65, and two convs of the ResNet-50 step at crop 257 (output
+//! stride 16, 17 x 17 maps): layer 4's 3x3 512 -> 512 with dilation 2, and ASPP's 3x3 2048 -> 256
+//! with dilation 6. Twin: benches/torch/conv.py.
 //!
 //! Run: `RAYON_NUM_THREADS=2 cargo bench -p segnet-benches --bench conv`. Throughput counts the
 //! multiply-adds x 2 of the dense computation (taps in the padding included, as PyTorch does them),
@@ -20,20 +22,26 @@ struct Case {
     flops: u64,
 }
 
-fn case(name: String, n: usize, c: usize, hw: usize, k: usize, d: usize, rng: &mut Rng) -> Case {
+/// `n x c_in x hw x hw` into `c_out` channels, a `k x k` kernel with dilation (= padding) `d`.
+#[allow(clippy::too_many_arguments)]
+fn case(name: &str, n: usize, c_in: usize, c_out: usize, hw: usize, k: usize, d: usize, rng: &mut Rng) -> Case {
     let p = Conv2dParams { padding: [d * (k / 2); 2], dilation: [d, d], ..Default::default() };
-    let x = Tensor::randn([n, c, hw, hw], 1.0, DType::F32, rng);
-    let w = Tensor::randn([c, c, k, k], 0.05, DType::F32, rng);
-    let b = Tensor::zeros([c], DType::F32);
-    let flops = 2 * (n * c * c * k * k * hw * hw) as u64;
-    Case { name, x, w, b, p, flops }
+    let x = Tensor::randn([n, c_in, hw, hw], 1.0, DType::F32, rng);
+    let w = Tensor::randn([c_out, c_in, k, k], 0.05, DType::F32, rng);
+    let b = Tensor::zeros([c_out], DType::F32);
+    let flops = 2 * (n * c_in * c_out * k * k * hw * hw) as u64;
+    Case { name: name.into(), x, w, b, p, flops }
 }
 
 fn cases() -> Vec<Case> {
     let mut rng = Rng::new(1);
-    let mut v: Vec<Case> =
-        [1, 6, 12, 18].iter().map(|&d| case(format!("3x3_256_2x33x33_d{d}"), 2, 256, 33, 3, d, &mut rng)).collect();
-    v.push(case("1x1_256_2x65x65".into(), 2, 256, 65, 1, 1, &mut rng));
+    let mut v: Vec<Case> = [1, 6, 12, 18]
+        .iter()
+        .map(|&d| case(&format!("3x3_256_2x33x33_d{d}"), 2, 256, 256, 33, 3, d, &mut rng))
+        .collect();
+    v.push(case("1x1_256_2x65x65", 2, 256, 256, 65, 1, 1, &mut rng));
+    v.push(case("3x3_512_2x17x17_d2", 2, 512, 512, 17, 3, 2, &mut rng));
+    v.push(case("3x3_2048to256_2x17x17_d6", 2, 2048, 256, 17, 3, 6, &mut rng));
     v
 }
 

@@ -8,15 +8,21 @@
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
+use super::winograd;
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
-use crate::cpu::packed_gemm::{self, as_f32, slab_len, KSeg, PackedA, KC, MR};
+use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC, MR};
 use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use rayon::prelude::*;
 
 /// `y = conv(x, w) + b` for a validated geometry. `y` is fully overwritten.
 pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+    if use_packed::<T>() && winograd::applies(g) {
+        let f32s = |v| as_f32(v).expect("packed conv path on f32 only");
+        let y = as_f32_mut(y).expect("packed conv path on f32 only");
+        return winograd::forward(g, f32s(x), f32s(w), bias.map(f32s), y);
+    }
     let (oh, ow) = g.ohw();
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
@@ -65,6 +71,11 @@ pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&
 
 /// `dx` from `gy` for a validated geometry. `dx` is fully overwritten.
 pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [T]) {
+    if use_packed::<T>() && winograd::applies(g) {
+        let f32s = |v| as_f32(v).expect("packed conv path on f32 only");
+        let dx = as_f32_mut(dx).expect("packed conv path on f32 only");
+        return winograd::input_grad(g, f32s(w), f32s(gy), dx);
+    }
     let (oh, ow) = g.ohw();
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let ymap = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);

@@ -60,6 +60,7 @@ mod gather;
 mod tiling;
 mod weight_grad;
 mod weight_grad_taps;
+mod winograd;
 
 #[cfg(test)]
 mod tests;

@@ -97,6 +97,78 @@ const PER_TAP_CASES: [Case; 5] = [
     (1, 32, 6, 6, 4, 3, 3, [1, 1], [12, 12], [12, 12], 1),
 ];
 
+/// Winograd F(2x2, 3x3) itself, called directly on shapes it fits (the dispatch keeps it for large
+/// ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes (tiles cut by the border),
+/// two blocks of tiles per image (289 tiles), more input channels than one K block (300), a 1 x 1
+/// image; `y` and `dx` in f32 against the direct definitions in f64.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn winograd_y_and_dx_match_naive() {
+    if !crate::cpu::packed_gemm::available() {
+        return;
+    }
+    let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
+    for (n, c_in, h, w, c_out) in [(2, 5, 34, 33, 7), (1, 300, 4, 5, 9), (1, 3, 1, 1, 2)] {
+        let g = Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let (x, wt, b, gy) =
+            (vals(n * c_in * h * w, 1), vals(c_out * c_in * 9, 2), vals(c_out, 3), vals(n * c_out * h * w, 4));
+        let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+        let mut y = vec![7.0f32; gy.len()];
+        winograd::forward(&g, &f(&x), &f(&wt), Some(&f(&b)), &mut y);
+        for (a, e) in y.iter().zip(&naive(&g, &x, &wt, Some(&b))) {
+            assert!(close(*a, *e, c_in * 9), "{g:?}: y {a} vs {e}");
+        }
+        let mut dx = vec![7.0f32; x.len()];
+        winograd::input_grad(&g, &f(&wt), &f(&gy), &mut dx);
+        for (a, e) in dx.iter().zip(&naive_dx(&g, &wt, &gy)) {
+            assert!(close(*a, *e, c_out * 9), "{g:?}: dx {a} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn winograd_is_taken_where_the_tests_expect_it() {
+    // The 3x3 256 -> 256 conv of the criterion bench (2 x 33 x 33), and the decoder's 3x3 convs at crop 257.
+    let base = Conv2dGeom {
+        n: 1,
+        c_in: 256,
+        h: 33,
+        w: 33,
+        c_out: 256,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    assert!(winograd::applies(&base));
+    let decoder = Conv2dGeom { c_in: 304, h: 65, w: 65, ..base };
+    assert!(winograd::applies(&decoder) && winograd::applies(&Conv2dGeom { c_in: 256, ..decoder }));
+    // Dilated, strided, grouped, thin or small 3x3 convs keep the gather-GEMM.
+    for g in [
+        Conv2dGeom { padding: [2, 2], dilation: [2, 2], ..base },
+        Conv2dGeom { stride: [2, 2], ..base },
+        Conv2dGeom { groups: 2, ..base },
+        Conv2dGeom { c_in: 128, ..base },
+        Conv2dGeom { h: 17, w: 17, ..base },
+    ] {
+        assert!(!winograd::applies(&g), "{g:?}");
+    }
+}
+
 #[test]
 fn per_tap_dw_is_taken_where_the_tests_expect_it() {
     for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &PER_TAP_CASES {

@@ -1,0 +1,256 @@
+//! 3x3, stride-1, padding-1 convs by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016), on the packed f32 path.
+//!
+//! The output is cut into 2 x 2 tiles; tile `(ty, tx)` reads the 4 x 4 input patch `d` at rows
+//! `2 ty - 1 ..` and columns `2 tx - 1 ..` (zeros outside), and
+//!
+//! ```text
+//! y_tile[o] = A^T [ sum_c (G g[o, c] G^T) ⊙ (B^T d[c] B) ] A
+//!
+//!       [1  0 -1  0]       [ 1    0    0 ]
+//! B^T = [0  1  1  0]   G = [1/2  1/2  1/2]   A^T = [1 1  1  0]
+//!       [0 -1  1  0]       [1/2 -1/2  1/2]         [0 1 -1 -1]
+//!       [0  1  0 -1]       [ 0    0    1 ]
+//! ```
+//!
+//! (the cross-correlation CNNs call convolution). For each of the 16 elements `xi` of the 4 x 4
+//! transform domain, the sum over input channels is one GEMM: `M_xi (c_out x tiles) = U_xi (c_out x
+//! c_in) V_xi (c_in x tiles)` with `U = G g G^T` (the transformed weights, packed once per call) and
+//! `V = B^T d B` (the transformed patches, built per block of tiles straight in slab layout). Per
+//! tile and channel pair that is 16 multiplies for 4 outputs instead of 36 (2.25x fewer); the
+//! transforms cost a few dozen adds per tile and channel, next to `16 c_out` products.
+//!
+//! The input gradient of such a conv is the same conv of `gy` with the weights transposed over
+//! channels and rotated by 180 degrees, so `dx` runs through here too. The sums run in a fixed order
+//! per output element (channels, then the fixed transform), whatever the thread count.
+
+use super::gather::with_scratch;
+use super::Conv2dGeom;
+use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, PackedA, MR};
+use crate::cpu::parallel::SendPtr;
+use rayon::prelude::*;
+
+/// Most output tiles per task. Each of the 16 GEMMs of a task reads all of its `U_xi` (`c_out x
+/// c_in`, 256 KiB at 256 channels) for this many tiles, so fewer tiles make them bandwidth-bound
+/// (64 tiles ran at half the direct conv's speed); a task's `V_xi` and `M_xi` are as large again.
+const TILES: usize = 256;
+/// Fewest input and output channels for this path: with fewer, the per-`xi` GEMMs are too short
+/// (their `k` is `c_in`, against `9 c_in` for the direct conv) to gain from the fewer multiplies
+/// (at 64 and 128 channels they ran 1.2-1.6x slower than the direct conv).
+const MIN_CHANNELS: usize = 256;
+/// Fewest output tiles per image (a 32 x 32 map): fewer leave the GEMMs short in `n` as well.
+const MIN_TILES: usize = 256;
+
+/// True when `g` is a conv this file computes and one it computes faster than the gather-GEMM:
+/// [`fits`], with at least [`MIN_CHANNELS`] channels in and out and [`MIN_TILES`] tiles per image.
+/// In DeepLabV3+ that is the decoder's two 3x3 convs at stride 4.
+pub(super) fn applies(g: &Conv2dGeom) -> bool {
+    fits(g) && g.c_in >= MIN_CHANNELS && g.c_out >= MIN_CHANNELS && g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES
+}
+
+/// True when `g` has the shape F(2x2, 3x3) computes here: 3x3, stride 1, dilation 1, padding 1,
+/// one group (the output is then the input's size).
+fn fits(g: &Conv2dGeom) -> bool {
+    (g.kh, g.kw) == (3, 3) && g.stride == [1, 1] && g.dilation == [1, 1] && g.padding == [1, 1] && g.groups == 1
+}
+
+/// `y = conv(x, w) + b` (`w: [c_out][c_in][3][3]`) for a geometry that [`fits`]; `y` is overwritten.
+pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let filter = |o: usize, c: usize| {
+        let f = &w[(o * g.c_in + c) * 9..][..9];
+        [[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]]
+    };
+    conv(g, x, filter, bias, y);
+}
+
+/// `dx` from `gy` for a geometry that [`fits`]: the same-size 3x3 conv of `gy` with `w[o][c]`
+/// rotated by 180 degrees, from channel `o` to channel `c`. `dx` is overwritten.
+pub(super) fn input_grad(g: &Conv2dGeom, w: &[f32], gy: &[f32], dx: &mut [f32]) {
+    let gt = Conv2dGeom { c_in: g.c_out, c_out: g.c_in, ..*g };
+    let filter = |c: usize, o: usize| {
+        let f = &w[(o * g.c_in + c) * 9..][..9];
+        [[f[8], f[7], f[6]], [f[5], f[4], f[3]], [f[2], f[1], f[0]]]
+    };
+    conv(&gt, gy, filter, None, dx);
+}
+
+/// `B^T v` (and, applied to the rows of `B^T d`, the right factor `B`).
+#[inline(always)]
+fn bt(v: [f32; 4]) -> [f32; 4] {
+    [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
+}
+
+/// `G v` for a 3-vector.
+#[inline(always)]
+fn gv(v: [f32; 3]) -> [f32; 4] {
+    [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
+}
+
+/// `A^T v`.
+#[inline(always)]
+fn at(v: [f32; 4]) -> [f32; 2] {
+    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+}
+
+/// `U = G g G^T` of one 3 x 3 filter `g[ky][kx]`, as `u[4 i + j]`.
+fn filter_transform(g: [[f32; 3]; 3]) -> [f32; 16] {
+    let cols: [[f32; 4]; 3] = std::array::from_fn(|kx| gv([g[0][kx], g[1][kx], g[2][kx]]));
+    let mut u = [0.0; 16];
+    for i in 0..4 {
+        let row = gv([cols[0][i], cols[1][i], cols[2][i]]);
+        u[4 * i..4 * i + 4].copy_from_slice(&row);
+    }
+    u
+}
+
+/// `V = B^T d B` of one 4 x 4 patch, as `v[4 i + j]`.
+fn patch_transform(d: [[f32; 4]; 4]) -> [f32; 16] {
+    let cols: [[f32; 4]; 4] = std::array::from_fn(|j| bt([d[0][j], d[1][j], d[2][j], d[3][j]]));
+    let mut v = [0.0; 16];
+    for i in 0..4 {
+        v[4 * i..4 * i + 4].copy_from_slice(&bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
+    }
+    v
+}
+
+/// `Y = A^T m A` of one 4 x 4 product tile, as `y[2 i + j]`.
+fn output_transform(m: [f32; 16]) -> [f32; 4] {
+    let cols: [[f32; 2]; 4] = std::array::from_fn(|j| at([m[j], m[4 + j], m[8 + j], m[12 + j]]));
+    let r0 = at([cols[0][0], cols[1][0], cols[2][0], cols[3][0]]);
+    let r1 = at([cols[0][1], cols[1][1], cols[2][1], cols[3][1]]);
+    [r0[0], r0[1], r1[0], r1[1]]
+}
+
+/// `y = conv3x3(x, w) + b` for a geometry that [`fits`], where `filter(o, c)` is the 3 x 3
+/// filter from input channel `c` to output channel `o`. `y` is fully overwritten.
+fn conv(
+    g: &Conv2dGeom,
+    x: &[f32],
+    filter: impl Fn(usize, usize) -> [[f32; 3]; 3] + Sync,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    debug_assert!(fits(g));
+    let (cin, cout, (h, w)) = (g.c_in, g.c_out, (g.h, g.w));
+    // Padding 1 and a 3x3 kernel keep the size: the output is h x w.
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let per_image = th * tw;
+    // U, staged as [xi][o][c], then packed per xi into the micro-kernel's row panels.
+    let mut staged = vec![0.0f32; 16 * cout * cin];
+    let sptr = SendPtr(staged.as_mut_ptr());
+    (0..cout).into_par_iter().for_each(|o| {
+        for c in 0..cin {
+            let u = filter_transform(filter(o, c));
+            for (xi, &v) in u.iter().enumerate() {
+                // SAFETY: each o writes only its own [xi][o][..] rows.
+                unsafe { *sptr.ptr().add((xi * cout + o) * cin + c) = v };
+            }
+        }
+    });
+    let packed: Vec<PackedA> = (0..16)
+        .map(|xi| {
+            let u = &staged[xi * cout * cin..][..cout * cin];
+            PackedA::pack_panels(cout, cin, |p, rows, panel| {
+                for r in 0..rows {
+                    for (c, &v) in u[(p * MR + r) * cin..][..cin].iter().enumerate() {
+                        panel[c * MR + r] = v;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(staged);
+    // Blocks of equal size (within one tile), so the tasks balance over the threads.
+    let blocks = per_image.div_ceil(TILES);
+    let yptr = SendPtr(y.as_mut_ptr());
+    (0..g.n * blocks).into_par_iter().for_each(|u| {
+        let (n, b) = (u / blocks, u % blocks);
+        let tiles = b * per_image / blocks..(b + 1) * per_image / blocks;
+        let xn = &x[n * cin * h * w..][..cin * h * w];
+        // SAFETY: each (image, block) unit writes only its own tiles' pixels of image n.
+        unsafe { block(&packed, xn, (h, w), tw, tiles, bias, yptr.ptr().add(n * cout * h * w), cout) };
+    });
+}
+
+/// One block of tiles of one image: transform its patches, run the 16 GEMMs, transform back into `y`.
+///
+/// # Safety
+/// `y` must address the image's `c_out` output planes, whose pixels of these tiles nothing else touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    packed: &[PackedA],
+    x: &[f32],
+    (h, w): (usize, usize),
+    tw: usize,
+    tiles: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    y: *mut f32,
+    cout: usize,
+) {
+    let cin = packed[0].k;
+    let nt = tiles.len();
+    let v_len = slab_len(cin, nt);
+    with_scratch::<f32, _>(16 * v_len + 16 * cout * nt, |buf| {
+        let (v, m) = buf.split_at_mut(16 * v_len);
+        // V_xi (cin x tiles) in slab layout, zeros in the last slab's padding columns.
+        v.fill(0.0);
+        for c in 0..cin {
+            let plane = &x[c * h * w..][..h * w];
+            for (j, t) in tiles.clone().enumerate() {
+                let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
+                // The patch starts one row and one column before the tile (padding 1).
+                let d: [[f32; 4]; 4] = std::array::from_fn(|i| {
+                    std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
+                        (Some(iy), Some(ix)) if iy < h && ix < w => plane[iy * w + ix],
+                        _ => 0.0,
+                    })
+                });
+                for (xi, &e) in patch_transform(d).iter().enumerate() {
+                    v[xi * v_len + slab_index(cin, c, j)] = e;
+                }
+            }
+        }
+        let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
+        for xi in 0..16 {
+            let (vx, mx) = (&v[xi * v_len..][..v_len], &mut m[xi * cout * nt..][..cout * nt]);
+            packed_gemm::gemm(&packed[xi], &whole, vx, cin, nt, mx, nt, false);
+        }
+        for o in 0..cout {
+            let b = bias.map_or(0.0, |b| b[o]);
+            let yo = y.add(o * h * w);
+            for (j, t) in tiles.clone().enumerate() {
+                let mt: [f32; 16] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
+                let out = output_transform(mt);
+                let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
+                for (q, &val) in out.iter().enumerate() {
+                    let (oy, ox) = (y0 + q / 2, x0 + q % 2);
+                    if oy < h && ox < w {
+                        *yo.add(oy * w + ox) = val + b;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transforms alone: `A^T [(G g G^T) ⊙ (B^T d B)] A` is the 2 x 2 correlation of `d` with `g`.
+    #[test]
+    fn one_tile_equals_the_direct_correlation() {
+        let g: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| (3 * i + j) as f32 * 0.25 - 1.0));
+        let d: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| ((5 * i + 3 * j) % 7) as f32 - 2.5));
+        let (u, v) = (filter_transform(g), patch_transform(d));
+        let y = output_transform(std::array::from_fn(|xi| u[xi] * v[xi]));
+        for (q, &got) in y.iter().enumerate() {
+            let (oy, ox) = (q / 2, q % 2);
+            let want: f32 = (0..3)
+                .flat_map(|ky| (0..3).map(move |kx| (ky, kx)))
+                .map(|(ky, kx)| g[ky][kx] * d[oy + ky][ox + kx])
+                .sum();
+            assert!((got - want).abs() < 1e-4, "output {q}: {got} vs {want}");
+        }
+    }
+}
