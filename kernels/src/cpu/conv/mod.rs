@@ -32,7 +32,9 @@
 //!
 //! **Special cases.** A 1x1, stride-1, unpadded conv needs no gather: the GEMM reads the source
 //! planes directly. Depthwise convs (one input and one output channel per group) use a direct
-//! loop instead of 1-row GEMMs.
+//! loop instead of 1-row GEMMs. On the packed f32 path, 3x3 stride-1 padding-1 convs with many
+//! channels on large maps (the decoder's) compute `y` and `dx` by Winograd F(2x2, 3x3): 16
+//! multiplies per 2 x 2 output tile and channel pair instead of 36.
 //!
 //! **dw** runs the forward tiling and accumulates `gy_tile (rows x pix) col_tile^T` into a
 //! per-chunk partial sum (on the packed path `gy_tile` is packed as the left operand and each run's
@@ -49,8 +51,9 @@
 //!
 //! **Files.** `mod.rs` (this file): the geometry, the tuning constants and the public entry points,
 //! which validate the shapes and hand over to `engine.rs` (the gather-conv engine for `y` and `dx`,
-//! and its serial GEMM), `weight_grad.rs` (`dw` and `db`), `weight_grad_taps.rs` (the per-tap `dw`)
-//! or, for depthwise convs, `depthwise.rs` (direct loops). Both the engine and `dw` build on
+//! and its serial GEMM), `winograd.rs` (F(2x2, 3x3) for `y` and `dx`), `weight_grad.rs` (`dw` and
+//! `db`), `weight_grad_taps.rs` (the per-tap `dw`) or, for depthwise convs, `depthwise.rs` (direct
+//! loops). Both the engine and `dw` build on
 //! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a
 //! per-tile tap offset table, pixel gathers, per-thread scratch).
 

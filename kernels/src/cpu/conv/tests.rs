@@ -86,6 +86,16 @@ fn naive_dw(g: &Conv2dGeom, x: &[f64], gy: &[f64]) -> Vec<f64> {
 
 type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize);
 
+/// The geometry of a `(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups)` case.
+fn geom((n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups): Case) -> Conv2dGeom {
+    Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups }
+}
+
+/// A 3x3, stride-1, padding-1 conv (the shape Winograd F(2x2, 3x3) computes).
+fn same_3x3(n: usize, c_in: usize, h: usize, w: usize, c_out: usize) -> Conv2dGeom {
+    geom((n, c_in, h, w, c_out, 3, 3, [1, 1], [1, 1], [1, 1], 1))
+}
+
 /// Convs whose f32 `dw` takes the per-tap GEMMs: pixels over several K blocks (dilation 2), more
 /// than one column block with dead taps (300 channels, dilation 6), groups and a stride, rows split
 /// into blocks (1100 output channels), taps that never land inside the input (dilation 12 on 6 x 6).
@@ -109,19 +119,7 @@ fn winograd_y_and_dx_match_naive() {
     }
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
     for (n, c_in, h, w, c_out) in [(2, 5, 34, 33, 7), (1, 300, 4, 5, 9), (1, 3, 1, 1, 2)] {
-        let g = Conv2dGeom {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: 3,
-            kw: 3,
-            stride: [1, 1],
-            padding: [1, 1],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let g = same_3x3(n, c_in, h, w, c_out);
         let (x, wt, b, gy) =
             (vals(n * c_in * h * w, 1), vals(c_out * c_in * 9, 2), vals(c_out, 3), vals(n * c_out * h * w, 4));
         let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
@@ -141,19 +139,7 @@ fn winograd_y_and_dx_match_naive() {
 #[test]
 fn winograd_is_taken_where_the_tests_expect_it() {
     // The 3x3 256 -> 256 conv of the criterion bench (2 x 33 x 33), and the decoder's 3x3 convs at crop 257.
-    let base = Conv2dGeom {
-        n: 1,
-        c_in: 256,
-        h: 33,
-        w: 33,
-        c_out: 256,
-        kh: 3,
-        kw: 3,
-        stride: [1, 1],
-        padding: [1, 1],
-        dilation: [1, 1],
-        groups: 1,
-    };
+    let base = same_3x3(1, 256, 33, 33, 256);
     assert!(winograd::applies(&base));
     let decoder = Conv2dGeom { c_in: 304, h: 65, w: 65, ..base };
     assert!(winograd::applies(&decoder) && winograd::applies(&Conv2dGeom { c_in: 256, ..decoder }));
@@ -171,24 +157,11 @@ fn winograd_is_taken_where_the_tests_expect_it() {
 
 #[test]
 fn per_tap_dw_is_taken_where_the_tests_expect_it() {
-    for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &PER_TAP_CASES {
-        let g = Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups };
+    for g in PER_TAP_CASES.map(geom) {
         assert!(weight_grad_taps::tap_tasks(&g).is_some(), "{g:?}");
     }
     // The stem (3 input channels) and an early 1x1 conv (one tap, one column block) keep the tiles.
-    let stem = Conv2dGeom {
-        n: 2,
-        c_in: 3,
-        h: 33,
-        w: 33,
-        c_out: 64,
-        kh: 7,
-        kw: 7,
-        stride: [2, 2],
-        padding: [3, 3],
-        dilation: [1, 1],
-        groups: 1,
-    };
+    let stem = geom((2, 3, 33, 33, 64, 7, 7, [2, 2], [3, 3], [1, 1], 1));
     let early = Conv2dGeom { c_in: 64, c_out: 256, kh: 1, kw: 1, stride: [1, 1], padding: [0, 0], ..stem };
     assert!(weight_grad_taps::tap_tasks(&stem).is_none() && weight_grad_taps::tap_tasks(&early).is_none());
 }
