@@ -8,7 +8,7 @@
 //! U2PL it is a full semi-supervised step (after the supervised warm-up): the teacher's forward
 //! on the labeled and unlabeled batches, the student's on both, the three loss terms, the queue
 //! pushes and the EMA update; `--batch` is the labeled batch and the unlabeled one has the same
-//! size (the paper's setting).
+//! size (the paper's setting) unless `--unlabeled-batch` says otherwise.
 
 use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
@@ -114,6 +114,15 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     }
     if let Some(g) = a.loss_grid {
         cfg.loss.grid = g;
+    }
+    if let Some(u) = a.unlabeled_batch {
+        if a.stage != Stage::U2pl {
+            bail!("--unlabeled-batch is for --stage u2pl (the only stage with an unlabeled batch)");
+        }
+        if u == 0 {
+            bail!("--unlabeled-batch must be at least 1");
+        }
+        cfg.u2pl_settings.unlabeled_batch = Some(u);
     }
     // Two or more images per batch-norm chunk of the DenseCL key batch.
     cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((a.batch / 2).max(1));

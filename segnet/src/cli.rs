@@ -491,6 +491,10 @@ pub struct BenchStepArgs {
     /// The contrastive stage's loss grid (default: the training default, `decoder`).
     #[arg(long, value_enum)]
     pub loss_grid: Option<LossGrid>,
+    /// U2PL only: images per unlabeled batch (default: `--batch`, the paper's setting), as
+    /// `segnet train --unlabeled-batch`.
+    #[arg(long)]
+    pub unlabeled_batch: Option<usize>,
     #[arg(long)]
     pub json: bool,
     #[arg(long, default_value = "cpu")]

@@ -167,6 +167,17 @@ fn contrastive_then_u2pl_through_the_binary() {
     assert_eq!(v["stage"], "u2pl");
     assert_eq!(v["unlabeled_batch"], 2);
     assert!(v["objective"].as_str().unwrap().contains("MiB"), "{v}");
+    // A smaller unlabeled batch, as `train --unlabeled-batch`; refused where it means nothing.
+    let small = ["bench", "step", "--backbone", "resnet18", "--width", "0.125", "--crop", "33", "--batch", "2"];
+    let tail = ["--classes", "3", "--iters", "1", "--warmup", "0", "--json"];
+    let args = [&small[..], &["--stage", "u2pl", "--unlabeled-batch", "1"], &tail[..]].concat();
+    let v: serde_json::Value = serde_json::from_str(ok(&segnet(&args)).trim()).unwrap();
+    assert_eq!(v["unlabeled_batch"], 1);
+    fails_with(
+        &segnet(&[&small[..], &["--stage", "u2pl", "--unlabeled-batch", "0"], &tail[..]].concat()),
+        "--unlabeled-batch",
+    );
+    fails_with(&segnet(&[&small[..], &["--unlabeled-batch", "1"], &tail[..]].concat()), "--stage u2pl");
 }
 
 #[test]
