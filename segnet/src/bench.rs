@@ -243,6 +243,7 @@ mod tests {
             warmup: 0,
             loss_mode: None,
             loss_grid: None,
+            unlabeled_batch: None,
             json: true,
             device: "cpu".into(),
         }
