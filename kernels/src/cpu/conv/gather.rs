@@ -66,9 +66,8 @@ impl<'a> TapTable<'a> {
                     }
                     let row = (ty.src0 + (j - ty.ja) * yseg.src_step) * src_w;
                     for (q, v) in d.iter_mut().enumerate() {
-                        let live = q >= tx.ja && q < tx.jb;
-                        let off = row + tx.src0 + q.wrapping_sub(tx.ja).wrapping_mul(xseg.src_step);
-                        *v = if live {
+                        *v = if q >= tx.ja && q < tx.jb {
+                            let off = row + tx.src0 + (q - tx.ja) * xseg.src_step;
                             u32::try_from(off).expect("conv source planes under 4 G elements")
                         } else {
                             DEAD
