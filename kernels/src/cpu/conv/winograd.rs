@@ -24,7 +24,7 @@
 //! channels and rotated by 180 degrees, so `dx` runs through here too. The sums run in a fixed order
 //! per output element (channels, then the fixed transform), whatever the thread count.
 
-use super::gather::with_scratch;
+use super::gather::{with_scratch, zero_slab_padding};
 use super::Conv2dGeom;
 use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, PackedA, MR};
 use crate::cpu::parallel::SendPtr;
@@ -192,8 +192,8 @@ unsafe fn block(
     let v_len = slab_len(cin, nt);
     with_scratch::<f32, _>(16 * v_len + 16 * cout * nt, |buf| {
         let (v, m) = buf.split_at_mut(16 * v_len);
-        // V_xi (cin x tiles) in slab layout, zeros in the last slab's padding columns.
-        v.fill(0.0);
+        // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
+        // last slab's padding columns are zeroed (scratch holds whatever the last user left).
         for c in 0..cin {
             let plane = &x[c * h * w..][..h * w];
             for (j, t) in tiles.clone().enumerate() {
@@ -209,6 +209,9 @@ unsafe fn block(
                     v[xi * v_len + slab_index(cin, c, j)] = e;
                 }
             }
+        }
+        for vx in v.chunks_mut(v_len) {
+            zero_slab_padding(vx, cin, nt);
         }
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
         for xi in 0..16 {
