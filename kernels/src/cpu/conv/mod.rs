@@ -51,7 +51,7 @@
 //!
 //! **Files.** `mod.rs` (this file): the geometry, the tuning constants and the public entry points,
 //! which validate the shapes and hand over to `engine.rs` (the gather-conv engine for `y` and `dx`,
-//! and its serial GEMM), `winograd.rs` (F(2x2, 3x3) for `y` and `dx`), `weight_grad.rs` (`dw` and
+//! and its serial GEMM), `winograd.rs` (F(2x2, 3x3) for `y`, `dx` and `dw`), `weight_grad.rs` (`dw` and
 //! `db`), `weight_grad_taps.rs` (the per-tap `dw`) or, for depthwise convs, `depthwise.rs` (direct
 //! loops). Both the engine and `dw` build on
 //! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a

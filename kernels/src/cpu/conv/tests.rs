@@ -110,10 +110,11 @@ const PER_TAP_CASES: [Case; 5] = [
 /// Winograd F(2x2, 3x3) itself, called directly on shapes it fits (the dispatch keeps it for large
 /// ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes (tiles cut by the border),
 /// two blocks of tiles per image (289 tiles), more input channels than one K block (300), a 1 x 1
-/// image; `y` and `dx` in f32 against the direct definitions in f64.
+/// image, blocks of tiles that span two images (`dw`); `y`, `dx` and `dw` in f32 against the
+/// direct definitions in f64.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn winograd_y_and_dx_match_naive() {
+fn winograd_y_dx_and_dw_match_naive() {
     if !crate::cpu::packed_gemm::available() {
         return;
     }
@@ -132,6 +133,11 @@ fn winograd_y_and_dx_match_naive() {
         winograd::input_grad(&g, &f(&wt), &f(&gy), &mut dx);
         for (a, e) in dx.iter().zip(&naive_dx(&g, &wt, &gy)) {
             assert!(close(*a, *e, c_out * 9), "{g:?}: dx {a} vs {e}");
+        }
+        let mut dw = vec![7.0f32; wt.len()];
+        winograd::weight_grad(&g, &f(&x), &f(&gy), &mut dw);
+        for (a, e) in dw.iter().zip(&naive_dw(&g, &x, &gy)) {
+            assert!(close(*a, *e, n * h * w), "{g:?}: dw {a} vs {e}");
         }
     }
 }

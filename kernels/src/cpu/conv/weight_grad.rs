@@ -5,7 +5,9 @@
 //! into contiguous chunks (about [`DW_CHUNKS`] over all groups) balanced by a cost fixed by the
 //! shapes ([`balanced_bounds`]); each chunk has its own partial sum, and the partials are reduced
 //! in chunk order, so the result does not depend on the thread count. Depthwise convs use the
-//! direct loop in `depthwise.rs`. `db` sums each channel over `n`, then pixels in order.
+//! direct loop in `depthwise.rs`; large 3x3 stride-1 f32 convs (the decoder) take Winograd
+//! F(2x2, 3x3) in `winograd.rs`, and pixel-poor ones the per-tap GEMMs of `weight_grad_taps.rs`.
+//! `db` sums each channel over `n`, then pixels in order.
 
 use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
@@ -16,6 +18,7 @@ use super::gather::{
 };
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::weight_grad_taps::{tap_tasks, weight_grad_taps};
+use super::winograd;
 use super::{Conv2dGeom, DW_CHUNKS, DW_TILE_PIX, MIN_SPAN_X, MIN_SPAN_Y};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA};
@@ -36,8 +39,12 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
         return depthwise_weight_grad(g, &ys, &xs, x, gy, dw);
     }
     if use_packed::<T>() {
+        let f32s = |v| as_f32(v).expect("packed conv path on f32 only");
+        if winograd::applies(g) {
+            let dw = as_f32_mut(dw).expect("packed conv path on f32 only");
+            return winograd::weight_grad(g, f32s(x), f32s(gy), dw);
+        }
         if let Some(tasks) = tap_tasks(g) {
-            let f32s = |v| as_f32(v).expect("packed conv path on f32 only");
             let dw = as_f32_mut(dw).expect("packed conv path on f32 only");
             return weight_grad_taps(g, &tasks, f32s(x), f32s(gy), dw);
         }

@@ -21,12 +21,22 @@
 //! transforms cost a few dozen adds per tile and channel, next to `16 c_out` products.
 //!
 //! The input gradient of such a conv is the same conv of `gy` with the weights transposed over
-//! channels and rotated by 180 degrees, so `dx` runs through here too. The sums run in a fixed order
-//! per output element (channels, then the fixed transform), whatever the thread count.
+//! channels and rotated by 180 degrees, so `dx` runs through here too. The weight gradient follows
+//! from the same identity by the chain rule: `y_tile = A^T M A` with `M = sum_c U[o, c] ⊙ V[c]`, so
+//!
+//! ```text
+//! dL/dg[o, c] = G^T [ sum_tiles (A gy_tile[o] A^T) ⊙ (B^T d[c] B) ] G
+//! ```
+//!
+//! (`gy_tile` the tile's 2 x 2 output gradient, zero past the border): per `xi` one GEMM
+//! `P_xi (c_out x c_in) += W_xi (c_out x tiles) V_xi^T (tiles x c_in)` with `W = A gy A^T`, summed
+//! over every tile of every image, then `dw = G^T P G`; the same 2.25x fewer multiplies.
+//! The sums run in a fixed order per output element (channels or tiles, then the fixed
+//! transform), whatever the thread count.
 
 use super::gather::{with_scratch, zero_slab_padding};
 use super::Conv2dGeom;
-use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, PackedA, MR};
+use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, PackedA, MR, NR};
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
 
@@ -74,6 +84,98 @@ pub(super) fn input_grad(g: &Conv2dGeom, w: &[f32], gy: &[f32], dx: &mut [f32]) 
     conv(&gt, gy, filter, None, dx);
 }
 
+/// `dw` from `x` and `gy` for a geometry that [`fits`] (`dw: [c_out][c_in][3][3]`, overwritten).
+///
+/// The tiles of all images are taken in equal blocks of at most [`TILES`]; per block the patches
+/// and the output-gradient tiles are transformed (in parallel over channels), then the 16 GEMMs
+/// run in parallel over `xi`, each adding into its own `P_xi`: no partial sums, and the order of
+/// every sum is fixed by the shapes.
+pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    debug_assert!(fits(g));
+    let (cin, cout, (h, w)) = (g.c_in, g.c_out, (g.h, g.w));
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let per_image = th * tw;
+    let total = g.n * per_image;
+    let plane = h * w;
+    // P, as [xi][o][c].
+    let mut p = vec![0.0f32; 16 * cout * cin];
+    let blocks = total.div_ceil(TILES);
+    let mut wt: Vec<PackedA> = (0..16).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
+    let mut v: Vec<f32> = Vec::new();
+    for b in 0..blocks {
+        let (t0, t1) = (b * total / blocks, (b + 1) * total / blocks);
+        let nt = t1 - t0;
+        let tile = |j: usize| ((t0 + j) / per_image, (t0 + j) % per_image);
+        // V_xi^T (tiles x cin) in slab layout, one task per slab of NR channels.
+        let v_len = slab_len(nt, cin);
+        v.resize(16 * v_len, 0.0);
+        let vptr = SendPtr(v.as_mut_ptr());
+        (0..cin.div_ceil(NR)).into_par_iter().for_each(|q| {
+            let cs = q * NR..(cin).min((q + 1) * NR);
+            for j in 0..nt {
+                let (n, t) = tile(j);
+                for c in cs.clone() {
+                    let d = patch(&x[(n * cin + c) * plane..][..plane], (h, w), tw, t);
+                    for (xi, &e) in patch_transform(d).iter().enumerate() {
+                        // SAFETY: slab q of every V_xi belongs to this task alone.
+                        unsafe { *vptr.ptr().add(xi * v_len + slab_index(nt, j, c)) = e };
+                    }
+                }
+            }
+        });
+        for vx in v.chunks_mut(v_len) {
+            zero_slab_padding(vx, nt, cin);
+        }
+        // W_xi (cout x tiles) in the micro-kernel's row panels, one task per panel of MR rows.
+        let wptrs: Vec<SendPtr<f32>> = wt.iter_mut().map(|a| SendPtr(a.panels_mut(cout, nt).as_mut_ptr())).collect();
+        (0..cout.div_ceil(MR)).into_par_iter().for_each(|pi| {
+            for r in 0..(cout - pi * MR).min(MR) {
+                let o = pi * MR + r;
+                for j in 0..nt {
+                    let (n, t) = tile(j);
+                    let e = grad_transform(grad_tile(&gy[(n * cout + o) * plane..][..plane], (h, w), tw, t));
+                    for (xi, &val) in e.iter().enumerate() {
+                        // SAFETY: panel pi of every W_xi belongs to this task alone.
+                        unsafe { *wptrs[xi].ptr().add((pi * nt + j) * MR + r) = val };
+                    }
+                }
+            }
+        });
+        let whole = [KSeg { a_k0: 0, b_k0: 0, len: nt }];
+        p.par_chunks_mut(cout * cin).zip(wt.par_iter()).enumerate().for_each(|(xi, (px, wx))| {
+            packed_gemm::gemm(wx, &whole, &v[xi * v_len..][..v_len], nt, cin, px, cin, b > 0);
+        });
+    }
+    dw.par_chunks_mut(cin * 9).enumerate().for_each(|(o, dwo)| {
+        for c in 0..cin {
+            let m: [f32; 16] = std::array::from_fn(|xi| p[(xi * cout + o) * cin + c]);
+            dwo[c * 9..][..9].copy_from_slice(&filter_grad_transform(m));
+        }
+    });
+}
+
+/// The 4 x 4 input patch of tile `t` (of a `tw`-wide tile grid) from one `h x w` plane: rows
+/// `2 ty - 1 ..` and columns `2 tx - 1 ..`, zeros outside (padding 1).
+#[inline(always)]
+fn patch(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 4]; 4] {
+    let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
+    std::array::from_fn(|i| {
+        std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
+            (Some(iy), Some(ix)) if iy < h && ix < w => plane[iy * w + ix],
+            _ => 0.0,
+        })
+    })
+}
+
+/// The 2 x 2 output-gradient tile `t` from one `h x w` plane, zeros past the border.
+#[inline(always)]
+fn grad_tile(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 2]; 2] {
+    let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
+    std::array::from_fn(|i| {
+        std::array::from_fn(|k| if y0 + i < h && x0 + k < w { plane[(y0 + i) * w + x0 + k] } else { 0.0 })
+    })
+}
+
 /// `B^T v` (and, applied to the rows of `B^T d`, the right factor `B`).
 #[inline(always)]
 fn bt(v: [f32; 4]) -> [f32; 4] {
@@ -90,6 +192,40 @@ fn gv(v: [f32; 3]) -> [f32; 4] {
 #[inline(always)]
 fn at(v: [f32; 4]) -> [f32; 2] {
     [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+}
+
+/// `A v` for a 2-vector (`A` is 4 x 2).
+#[inline(always)]
+fn av(v: [f32; 2]) -> [f32; 4] {
+    [v[0], v[0] + v[1], v[0] - v[1], -v[1]]
+}
+
+/// `G^T v` for a 4-vector.
+#[inline(always)]
+fn gtv(v: [f32; 4]) -> [f32; 3] {
+    [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
+}
+
+/// `W = A e A^T` of one 2 x 2 output-gradient tile `e`, as `w[4 i + j]` (the gradient of the loss
+/// with respect to the tile's product `M`, since `y_tile = A^T M A`).
+fn grad_transform(e: [[f32; 2]; 2]) -> [f32; 16] {
+    let cols: [[f32; 4]; 2] = std::array::from_fn(|q| av([e[0][q], e[1][q]]));
+    let mut out = [0.0; 16];
+    for i in 0..4 {
+        out[4 * i..4 * i + 4].copy_from_slice(&av([cols[0][i], cols[1][i]]));
+    }
+    out
+}
+
+/// `G^T m G` of one 4 x 4 gradient `m` of `U = G g G^T`: the gradient of the 3 x 3 filter, as
+/// `g[3 ky + kx]`.
+fn filter_grad_transform(m: [f32; 16]) -> [f32; 9] {
+    let cols: [[f32; 3]; 4] = std::array::from_fn(|j| gtv([m[j], m[4 + j], m[8 + j], m[12 + j]]));
+    let mut out = [0.0; 9];
+    for ky in 0..3 {
+        out[3 * ky..3 * ky + 3].copy_from_slice(&gtv([cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]]));
+    }
+    out
 }
 
 /// `U = G g G^T` of one 3 x 3 filter `g[ky][kx]`, as `u[4 i + j]`.
@@ -197,15 +333,7 @@ unsafe fn block(
         for c in 0..cin {
             let plane = &x[c * h * w..][..h * w];
             for (j, t) in tiles.clone().enumerate() {
-                let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-                // The patch starts one row and one column before the tile (padding 1).
-                let d: [[f32; 4]; 4] = std::array::from_fn(|i| {
-                    std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
-                        (Some(iy), Some(ix)) if iy < h && ix < w => plane[iy * w + ix],
-                        _ => 0.0,
-                    })
-                });
-                for (xi, &e) in patch_transform(d).iter().enumerate() {
+                for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t)).iter().enumerate() {
                     v[xi * v_len + slab_index(cin, c, j)] = e;
                 }
             }

@@ -109,6 +109,24 @@ impl PackedA {
         PackedA { data, m, k }
     }
 
+    /// Reshape to `m x k` for the caller to fill in place: `A(p MR + r, l)` lives at
+    /// `[(p k + l) MR + r]` of the returned storage. The padding rows of the last panel are zero;
+    /// every live entry keeps whatever the buffer held, so the caller must write all of them. For
+    /// operands rebuilt many times per call (the buffer is reused, not allocated and faulted in).
+    pub fn panels_mut(&mut self, m: usize, k: usize) -> &mut [f32] {
+        let panels = m.div_ceil(MR);
+        self.data.resize(panels * k * MR, 0.0);
+        (self.m, self.k) = (m, k);
+        let rows = m - panels.saturating_sub(1) * MR;
+        if rows < MR && panels > 0 {
+            let last = &mut self.data[(panels - 1) * k * MR..];
+            for l in 0..k {
+                last[l * MR + rows..(l + 1) * MR].fill(0.0);
+            }
+        }
+        &mut self.data
+    }
+
     /// `A(i, l)` (for tests and references).
     pub fn get(&self, i: usize, l: usize) -> f32 {
         self.data[((i / MR) * self.k + l) * MR + i % MR]
