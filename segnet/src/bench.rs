@@ -1,4 +1,4 @@
-//! `segnet bench step | loss`: one JSON line (with `--json`) of timings and peak memory on random
+//! `segnet bench step | loss | convs`: one JSON line (with `--json`) of timings and peak memory on random
 //! data, after warm-up. Peak memory is the process's peak resident set (VmHWM).
 //!
 //! `bench step` times one training step of `--stage` as the step loop runs it: the stage's
@@ -9,6 +9,10 @@
 //! on the labeled and unlabeled batches, the student's on both, the three loss terms, the queue
 //! pushes and the EMA update; `--batch` is the labeled batch and the unlabeled one has the same
 //! size (the paper's setting) unless `--unlabeled-batch` says otherwise.
+//!
+//! `bench convs` ([`convs`]) times the model's convolutions one by one.
+
+mod convs;
 
 use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
@@ -29,6 +33,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Step(a) => step(a),
         BenchCommand::Loss(a) => loss(a),
+        BenchCommand::Convs(a) => convs::run(&a),
     }
 }
 
@@ -42,7 +47,7 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

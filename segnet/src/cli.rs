@@ -460,6 +460,33 @@ pub enum BenchCommand {
     Step(BenchStepArgs),
     /// The fused contrastive loss on random unit features.
     Loss(BenchLossArgs),
+    /// Every distinct convolution of the model's forward at these shapes, timed alone: forward,
+    /// input gradient and weight gradient (the shapes for `benches/torch/convs.py`).
+    Convs(BenchConvsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchConvsArgs {
+    #[arg(long, default_value = "resnet50")]
+    pub backbone: String,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 257)]
+    pub crop: usize,
+    #[arg(long, default_value_t = 16)]
+    pub output_stride: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    #[arg(long, default_value_t = 21)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed calls per conv and pass (after one untimed call); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// One JSON object on one line instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -170,6 +170,21 @@ impl Backward for Conv2dBackward {
     }
 }
 
+thread_local! {
+    /// The geometries of the convs [`conv2d`] ran on this thread while [`record_geometries`] runs.
+    static RECORDED: std::cell::RefCell<Option<Vec<Conv2dGeom>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` and return, beside its result, the geometry of every [`conv2d`] it called on this
+/// thread, in call order: what `segnet bench convs` times, so that its shapes are the model's
+/// own. Not reentrant (an inner call takes the outer one's record).
+pub fn record_geometries<R>(f: impl FnOnce() -> R) -> (R, Vec<Conv2dGeom>) {
+    RECORDED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let geoms = RECORDED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    (out, geoms)
+}
+
 /// `y = conv2d(x, w) + b` for `x: [N, C_in, H, W]`, `w: [C_out, C_in/groups, kH, kW]`,
 /// `b: [C_out]`. See the module docs for the math, gradients and what is saved.
 ///
@@ -178,6 +193,7 @@ impl Backward for Conv2dBackward {
 /// groups of 0, an output smaller than 1x1, or mixed dtypes/devices.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
     let geom = geometry(x, w, b, &p)?;
+    RECORDED.with(|r| r.borrow_mut().as_mut().map(|v| v.push(geom)));
     let (oh, ow) = geom.out_hw().expect("validated");
     let out_shape = Shape(vec![geom.n, geom.c_out, oh, ow]);
     #[cfg(feature = "cuda")]
@@ -255,5 +271,29 @@ mod on_cuda {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the convs run inside `record_geometries` are recorded, each with its own geometry, in order.
+    #[test]
+    fn record_geometries_sees_the_convs_inside_only() {
+        let x = Tensor::from_vec(vec![0.5f32; 2 * 3 * 5 * 5], vec![2, 3, 5, 5]).unwrap();
+        let w = Tensor::from_vec(vec![0.1f32; 4 * 3 * 3 * 3], vec![4, 3, 3, 3]).unwrap();
+        let strided = Conv2dParams { stride: [2, 2], padding: [1, 1], ..Conv2dParams::default() };
+        conv2d(&x, &w, None, Conv2dParams::default()).unwrap();
+        let (out, geoms) = record_geometries(|| {
+            conv2d(&x, &w, None, Conv2dParams::default()).and_then(|_| conv2d(&x, &w, None, strided))
+        });
+        assert_eq!(out.unwrap().dims(), &[2, 4, 3, 3]);
+        assert_eq!(geoms.len(), 2);
+        assert_eq!((geoms[0].stride, geoms[1].stride, geoms[1].padding), ([1, 1], [2, 2], [1, 1]));
+        assert_eq!((geoms[0].n, geoms[0].c_in, geoms[0].c_out, geoms[0].h), (2, 3, 4, 5));
+        // Recording stopped with the closure: a later conv leaves no record behind.
+        conv2d(&x, &w, None, Conv2dParams::default()).unwrap();
+        assert!(RECORDED.with(|r| r.borrow().is_none()));
     }
 }

@@ -26,7 +26,7 @@ pub use batchnorm::batch_norm2d;
 pub use contrastive::{
     pixel_contrastive_loss, pixel_contrastive_loss_pair, ContrastiveConfig, ContrastiveForm, ContrastiveMode,
 };
-pub use conv::{conv2d, Conv2dParams};
+pub use conv::{conv2d, record_geometries, Conv2dParams};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
