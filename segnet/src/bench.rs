@@ -14,7 +14,7 @@
 
 mod convs;
 
-use crate::cli::{BenchCommand, BenchLossArgs, BenchStepArgs};
+use crate::cli::{BenchCommand, BenchLossArgs, BenchModelArgs, BenchStepArgs};
 use crate::commands::{check_device, set_threads};
 use crate::config::{Stage, TrainConfig};
 use crate::net;
@@ -99,6 +99,19 @@ fn step(a: BenchStepArgs) -> Result<()> {
     Ok(())
 }
 
+/// The default training config with the bench's model and input shapes (ASPP rates from the
+/// output stride).
+pub(crate) fn model_config(m: &BenchModelArgs) -> TrainConfig {
+    let mut cfg = TrainConfig::default();
+    cfg.model.backbone = m.backbone.clone();
+    cfg.model.width = m.width;
+    cfg.model.output_stride = m.output_stride;
+    cfg.model.aspp_rates = None;
+    cfg.crop = m.crop;
+    cfg.batch = m.batch;
+    cfg
+}
+
 /// The timings of `bench step` as its JSON object.
 fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     let dev = check_device(&a.device)?;
@@ -106,13 +119,8 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let mut cfg = TrainConfig::default();
-    cfg.model.backbone = a.backbone.clone();
-    cfg.model.width = a.width;
-    cfg.model.output_stride = a.output_stride;
-    cfg.model.aspp_rates = None;
-    cfg.crop = a.crop;
-    cfg.batch = a.batch;
+    let m = &a.model;
+    let mut cfg = model_config(m);
     cfg.u2pl_settings.sup_only_steps = 0;
     if let Some(m) = a.loss_mode {
         cfg.loss.mode = m;
@@ -130,9 +138,9 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         cfg.u2pl_settings.unlabeled_batch = Some(u);
     }
     // Two or more images per batch-norm chunk of the DenseCL key batch.
-    cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((a.batch / 2).max(1));
+    cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((m.batch / 2).max(1));
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = net::spec(&cfg, a.classes)?;
+    let spec = net::spec(&cfg, m.classes)?;
     let mut rng = Rng::new(1);
     let mut net = if a.stage == Stage::Densecl {
         crate::densecl::new_net(&spec, &cfg.densecl_settings, &mut rng)?
@@ -145,14 +153,14 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     nn::to_device(&mut net, dev)?;
     let mut opt = Sgd::new(SgdConfig { weight_decay: 1e-4, ..SgdConfig::default() })?;
     let sched = LrSchedule::cosine(0.01, 1000)?;
-    let mut objective = objective::for_stage(a.stage, &cfg, a.classes);
+    let mut objective = objective::for_stage(a.stage, &cfg, m.classes);
     let two_views = objective.augment(&cfg).two_views;
-    let batch = random_batch(a.batch, a.crop, a.classes, two_views, &mut rng)?;
+    let batch = random_batch(m.batch, m.crop, m.classes, two_views, &mut rng)?;
     objective.start(&mut net)?;
     // An unlabeled batch for objectives that want one: random crops, no padding (all valid).
     let unlabeled = match objective.unlabeled(&cfg) {
         Some((n, _)) => {
-            let mut u = random_batch(n, a.crop, a.classes, false, &mut rng)?;
+            let mut u = random_batch(n, m.crop, m.classes, false, &mut rng)?;
             u.labels.iter_mut().for_each(|l| *l = 0);
             Some(u)
         }
@@ -175,8 +183,8 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         }
     }
     Ok(json!({
-        "bench": "step", "backbone": a.backbone, "stage": a.stage.name(), "batch": a.batch, "crop": a.crop,
-        "output_stride": a.output_stride, "width": a.width, "threads": a.threads, "iters": a.iters,
+        "bench": "step", "backbone": m.backbone, "stage": a.stage.name(), "batch": m.batch, "crop": m.crop,
+        "output_stride": m.output_stride, "width": m.width, "threads": a.threads, "iters": a.iters,
         "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
@@ -236,13 +244,15 @@ mod tests {
 
     fn tiny(stage: Stage) -> BenchStepArgs {
         BenchStepArgs {
-            backbone: "resnet18".into(),
-            batch: 2,
-            crop: 33,
+            model: BenchModelArgs {
+                backbone: "resnet18".into(),
+                batch: 2,
+                crop: 33,
+                output_stride: 16,
+                width: 0.125,
+                classes: 3,
+            },
             stage,
-            output_stride: 16,
-            width: 0.125,
-            classes: 3,
             threads: 0,
             iters: 1,
             warmup: 0,

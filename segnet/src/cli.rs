@@ -467,18 +467,8 @@ pub enum BenchCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchConvsArgs {
-    #[arg(long, default_value = "resnet50")]
-    pub backbone: String,
-    #[arg(long, default_value_t = 2)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 257)]
-    pub crop: usize,
-    #[arg(long, default_value_t = 16)]
-    pub output_stride: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub width: f64,
-    #[arg(long, default_value_t = 21)]
-    pub classes: usize,
+    #[command(flatten)]
+    pub model: BenchModelArgs,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Timed calls per conv and pass (after one untimed call); the median is reported.
@@ -489,22 +479,29 @@ pub struct BenchConvsArgs {
     pub json: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct BenchStepArgs {
+/// The model and input shapes a bench builds (`bench step`, `bench convs`).
+#[derive(Args, Debug, Clone)]
+pub struct BenchModelArgs {
     #[arg(long, default_value = "resnet50")]
     pub backbone: String,
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
     #[arg(long, default_value_t = 257)]
     pub crop: usize,
-    #[arg(long, value_enum, default_value = "finetune")]
-    pub stage: Stage,
     #[arg(long, default_value_t = 16)]
     pub output_stride: usize,
     #[arg(long, default_value_t = 1.0)]
     pub width: f64,
     #[arg(long, default_value_t = 21)]
     pub classes: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchStepArgs {
+    #[command(flatten)]
+    pub model: BenchModelArgs,
+    #[arg(long, value_enum, default_value = "finetune")]
+    pub stage: Stage,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     #[arg(long, default_value_t = 5)]

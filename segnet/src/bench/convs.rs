@@ -10,10 +10,11 @@
 //! shapes `benches/torch/convs.py --shapes` times the same way with PyTorch, so the two can be
 //! compared conv by conv: where a whole step is slower, this says which layers are.
 
-use super::median;
+use super::{median, model_config};
 use crate::cli::BenchConvsArgs;
+#[cfg(test)]
+use crate::cli::BenchModelArgs;
 use crate::commands::set_threads;
-use crate::config::TrainConfig;
 use crate::net;
 use anyhow::{bail, Result};
 use engine::{DType, Rng, Tensor};
@@ -52,8 +53,8 @@ pub(super) fn run(a: &BenchConvsArgs) -> Result<()> {
         }));
     }
     let report = json!({
-        "bench": "convs", "backbone": a.backbone, "batch": a.batch, "crop": a.crop,
-        "output_stride": a.output_stride, "width": a.width, "threads": a.threads, "iters": a.iters,
+        "bench": "convs", "backbone": a.model.backbone, "batch": a.model.batch, "crop": a.model.crop,
+        "output_stride": a.model.output_stride, "width": a.model.width, "threads": a.threads, "iters": a.iters,
         "convs": rows, "total_fwd_ms": total_fwd * 1e3, "total_bwd_ms": total_bwd * 1e3,
     });
     if a.json {
@@ -66,18 +67,13 @@ pub(super) fn run(a: &BenchConvsArgs) -> Result<()> {
 
 /// The distinct conv geometries of one fine-tuning forward, in first-use order, with counts.
 fn model_convs(a: &BenchConvsArgs) -> Result<Vec<Distinct>> {
-    let mut cfg = TrainConfig::default();
-    cfg.model.backbone = a.backbone.clone();
-    cfg.model.width = a.width;
-    cfg.model.output_stride = a.output_stride;
-    cfg.model.aspp_rates = None;
-    cfg.crop = a.crop;
-    cfg.batch = a.batch;
+    let m = &a.model;
+    let cfg = model_config(m);
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = net::spec(&cfg, a.classes)?;
+    let spec = net::spec(&cfg, m.classes)?;
     let mut rng = Rng::new(1);
     let mut model = net::new_net(&spec, false, &mut rng)?;
-    let x = Tensor::randn(vec![a.batch, 3, a.crop, a.crop], 1.0, DType::F32, &mut rng);
+    let x = Tensor::randn(vec![m.batch, 3, m.crop, m.crop], 1.0, DType::F32, &mut rng);
     let mut ctx = Ctx::train(Rng::new(2));
     let (out, geoms) = engine::ops::record_geometries(|| net::logits(&mut model, &x, &mut ctx));
     out?;
@@ -171,12 +167,14 @@ mod tests {
 
     fn tiny() -> BenchConvsArgs {
         BenchConvsArgs {
-            backbone: "resnet18".into(),
-            batch: 2,
-            crop: 33,
-            output_stride: 16,
-            width: 0.25,
-            classes: 3,
+            model: BenchModelArgs {
+                backbone: "resnet18".into(),
+                batch: 2,
+                crop: 33,
+                output_stride: 16,
+                width: 0.25,
+                classes: 3,
+            },
             threads: 1,
             iters: 1,
             json: true,
@@ -201,8 +199,11 @@ mod tests {
     }
 
     #[test]
-    fn zero_iters_is_an_error() {
+    fn bad_flags_are_errors() {
         let err = run(&BenchConvsArgs { iters: 0, ..tiny() }).unwrap_err().to_string();
         assert!(err.contains("--iters"), "{err}");
+        let one = BenchConvsArgs { model: BenchModelArgs { batch: 1, ..tiny().model }, ..tiny() };
+        let err = run(&one).unwrap_err().to_string();
+        assert!(err.contains("batch"), "{err}");
     }
 }
