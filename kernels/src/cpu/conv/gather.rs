@@ -140,16 +140,41 @@ pub(super) fn gather_transposed_column(sp: &[f32], table: &TapTable, t: usize, j
 /// its source planes directly), in slab layout.
 pub(super) fn gather_planes_slabs(planes: &[f32], k: usize, plane: usize, pix0: usize, npix: usize, slabs: &mut [f32]) {
     for l in 0..k {
+        if l + PREFETCH_ROWS < k {
+            prefetch(&planes[(l + PREFETCH_ROWS) * plane + pix0..][..npix]);
+        }
         row_to_slabs(&planes[l * plane + pix0..][..npix], k, l, slabs);
+    }
+}
+
+/// How many rows ahead [`gather_planes_slabs`] asks for its source: each row is a separate short
+/// run (one plane's pixels of a tile), too short for the hardware prefetcher to pick up, and the
+/// copy otherwise waits on every line (it took 11-14 % of a 1x1 conv's forward).
+const PREFETCH_ROWS: usize = 4;
+
+/// Hint the CPU to bring `v`'s cache lines in (a no-op off x86-64).
+#[inline(always)]
+fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..v.len()).step_by(16) {
+        // SAFETY: a prefetch hint reads nothing architecturally; the address is inside `v`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(v.as_ptr().add(i).cast()) };
     }
 }
 
 /// Row `l` of a `k`-row slab block from the row's `npix` values, zeroing the last slab's padding.
 fn row_to_slabs(row: &[f32], k: usize, l: usize, slabs: &mut [f32]) {
-    for (q, chunk) in row.chunks(NR).enumerate() {
-        let dst = &mut slabs[(q * k + l) * NR..][..NR];
-        dst[..chunk.len()].copy_from_slice(chunk);
-        dst[chunk.len()..].fill(0.0);
+    // Whole slabs as fixed-size array copies (two vector moves each); a copy of a run-time length
+    // is a `memmove` call per 64 bytes, which took 14 % of a 1x1 conv's forward.
+    let (whole, rest) = row.as_chunks::<NR>();
+    for (q, chunk) in whole.iter().enumerate() {
+        let dst: &mut [f32; NR] = (&mut slabs[(q * k + l) * NR..][..NR]).try_into().expect("NR floats");
+        *dst = *chunk;
+    }
+    if !rest.is_empty() {
+        let dst = &mut slabs[(whole.len() * k + l) * NR..][..NR];
+        dst[..rest.len()].copy_from_slice(rest);
+        dst[rest.len()..].fill(0.0);
     }
 }
 
