@@ -88,9 +88,11 @@ impl PackedA {
         for p in 0..panels {
             let rows = (m - p * MR).min(MR);
             let panel = &mut self.data[p * k * MR..][..k * MR];
-            for r in 0..rows {
-                for l in 0..k {
-                    panel[l * MR + r] = at(p * MR + r, l);
+            // Panel order (l outer): the writes are sequential and the reads walk `rows` source
+            // rows side by side.
+            for (l, col) in panel.chunks_exact_mut(MR).enumerate() {
+                for (r, v) in col[..rows].iter_mut().enumerate() {
+                    *v = at(p * MR + r, l);
                 }
             }
         }
