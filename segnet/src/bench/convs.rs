@@ -12,8 +12,6 @@
 
 use super::{median, model_config};
 use crate::cli::BenchConvsArgs;
-#[cfg(test)]
-use crate::cli::BenchModelArgs;
 use crate::commands::set_threads;
 use crate::net;
 use anyhow::{bail, Result};
@@ -164,6 +162,7 @@ fn print_table(r: &serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::BenchModelArgs;
 
     fn tiny() -> BenchConvsArgs {
         BenchConvsArgs {

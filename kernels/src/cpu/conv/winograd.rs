@@ -111,7 +111,7 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
         v.resize(16 * v_len, 0.0);
         let vptr = SendPtr(v.as_mut_ptr());
         (0..cin.div_ceil(NR)).into_par_iter().for_each(|q| {
-            let cs = q * NR..(cin).min((q + 1) * NR);
+            let cs = q * NR..cin.min((q + 1) * NR);
             for j in 0..nt {
                 let (n, t) = tile(j);
                 for c in cs.clone() {
