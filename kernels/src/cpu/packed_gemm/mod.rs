@@ -18,13 +18,17 @@
 //! in L1 while the row panels of `A` stream past it from L2), and each element of `C` sums its
 //! products in a fixed order: segments in order, `l` in order, so results do not depend on threads.
 //!
-//! The micro-kernel (`avx2.rs`, AVX2 + FMA, chosen at run time by [`available`]) keeps a
-//! `6 x 16` block of `C` in twelve registers. [`gemm_reference`] is the plain loop nest on the
-//! same layouts that the tests compare it with; on CPUs without AVX2 the conv engine keeps calling
-//! matrixmultiply.
+//! The micro-kernel is chosen at run time ([`kernel`]): on AVX-512 CPUs `avx512.rs` keeps a
+//! `6 x 32` block of `C` (two neighbouring slabs) in twelve 512-bit registers; otherwise `avx2.rs`
+//! (AVX2 + FMA, [`available`]) keeps a `6 x 16` block in twelve 256-bit ones. Both run the same
+//! chain of fused multiply-adds per element, so they agree bit for bit. [`gemm_reference`] is the
+//! plain loop nest on the same layouts that the tests compare them with; on CPUs without AVX2 the
+//! conv engine keeps calling matrixmultiply.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +48,43 @@ pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which micro-kernel [`gemm`] runs: both compute every element of `C` by the same chain of
+/// fused multiply-adds, so they give bit-identical results and differ only in width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `6 x 16` blocks in 256-bit registers (`avx2.rs`).
+    Avx2,
+    /// `6 x 32` blocks (two slabs) in 512-bit registers (`avx512.rs`): twice the work per FMA.
+    Avx512,
+}
+
+/// The widest micro-kernel the CPU runs (checked once): AVX-512F when present, unless the
+/// environment sets `SEGNET_CPU_AVX512=0` (to measure or test the AVX2 kernel on such a CPU).
+/// Only meaningful when [`available`].
+pub fn kernel() -> Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let off = std::env::var("SEGNET_CPU_AVX512").is_ok_and(|v| v == "0");
+        if avx512_available() && !off {
+            Kernel::Avx512
+        } else {
+            Kernel::Avx2
+        }
+    })
+}
+
+/// True when the CPU has AVX-512F (the [`Kernel::Avx512`] micro-kernel can run).
+pub fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -101,13 +142,30 @@ impl PackedA {
 
     /// Pack panel by panel in parallel: `fill(p, rows, panel)` writes `A(p MR + r, l)` at
     /// `panel[l MR + r]` for `r < rows` (the rest is zero), in whatever order reads its source
-    /// best: the conv weights are `[o][c][tap]`, which neither operand's `l` order walks contiguously.
+    /// best.
     pub fn pack_panels(m: usize, k: usize, fill: impl Fn(usize, usize, &mut [f32]) + Sync) -> PackedA {
+        Self::pack_panel_groups(m, k, 1, |p, panel| fill(p, (m - p * MR).min(MR), panel))
+    }
+
+    /// Pack `group` panels at a time in parallel: `fill(p0, data)` writes panels `p0, p0 + 1, ..`
+    /// (`data` holds them back to back, `k MR` floats each; the last group may be shorter; rows
+    /// past `m` stay zero). For sources whose rows of one panel are short pieces of longer rows:
+    /// the conv weights are `[o][c][tap]`, and a panel of the input gradient's `A` takes 6 floats
+    /// of every row `o`; a group of 8 panels takes 48, three whole cache lines.
+    pub fn pack_panel_groups(m: usize, k: usize, group: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> PackedA {
         use rayon::prelude::*;
         let mut data = vec![0.0f32; m.div_ceil(MR) * k * MR];
         if k > 0 {
-            data.par_chunks_mut(k * MR).enumerate().for_each(|(p, panel)| fill(p, (m - p * MR).min(MR), panel));
+            data.par_chunks_mut(group.max(1) * k * MR).enumerate().for_each(|(gi, d)| fill(gi * group.max(1), d));
         }
+        PackedA { data, m, k }
+    }
+
+    /// An `m x k` matrix that `fill(data)` writes in whatever order (and with whatever threads) it
+    /// likes: `A(p MR + r, l)` lives at `data[(p k + l) MR + r]`, and `data` starts zeroed.
+    pub fn pack_with(m: usize, k: usize, fill: impl FnOnce(&mut [f32])) -> PackedA {
+        let mut data = vec![0.0f32; m.div_ceil(MR) * k * MR];
+        fill(&mut data);
         PackedA { data, m, k }
     }
 
@@ -188,9 +246,25 @@ fn check(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c_len: usiz
 /// [`available`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    gemm_with(kernel(), a, segs, b, bk, n, c, ldc, accumulate)
+}
+
+/// [`gemm`] on a chosen micro-kernel (the tests compare the two). Panics when the CPU lacks it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(
+    kernel: Kernel,
+    a: &PackedA,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     check(a, segs, b, bk, n, c.len(), ldc);
     // SAFETY: `check` bounds A, B and C.
-    unsafe { run(a, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
+    unsafe { run(kernel, a, 0..a.m, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 /// [`gemm`] into a raw `C`, for callers whose parallel tasks write disjoint blocks of one buffer.
@@ -210,42 +284,86 @@ pub unsafe fn gemm_to(
     accumulate: bool,
 ) {
     check(a, segs, b, bk, n, usize::MAX, ldc);
-    run(a, segs, b, bk, n, c, ldc, accumulate)
+    run(kernel(), a, 0..a.m, segs, b, bk, n, c, ldc, accumulate)
 }
 
-/// The blocked loops of [`gemm`] and [`gemm_to`], once their operands are checked.
+/// [`gemm_to`] on rows `rows` of `A` only (`rows.start` a multiple of [`MR`]): `c` addresses row
+/// `rows.start` of `C`. For callers that split one product over threads by rows.
+///
+/// # Safety
+/// As [`gemm_to`] for the `rows.len()` rows of `C` at `c`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_rows_to(
+    a: &PackedA,
+    rows: std::ops::Range<usize>,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(rows.start % MR == 0 && rows.start <= rows.end && rows.end <= a.m, "packed gemm: bad row range");
+    check(a, segs, b, bk, n, usize::MAX, ldc);
+    run(kernel(), a, rows, segs, b, bk, n, c, ldc, accumulate)
+}
+
+/// The blocked loops of [`gemm`] and [`gemm_to`] on rows `rows` of `A` (`c` at row `rows.start`),
+/// once their operands are checked.
 ///
 /// # Safety
 /// As [`gemm_to`], with [`check`] passed.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run(a: &PackedA, segs: &[KSeg], b: &[f32], bk: usize, n: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+unsafe fn run(
+    kernel: Kernel,
+    a: &PackedA,
+    rows: std::ops::Range<usize>,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     assert!(available(), "packed gemm: AVX2 + FMA required");
-    if a.m == 0 || n == 0 {
+    assert!(kernel == Kernel::Avx2 || avx512_available(), "packed gemm: AVX-512F required");
+    if rows.is_empty() || n == 0 {
         return;
     }
     let blocks = k_blocks(segs);
     if blocks.is_empty() {
         if !accumulate {
-            for i in 0..a.m {
+            for i in 0..rows.len() {
                 std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
             }
         }
         return;
     }
     // K blocks outermost (C is stored once per block), then row blocks of A (in L2), then the
-    // slabs of B (one in L1 while the row panels of the block stream past it).
+    // slabs of B (one, or two for the 512-bit kernel, in L1 while the row panels of the block
+    // stream past them).
     #[cfg(target_arch = "x86_64")]
     for (bi, blk) in blocks.iter().enumerate() {
         let acc = accumulate || bi > 0;
-        for i0 in (0..a.m).step_by(MC) {
-            for q in 0..n.div_ceil(NR) {
-                let w = (n - q * NR).min(NR);
+        let slabs_per_step = if kernel == Kernel::Avx512 { 2 } else { 1 };
+        for i0 in rows.clone().step_by(MC) {
+            for q in (0..n.div_ceil(NR)).step_by(slabs_per_step) {
+                let w = (n - q * NR).min(slabs_per_step * NR);
                 let slab = b.as_ptr().add(q * bk * NR);
-                for p in i0 / MR..(i0 + MC).min(a.m).div_ceil(MR) {
-                    let rows = (a.m - p * MR).min(MR);
+                let panels_per_step = slabs_per_step;
+                for p in (i0 / MR..(i0 + MC).min(rows.end).div_ceil(MR)).step_by(panels_per_step) {
+                    let live = (rows.end - p * MR).min(panels_per_step * MR);
                     let panel = a.data.as_ptr().add(p * a.k * MR);
-                    // SAFETY: AVX2 + FMA present; `check` bounds the panels and slabs, the caller C.
-                    avx2::micro(blk, panel, slab, c.add(p * MR * ldc + q * NR), ldc, rows, w, acc);
+                    let cb = c.add((p * MR - rows.start) * ldc + q * NR);
+                    // SAFETY: the kernel's ISA is present (asserted); `check` bounds the panels and
+                    // slabs (slab q + 1 and panel p + 1 are read only when `w > NR`, `rows > MR`,
+                    // so they exist), the caller C.
+                    match kernel {
+                        Kernel::Avx2 => avx2::micro(blk, panel, slab, cb, ldc, live, w, acc),
+                        Kernel::Avx512 => avx512::micro(blk, panel, a.k * MR, slab, bk * NR, cb, ldc, live, w, acc),
+                    }
                 }
             }
         }

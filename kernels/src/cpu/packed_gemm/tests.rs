@@ -99,8 +99,8 @@ fn packing_round_trips() {
 }
 
 /// `cargo test -p kernels --release --lib packed_gemm::tests::speed -- --ignored --nocapture`:
-/// one thread, the conv tile shapes (m rows of weights, k = taps x channels, n = 256 pixels), ours
-/// next to matrixmultiply on the same problem in row-major form.
+/// one thread, the conv tile shapes (m rows of weights, k = taps x channels, n = 256 pixels), our
+/// two micro-kernels next to matrixmultiply on the same problem in row-major form.
 #[test]
 #[ignore]
 fn speed_on_conv_tile_shapes() {
@@ -116,7 +116,9 @@ fn speed_on_conv_tile_shapes() {
         let brm: Vec<f32> = (0..k * n).map(|i| val(i + 3)).collect();
         let segs = [KSeg { a_k0: 0, b_k0: 0, len: k }];
         let mut c = vec![0.0f32; m * n];
-        let ours = time(&mut || gemm(&a, &segs, &b, k, n, &mut c, n, false));
+        let ours = time(&mut || gemm_with(Kernel::Avx2, &a, &segs, &b, k, n, &mut c, n, false));
+        let wide =
+            avx512_available().then(|| time(&mut || gemm_with(Kernel::Avx512, &a, &segs, &b, k, n, &mut c, n, false)));
         // SAFETY: in-bounds row-major views.
         let mm = time(&mut || unsafe {
             f32::gemm_raw(
@@ -137,13 +139,19 @@ fn speed_on_conv_tile_shapes() {
             )
         });
         let gf = 2.0 * (m * k * n) as f64 * 1e-9;
-        println!("{m}x{k}x{n}: packed {:.1} GFLOP/s, matrixmultiply {:.1} GFLOP/s", gf / ours, gf / mm);
+        let wide = wide.map_or("-".to_string(), |t| format!("{:.1}", gf / t));
+        println!(
+            "{m}x{k}x{n}: packed AVX-512 {wide} GFLOP/s, packed AVX2 {:.1} GFLOP/s, matrixmultiply {:.1} GFLOP/s",
+            gf / ours,
+            gf / mm
+        );
     }
 }
 
 /// `cargo test -p kernels --release --lib packed_gemm::tests::fma_peak -- --ignored --nocapture`:
 /// the machine's f32 FMA peak, the yardstick for the GEMM figures: twelve independent chains of
-/// 8-wide fused multiply-adds (enough to cover the FMA latency on two pipes), on 1 and on 2 threads.
+/// 8-wide (and, on AVX-512 CPUs, 16-wide) fused multiply-adds (enough to cover the FMA latency on
+/// two pipes), on 1 and on 2 threads.
 #[test]
 #[ignore]
 fn fma_peak() {
@@ -167,20 +175,85 @@ fn fma_peak() {
             _mm256_storeu_ps(out.as_mut_ptr(), s);
             out.iter().sum()
         }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn chains512(iters: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(0.0); 12];
+            let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, a, b);
+                }
+            }
+            _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)))
+        }
         let iters = 50_000_000;
-        let flops = (iters * 12 * 8 * 2) as f64;
-        for threads in [1usize, 2] {
-            let t0 = std::time::Instant::now();
-            let sums: Vec<f32> = std::thread::scope(|s| {
-                let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| unsafe { chains(iters) })).collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let secs = t0.elapsed().as_secs_f64();
-            println!(
-                "FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})",
-                threads as f64 * flops / secs * 1e-9,
-                sums[0]
-            );
+        let wide = avx512_available();
+        for (name, lanes, f) in [("AVX2", 8, chains as unsafe fn(usize) -> f32), ("AVX-512", 16, chains512)] {
+            if lanes == 16 && !wide {
+                continue;
+            }
+            let flops = (iters * 12 * lanes * 2) as f64;
+            for threads in [1usize, 2] {
+                let t0 = std::time::Instant::now();
+                let sums: Vec<f32> = std::thread::scope(|s| {
+                    // SAFETY: the ISA was checked above.
+                    let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| unsafe { f(iters) })).collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                let secs = t0.elapsed().as_secs_f64();
+                println!(
+                    "{name} FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})",
+                    threads as f64 * flops / secs * 1e-9,
+                    sums[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn avx512_kernel_matches_avx2_bit_for_bit() {
+    if !available() || !avx512_available() {
+        eprintln!("skipped: no AVX-512F");
+        return;
+    }
+    // Odd and even slab counts, a last slab of 1..16 columns, a second slab of 1..16 columns,
+    // short panels, segments, K blocks, accumulation.
+    let cases: &[(usize, usize, usize, &[(usize, usize)])] = &[
+        (6, 16, 32, &[(0, 16)]),
+        (7, 9, 17, &[(0, 9)]),
+        (13, 40, 37, &[(3, 10), (20, 15)]),
+        (1, 600, 48, &[(0, 600)]),
+        (64, 2304, 70, &[(0, 256), (512, 700), (1400, 904)]),
+        (5, 3, 1, &[(2, 1), (0, 1)]),
+        (200, 300, 31, &[(0, 300)]),
+        (97, 33, 289, &[(0, 33)]),
+    ];
+    for &(m, k, n, spans) in cases {
+        let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
+        let mut segs = Vec::new();
+        let mut bk = 0;
+        for &(a_k0, len) in spans {
+            segs.push(KSeg { a_k0, b_k0: bk, len });
+            bk += len;
+        }
+        let b = slabs(bk, n);
+        for accumulate in [false, true] {
+            let ldc = n + 3;
+            let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 11)).collect();
+            let (mut wide, mut narrow, mut want) = (c0.clone(), c0.clone(), c0.clone());
+            gemm_with(Kernel::Avx512, &a, &segs, &b, bk, n, &mut wide, ldc, accumulate);
+            gemm_with(Kernel::Avx2, &a, &segs, &b, bk, n, &mut narrow, ldc, accumulate);
+            gemm_reference(&a, &segs, &b, bk, n, &mut want, ldc, accumulate);
+            for i in 0..m * ldc {
+                assert_eq!(wide[i].to_bits(), narrow[i].to_bits(), "{m}x{k}x{n} acc {accumulate}: element {i}");
+                if i % ldc >= n {
+                    assert_eq!(wide[i], c0[i], "column {} past n written", i % ldc);
+                } else {
+                    let tol = 1e-5 * (1.0 + bk as f32).sqrt() * (1.0 + want[i].abs());
+                    assert!((wide[i] - want[i]).abs() <= tol, "{m}x{k}x{n}: element {i} {} vs {}", wide[i], want[i]);
+                }
+            }
         }
     }
 }
