@@ -9,7 +9,7 @@
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
-use super::{small_maps, winograd};
+use super::winograd;
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC, MR};
@@ -148,18 +148,6 @@ impl<T: Float> GatherConv<'_, T> {
         let (kh, kw) = (self.ymap.off.len(), self.xmap.off.len());
         if depthwise {
             return self.run_depthwise(out, &ys, &xs, kh * kw);
-        }
-        let (oh, ow) = self.out_hw;
-        if let Some(packed) = self.packed {
-            if small_maps::applies(self.n * oh * ow, self.m, kh * kw, self.c_src) {
-                // One tile per region: tiles only bound the size of `B` there, and bigger is better.
-                let plans = plan_tiles(&ys, &xs, kw, usize::MAX);
-                for (g, pa) in packed.iter().enumerate() {
-                    // SAFETY: T is f32 on the packed path; each group writes only its own planes.
-                    unsafe { self.run_small_maps(pa, g, &plans, &ys, &xs, out.as_mut_ptr().cast()) };
-                }
-                return;
-            }
         }
         let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);
         let per_image = self.groups * plans.len();

@@ -50,11 +50,6 @@ impl<'a> TapTable<'a> {
         ntaps * (npix + npix.div_ceil(NR))
     }
 
-    /// A table built earlier (by [`Self::build`] into `data`) for a tile of `npix` pixels.
-    pub(super) fn view(data: &'a [u32], npix: usize) -> Self {
-        TapTable { data, npix }
-    }
-
     /// Build the table of tile `pl` (sources of width `src_w`) in `buf` (of [`Self::len`]).
     pub(super) fn build(buf: &'a mut [u32], src_w: usize, yseg: &Segment, xseg: &Segment, pl: &TilePlan) -> Self {
         let (wdt, npix) = (xseg.count, pl.npix);

@@ -60,7 +60,6 @@
 mod depthwise;
 mod engine;
 mod gather;
-mod small_maps;
 mod tiling;
 mod weight_grad;
 mod weight_grad_taps;

@@ -107,32 +107,6 @@ const PER_TAP_CASES: [Case; 5] = [
     (1, 32, 6, 6, 4, 3, 3, [1, 1], [12, 12], [12, 12], 1),
 ];
 
-/// Convs that take the small-maps path (`small_maps.rs`) for `y` and `dx`: dead-tap regions
-/// (dilation 2 on 9 x 9) over two images, rows not a multiple of the 12-row task blocks, more
-/// channels than one step (600), the direct 1x1 case, a stride (phases in `dx`), groups.
-const SMALL_MAP_CASES: [Case; 4] = [
-    (2, 130, 9, 9, 230, 3, 3, [1, 1], [2, 2], [2, 2], 1),
-    (2, 600, 7, 7, 450, 1, 1, [1, 1], [0, 0], [1, 1], 1),
-    (1, 140, 11, 11, 250, 3, 3, [2, 2], [1, 1], [1, 1], 1),
-    (1, 300, 6, 6, 480, 3, 3, [1, 1], [1, 1], [1, 1], 2),
-];
-
-#[test]
-fn small_maps_path_is_taken_where_the_tests_expect_it() {
-    for g in SMALL_MAP_CASES.map(geom) {
-        let (oh, ow) = g.out_hw().unwrap();
-        let (cig, cog, taps) = (g.c_in / g.groups, g.c_out / g.groups, g.kh * g.kw);
-        assert!(small_maps::applies(g.n * oh * ow, cog, taps, cig), "y of {g:?}");
-        assert!(small_maps::applies(g.n * g.h * g.w, cig, taps, cog), "dx of {g:?}");
-    }
-    // Layer 4's 1x1 512 -> 2048 and ASPP's dilated 3x3 2048 -> 256 at crop 257 (2 x 17 x 17) take
-    // it; the decoder's 65 x 65 maps, thin convs and small weights keep the tiles.
-    assert!(small_maps::applies(2 * 17 * 17, 2048, 1, 512) && small_maps::applies(2 * 17 * 17, 256, 9, 2048));
-    assert!(!small_maps::applies(2 * 65 * 65, 256, 9, 256));
-    assert!(!small_maps::applies(2 * 17 * 17, 512, 9, 64));
-    assert!(!small_maps::applies(2 * 17 * 17, 128, 1, 256));
-}
-
 /// Winograd F(2x2, 3x3) itself, called directly on shapes it fits (the dispatch keeps it for large
 /// ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes (tiles cut by the border),
 /// two blocks of tiles per image (289 tiles), more input channels than one K block (300), a 1 x 1
@@ -200,8 +174,7 @@ fn per_tap_dw_is_taken_where_the_tests_expect_it() {
 
 /// f32 runs the packed GEMM path (on AVX2 + FMA CPUs; matrixmultiply elsewhere): `y`, `dx`, `dw`
 /// against the direct definitions in f64, on shapes with ragged panels (rows not a multiple of 6,
-/// pixels not of 16), K blocks, dead taps, strides, groups, the unpadded 1x1 case and the
-/// small-maps path.
+/// pixels not of 16), K blocks, dead taps, strides, groups and the unpadded 1x1 case.
 #[test]
 fn f32_forward_input_and_weight_grads_match_naive() {
     let cases = [
@@ -219,11 +192,6 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         PER_TAP_CASES[2],
         PER_TAP_CASES[3],
         PER_TAP_CASES[4],
-        // The small-maps path ([`SMALL_MAP_CASES`]).
-        SMALL_MAP_CASES[0],
-        SMALL_MAP_CASES[1],
-        SMALL_MAP_CASES[2],
-        SMALL_MAP_CASES[3],
     ];
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
     for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &cases {

@@ -264,7 +264,7 @@ pub fn gemm_with(
 ) {
     check(a, segs, b, bk, n, c.len(), ldc);
     // SAFETY: `check` bounds A, B and C.
-    unsafe { run(kernel, a, 0..a.m, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
+    unsafe { run(kernel, a, segs, b, bk, n, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 /// [`gemm`] into a raw `C`, for callers whose parallel tasks write disjoint blocks of one buffer.
@@ -284,33 +284,10 @@ pub unsafe fn gemm_to(
     accumulate: bool,
 ) {
     check(a, segs, b, bk, n, usize::MAX, ldc);
-    run(kernel(), a, 0..a.m, segs, b, bk, n, c, ldc, accumulate)
+    run(kernel(), a, segs, b, bk, n, c, ldc, accumulate)
 }
 
-/// [`gemm_to`] on rows `rows` of `A` only (`rows.start` a multiple of [`MR`]): `c` addresses row
-/// `rows.start` of `C`. For callers that split one product over threads by rows.
-///
-/// # Safety
-/// As [`gemm_to`] for the `rows.len()` rows of `C` at `c`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_rows_to(
-    a: &PackedA,
-    rows: std::ops::Range<usize>,
-    segs: &[KSeg],
-    b: &[f32],
-    bk: usize,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    assert!(rows.start % MR == 0 && rows.start <= rows.end && rows.end <= a.m, "packed gemm: bad row range");
-    check(a, segs, b, bk, n, usize::MAX, ldc);
-    run(kernel(), a, rows, segs, b, bk, n, c, ldc, accumulate)
-}
-
-/// The blocked loops of [`gemm`] and [`gemm_to`] on rows `rows` of `A` (`c` at row `rows.start`),
-/// once their operands are checked.
+/// The blocked loops of [`gemm`] and [`gemm_to`], once their operands are checked.
 ///
 /// # Safety
 /// As [`gemm_to`], with [`check`] passed.
@@ -318,7 +295,6 @@ pub unsafe fn gemm_rows_to(
 unsafe fn run(
     kernel: Kernel,
     a: &PackedA,
-    rows: std::ops::Range<usize>,
     segs: &[KSeg],
     b: &[f32],
     bk: usize,
@@ -329,13 +305,13 @@ unsafe fn run(
 ) {
     assert!(available(), "packed gemm: AVX2 + FMA required");
     assert!(kernel == Kernel::Avx2 || avx512_available(), "packed gemm: AVX-512F required");
-    if rows.is_empty() || n == 0 {
+    if a.m == 0 || n == 0 {
         return;
     }
     let blocks = k_blocks(segs);
     if blocks.is_empty() {
         if !accumulate {
-            for i in 0..rows.len() {
+            for i in 0..a.m {
                 std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
             }
         }
@@ -348,15 +324,15 @@ unsafe fn run(
     for (bi, blk) in blocks.iter().enumerate() {
         let acc = accumulate || bi > 0;
         let slabs_per_step = if kernel == Kernel::Avx512 { 2 } else { 1 };
-        for i0 in rows.clone().step_by(MC) {
+        for i0 in (0..a.m).step_by(MC) {
             for q in (0..n.div_ceil(NR)).step_by(slabs_per_step) {
                 let w = (n - q * NR).min(slabs_per_step * NR);
                 let slab = b.as_ptr().add(q * bk * NR);
                 let panels_per_step = slabs_per_step;
-                for p in (i0 / MR..(i0 + MC).min(rows.end).div_ceil(MR)).step_by(panels_per_step) {
-                    let live = (rows.end - p * MR).min(panels_per_step * MR);
+                for p in (i0 / MR..(i0 + MC).min(a.m).div_ceil(MR)).step_by(panels_per_step) {
+                    let live = (a.m - p * MR).min(panels_per_step * MR);
                     let panel = a.data.as_ptr().add(p * a.k * MR);
-                    let cb = c.add((p * MR - rows.start) * ldc + q * NR);
+                    let cb = c.add(p * MR * ldc + q * NR);
                     // SAFETY: the kernel's ISA is present (asserted); `check` bounds the panels and
                     // slabs (slab q + 1 and panel p + 1 are read only when `w > NR`, `rows > MR`,
                     // so they exist), the caller C.
