@@ -13,9 +13,12 @@
 //!   `X_P X_Q^T` a slab *is* a panel; for `G X` a slab (16 channels of `k` pixels) is copied out of
 //!   the panels once and then read by every row block.
 //!
-//! The micro-kernel keeps a `6 x 16` block of `C` in twelve AVX registers: per step `l`, two loads of
-//! `B`, six broadcasts of `A`, twelve fused multiply-adds. Each element of `C` sums over `l` in
-//! order, so results do not depend on threads.
+//! The AVX2 micro-kernel keeps a `6 x 16` block of `C` in twelve AVX registers: per step `l`, two
+//! loads of `B`, six broadcasts of `A`, twelve fused multiply-adds. On AVX-512 CPUs an `8 x 32`
+//! block (two slabs) lives in sixteen 512-bit registers: two loads of `B`, eight broadcasts,
+//! sixteen FMAs of twice the width. Each element of `C` is the same chain of fused multiply-adds over `l` in order
+//! in both (then scaled by `alpha`, then added to `C`), so results do not depend on threads or on
+//! the kernel (tested).
 
 use rayon::prelude::*;
 
@@ -70,6 +73,9 @@ impl Panels {
 
 /// True when the CPU runs the AVX2 + FMA micro-kernel: the same check as the conv GEMM's.
 pub use crate::cpu::packed_gemm::available;
+/// The micro-kernel the products run: AVX-512 (`8 x 32` blocks) where the CPU has it, the same
+/// choice as the conv GEMM's ([`crate::cpu::packed_gemm::kernel`]).
+use crate::cpu::packed_gemm::{kernel, Kernel};
 
 /// `out (m x n, row stride ldo) = alpha X_a[a0..a0 + m] X_b[b0..b0 + n]^T`, with `b0` a multiple
 /// of [`PANEL`]. Requires [`available`].
@@ -85,6 +91,24 @@ pub fn scores(
     out: &mut [f32],
     ldo: usize,
 ) {
+    scores_on(kernel(), alpha, a, a0, m, b, b0, n, out, ldo)
+}
+
+/// [`scores`] on a chosen micro-kernel (the tests compare the two).
+#[allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
+fn scores_on(
+    kern: Kernel,
+    alpha: f32,
+    a: &Panels,
+    a0: usize,
+    m: usize,
+    b: &Panels,
+    b0: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    assert!(kern == Kernel::Avx2 || crate::cpu::packed_gemm::avx512_available(), "tile_gemm: AVX-512F required");
     assert!(available(), "tile_gemm: AVX2 + FMA required");
     assert!(a.d == b.d && b0 % PANEL == 0 && a0 + m <= a.n && b0 + n <= b.n, "tile_gemm: score rows");
     if m == 0 || n == 0 {
@@ -99,18 +123,12 @@ pub fn scores(
     unsafe {
         let ad = a.data.as_ptr();
         let bd = b.data.as_ptr();
-        avx2::gemm(
-            m,
-            n,
-            d,
-            alpha,
-            |i| ad.add(a.offset(a0 + i)),
-            PANEL,
-            |j0, _, _| bd.add((b0 + j0) / PANEL * PANEL * d),
-            out.as_mut_ptr(),
-            ldo,
-            false,
-        )
+        let a_row = |i| ad.add(a.offset(a0 + i));
+        let slab = |j0, _, _| bd.add((b0 + j0) / PANEL * PANEL * d);
+        match kern {
+            Kernel::Avx2 => avx2::gemm(m, n, d, alpha, a_row, PANEL, slab, out.as_mut_ptr(), ldo, false),
+            Kernel::Avx512 => avx512::gemm(m, n, d, alpha, a_row, PANEL, slab, out.as_mut_ptr(), ldo, false),
+        }
     }
 }
 
@@ -128,6 +146,24 @@ pub fn product_add(
     row0: usize,
     c: &mut [f32],
 ) {
+    product_add_on(kernel(), m, k, alpha, a, a_rs, a_ks, x, row0, c)
+}
+
+/// [`product_add`] on a chosen micro-kernel (the tests compare the two).
+#[allow(clippy::too_many_arguments)]
+fn product_add_on(
+    kern: Kernel,
+    m: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    a_rs: usize,
+    a_ks: usize,
+    x: &Panels,
+    row0: usize,
+    c: &mut [f32],
+) {
+    assert!(kern == Kernel::Avx2 || crate::cpu::packed_gemm::avx512_available(), "tile_gemm: AVX-512F required");
     assert!(available(), "tile_gemm: AVX2 + FMA required");
     let d = x.d;
     if m == 0 || d == 0 {
@@ -143,42 +179,40 @@ pub fn product_add(
     unsafe {
         let ap = a.as_ptr();
         let xd = x.data.as_ptr();
-        let mut slab = vec![0.0f32; k * PANEL];
-        avx2::gemm(
-            m,
-            d,
-            k,
-            alpha,
-            |i| ap.add(i * a_rs),
-            a_ks,
-            |c0, w, _| {
-                // Channels c0..c0 + w of pixels row0..row0 + k, one 16-wide row per pixel: the
-                // transpose of 16 x 16 blocks of the panels (16 channels by 16 pixels).
-                let mut l = 0;
-                while l < k {
-                    let pix = row0 + l;
-                    let run = (PANEL - pix % PANEL).min(k - l);
-                    let src = xd.add(x.offset(pix) + c0 * PANEL);
-                    let dst = slab.as_mut_ptr().add(l * PANEL);
-                    if run == PANEL && w == PANEL {
-                        for (cb, jb) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
-                            avx2::transpose_8x8(src.add(cb * PANEL + jb), PANEL, dst.add(jb * PANEL + cb), PANEL);
-                        }
-                    } else {
-                        for j in 0..run {
-                            for cc in 0..w {
-                                *dst.add(j * PANEL + cc) = *src.add(cc * PANEL + j);
-                            }
+        // Two slab buffers: the AVX-512 kernel asks for the two slabs of a block in turn.
+        let mut slabs = vec![0.0f32; 2 * k * PANEL];
+        let sp = slabs.as_mut_ptr();
+        let a_row = |i| ap.add(i * a_rs);
+        let slab_of = |c0: usize, w: usize, _| {
+            // Through the base pointer: the slab handed out before stays valid while this one is written.
+            let slab = std::slice::from_raw_parts_mut(sp.add((c0 / PANEL % 2) * k * PANEL), k * PANEL);
+            // Channels c0..c0 + w of pixels row0..row0 + k, one 16-wide row per pixel: the
+            // transpose of 16 x 16 blocks of the panels (16 channels by 16 pixels).
+            let mut l = 0;
+            while l < k {
+                let pix = row0 + l;
+                let run = (PANEL - pix % PANEL).min(k - l);
+                let src = xd.add(x.offset(pix) + c0 * PANEL);
+                let dst = slab.as_mut_ptr().add(l * PANEL);
+                if run == PANEL && w == PANEL {
+                    for (cb, jb) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+                        avx2::transpose_8x8(src.add(cb * PANEL + jb), PANEL, dst.add(jb * PANEL + cb), PANEL);
+                    }
+                } else {
+                    for j in 0..run {
+                        for cc in 0..w {
+                            *dst.add(j * PANEL + cc) = *src.add(cc * PANEL + j);
                         }
                     }
-                    l += run;
                 }
-                slab.as_ptr()
-            },
-            c.as_mut_ptr(),
-            d,
-            true,
-        )
+                l += run;
+            }
+            slab.as_ptr()
+        };
+        match kern {
+            Kernel::Avx2 => avx2::gemm(m, d, k, alpha, a_row, a_ks, slab_of, c.as_mut_ptr(), d, true),
+            Kernel::Avx512 => avx512::gemm(m, d, k, alpha, a_row, a_ks, slab_of, c.as_mut_ptr(), d, true),
+        }
     }
 }
 
@@ -337,6 +371,115 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const MR: usize = 8;
+    const NR: usize = 16;
+
+    /// [`super::avx2::gemm`] on the 512-bit kernel: blocks of 8 rows by two slabs (32 columns,
+    /// sixteen accumulators), so each broadcast of `A` feeds two FMAs. `slab` is asked for the two
+    /// slabs of a block one after the other and must keep both readable.
+    ///
+    /// # Safety
+    /// AVX-512F present; otherwise as [`super::avx2::gemm`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a_row: impl Fn(usize) -> *const f32,
+        a_ks: usize,
+        mut slab: impl FnMut(usize, usize, usize) -> *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut j0 = 0;
+        while j0 < n {
+            let w = (n - j0).min(2 * NR);
+            let b0 = slab(j0, w.min(NR), k);
+            let b1 = if w > NR { slab(j0 + NR, w - NR, k) } else { b0 };
+            let mut i0 = 0;
+            while i0 < m {
+                let cp = c.add(i0 * ldc + j0);
+                macro_rules! block {
+                    ($r:literal) => {{
+                        let rows = std::array::from_fn(|r| a_row(i0 + r));
+                        if w > NR {
+                            micro::<$r, 2>(k, alpha, rows, a_ks, [b0, b1], w, cp, ldc, accumulate)
+                        } else {
+                            micro::<$r, 1>(k, alpha, rows, a_ks, [b0], w, cp, ldc, accumulate)
+                        }
+                    }};
+                }
+                match (m - i0).min(MR) {
+                    8 => block!(8),
+                    7 => block!(7),
+                    6 => block!(6),
+                    5 => block!(5),
+                    4 => block!(4),
+                    3 => block!(3),
+                    2 => block!(2),
+                    _ => block!(1),
+                }
+                i0 += MR;
+            }
+            j0 += 2 * NR;
+        }
+    }
+
+    /// One `R x 16 S` block of `C` (`w` columns stored) over all `k`, one 512-bit accumulator per
+    /// row and slab; the same per-element operations as the AVX2 kernel's.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro<const R: usize, const S: usize>(
+        k: usize,
+        alpha: f32,
+        mut rows: [*const f32; R],
+        a_ks: usize,
+        slabs: [*const f32; S],
+        w: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); S]; R];
+        for l in 0..k {
+            let b: [__m512; S] = std::array::from_fn(|j| _mm512_loadu_ps(slabs[j].add(l * NR)));
+            for r in 0..R {
+                let av = _mm512_set1_ps(*rows[r]);
+                for j in 0..S {
+                    acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
+                }
+                rows[r] = rows[r].add(a_ks);
+            }
+        }
+        let al = _mm512_set1_ps(alpha);
+        let masks: [__mmask16; S] = std::array::from_fn(|j| {
+            let wj = w.saturating_sub(j * NR).min(NR);
+            if wj == NR {
+                0xffff
+            } else {
+                (1u16 << wj) - 1
+            }
+        });
+        for (r, row) in acc.iter().enumerate() {
+            for j in 0..S {
+                let cr = c.add(r * ldc + j * NR);
+                let mut v = _mm512_mul_ps(al, row[j]);
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], cr));
+                }
+                _mm512_mask_storeu_ps(cr, masks[j], v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +554,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn avx512_products_match_avx2_bit_for_bit() {
+        if !available() || !crate::cpu::packed_gemm::avx512_available() {
+            eprintln!("skipped: no AVX-512F");
+            return;
+        }
+        // Row counts across the 12-row blocks (1, 11, 12, 13, 25), partial last slabs.
+        let (n, d) = (61, 37);
+        let (_, panels, _) = setup(n, d);
+        for &(a0, m, b0, w) in &[(0, 61, 0, 61), (3, 13, 16, 37), (50, 11, 48, 5), (1, 25, 0, 1), (0, 12, 32, 29)] {
+            let ldo = w + 3;
+            let mut wide = vec![7.0f32; m * ldo];
+            let mut narrow = wide.clone();
+            scores_on(Kernel::Avx512, 2.0, &panels, a0, m, &panels, b0, w, &mut wide, ldo);
+            scores_on(Kernel::Avx2, 2.0, &panels, a0, m, &panels, b0, w, &mut narrow, ldo);
+            assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "scores {a0} {m} {b0} {w}");
+        }
+        for &(m, k, row0) in &[(7, 11, 5), (13, n - 2, 2), (1, 1, 0), (25, n, 0), (12, 30, 16)] {
+            for &(a_rs, a_ks) in &[(k + 1, 1), (1, m + 2)] {
+                let a: Vec<f32> = (0..m * a_rs + k * a_ks + 1).map(|i| val(i + 31)).collect();
+                let c0: Vec<f32> = (0..m * d).map(|i| val(i + 5)).collect();
+                let (mut wide, mut narrow) = (c0.clone(), c0.clone());
+                product_add_on(Kernel::Avx512, m, k, 0.5, &a, a_rs, a_ks, &panels, row0, &mut wide);
+                product_add_on(Kernel::Avx2, m, k, 0.5, &a, a_rs, a_ks, &panels, row0, &mut narrow);
+                assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "product {m} {k} {row0}");
+            }
+        }
+    }
+
     /// `cargo test -p kernels --release --lib tile_gemm -- --ignored --nocapture --test-threads=1`:
     /// the loss's tile shapes, next to matrixmultiply on the same operands in row-major form.
     #[test]
@@ -459,19 +631,25 @@ mod tests {
         }
         for _ in 0..2 {
             let s = time(&mut || scores(1.0, &panels, 0, t, &panels, t, t, &mut g, t));
+            let s2 = time(&mut || scores_on(Kernel::Avx2, 1.0, &panels, 0, t, &panels, t, t, &mut g, t));
             let s_mm = time(&mut || mm(t, d, t, &x, d, 1, &x[t * d..], 1, d, &mut g));
             let p = time(&mut || product_add(t, t, 1.0, &g, t, 1, &panels, t, &mut dx));
+            let p2 = time(&mut || product_add_on(Kernel::Avx2, t, t, 1.0, &g, t, 1, &panels, t, &mut dx));
             let p_mm = time(&mut || mm(t, t, d, &g, t, 1, &x[t * d..], d, 1, &mut dx));
             let q = time(&mut || product_add(t, t, 1.0, &g, 1, t, &panels, 0, &mut dx));
             let q_mm = time(&mut || mm(t, t, d, &g, 1, t, &x, d, 1, &mut dx));
             println!(
-                "GFLOP/s ours | matrixmultiply: scores {:.1} | {:.1}, G X {:.1} | {:.1}, G^T X {:.1} | {:.1}",
+                "GFLOP/s ours ({:?}) | matrixmultiply: scores {:.1} | {:.1}, G X {:.1} | {:.1}, G^T X {:.1} | {:.1}; \
+                 AVX2 kernel: scores {:.1}, G X {:.1}",
+                kernel(),
                 gf / s,
                 gf / s_mm,
                 gf / p,
                 gf / p_mm,
                 gf / q,
-                gf / q_mm
+                gf / q_mm,
+                gf / s2,
+                gf / p2
             );
         }
     }
