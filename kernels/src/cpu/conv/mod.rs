@@ -64,6 +64,8 @@ mod tiling;
 mod weight_grad;
 mod weight_grad_taps;
 mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_avx512;
 
 #[cfg(test)]
 mod tests;

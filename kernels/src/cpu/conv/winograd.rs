@@ -35,8 +35,10 @@
 //! transform), whatever the thread count.
 
 use super::gather::{with_scratch, zero_slab_padding};
+#[cfg(target_arch = "x86_64")]
+use super::winograd_avx512::{transform_channel_patches, TileLanes};
 use super::Conv2dGeom;
-use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, PackedA, MR, NR};
+use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, Kernel, PackedA, MR, NR};
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
 
@@ -112,11 +114,23 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
         let vptr = SendPtr(v.as_mut_ptr());
         (0..cin.div_ceil(NR)).into_par_iter().for_each(|q| {
             let cs = q * NR..cin.min((q + 1) * NR);
+            #[cfg(target_arch = "x86_64")]
+            if packed_gemm::kernel() == Kernel::Avx512 {
+                for j in 0..nt {
+                    let (n, t) = tile(j);
+                    let xn = &x[n * cin * plane..][..cin * plane];
+                    // SAFETY: AVX-512F present; slab q of every V_xi belongs to this task alone.
+                    unsafe {
+                        transform_channel_patches(xn, (h, w), tw, t, cs.start, cs.len(), (j, nt), vptr.ptr(), v_len)
+                    };
+                }
+                return;
+            }
             for j in 0..nt {
                 let (n, t) = tile(j);
                 for c in cs.clone() {
                     let d = patch(&x[(n * cin + c) * plane..][..plane], (h, w), tw, t);
-                    for (xi, &e) in patch_transform(d).iter().enumerate() {
+                    for (xi, &e) in patch_transform(d, Scalar).iter().enumerate() {
                         // SAFETY: slab q of every V_xi belongs to this task alone.
                         unsafe { *vptr.ptr().add(xi * v_len + slab_index(nt, j, c)) = e };
                     }
@@ -157,7 +171,7 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
 /// The 4 x 4 input patch of tile `t` (of a `tw`-wide tile grid) from one `h x w` plane: rows
 /// `2 ty - 1 ..` and columns `2 tx - 1 ..`, zeros outside (padding 1).
 #[inline(always)]
-fn patch(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 4]; 4] {
+pub(super) fn patch(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 4]; 4] {
     let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
     std::array::from_fn(|i| {
         std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
@@ -176,10 +190,35 @@ fn grad_tile(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f3
     })
 }
 
+/// The adds and subtracts of the patch and output transforms, on one value (`f32`) or on one
+/// value of each of 16 tiles (an AVX-512 register, `winograd_avx512.rs`): one definition of the
+/// arithmetic for both, so their results are the same bit for bit.
+pub(super) trait Ops: Copy {
+    type V: Copy;
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+}
+
+/// [`Ops`] on plain `f32`.
+#[derive(Clone, Copy)]
+pub(super) struct Scalar;
+
+impl Ops for Scalar {
+    type V = f32;
+    #[inline(always)]
+    fn add(self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    fn sub(self, a: f32, b: f32) -> f32 {
+        a - b
+    }
+}
+
 /// `B^T v` (and, applied to the rows of `B^T d`, the right factor `B`).
 #[inline(always)]
-fn bt(v: [f32; 4]) -> [f32; 4] {
-    [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
+fn bt<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 4] {
+    [o.sub(v[0], v[2]), o.add(v[1], v[2]), o.sub(v[2], v[1]), o.sub(v[1], v[3])]
 }
 
 /// `G v` for a 3-vector.
@@ -190,8 +229,8 @@ fn gv(v: [f32; 3]) -> [f32; 4] {
 
 /// `A^T v`.
 #[inline(always)]
-fn at(v: [f32; 4]) -> [f32; 2] {
-    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+fn at<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 2] {
+    [o.add(o.add(v[0], v[1]), v[2]), o.sub(o.sub(v[1], v[2]), v[3])]
 }
 
 /// `A v` for a 2-vector (`A` is 4 x 2).
@@ -240,20 +279,19 @@ fn filter_transform(g: [[f32; 3]; 3]) -> [f32; 16] {
 }
 
 /// `V = B^T d B` of one 4 x 4 patch, as `v[4 i + j]`.
-fn patch_transform(d: [[f32; 4]; 4]) -> [f32; 16] {
-    let cols: [[f32; 4]; 4] = std::array::from_fn(|j| bt([d[0][j], d[1][j], d[2][j], d[3][j]]));
-    let mut v = [0.0; 16];
-    for i in 0..4 {
-        v[4 * i..4 * i + 4].copy_from_slice(&bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
-    }
-    v
+#[inline(always)]
+pub(super) fn patch_transform<O: Ops>(d: [[O::V; 4]; 4], o: O) -> [O::V; 16] {
+    let cols: [[O::V; 4]; 4] = std::array::from_fn(|j| bt(o, [d[0][j], d[1][j], d[2][j], d[3][j]]));
+    let rows: [[O::V; 4]; 4] = std::array::from_fn(|i| bt(o, [cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
+    std::array::from_fn(|xi| rows[xi / 4][xi % 4])
 }
 
 /// `Y = A^T m A` of one 4 x 4 product tile, as `y[2 i + j]`.
-fn output_transform(m: [f32; 16]) -> [f32; 4] {
-    let cols: [[f32; 2]; 4] = std::array::from_fn(|j| at([m[j], m[4 + j], m[8 + j], m[12 + j]]));
-    let r0 = at([cols[0][0], cols[1][0], cols[2][0], cols[3][0]]);
-    let r1 = at([cols[0][1], cols[1][1], cols[2][1], cols[3][1]]);
+#[inline(always)]
+pub(super) fn output_transform<O: Ops>(m: [O::V; 16], o: O) -> [O::V; 4] {
+    let cols: [[O::V; 2]; 4] = std::array::from_fn(|j| at(o, [m[j], m[4 + j], m[8 + j], m[12 + j]]));
+    let r0 = at(o, [cols[0][0], cols[1][0], cols[2][0], cols[3][0]]);
+    let r1 = at(o, [cols[0][1], cols[1][1], cols[2][1], cols[3][1]]);
     [r0[0], r0[1], r1[0], r1[1]]
 }
 
@@ -330,10 +368,31 @@ unsafe fn block(
         let (v, m) = buf.split_at_mut(16 * v_len);
         // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
         // last slab's padding columns are zeroed (scratch holds whatever the last user left).
+        #[cfg(target_arch = "x86_64")]
+        if packed_gemm::kernel() == Kernel::Avx512 {
+            let vp = v.as_mut_ptr();
+            let lanes: Vec<TileLanes> =
+                (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect();
+            for (l, lane) in lanes.iter().enumerate() {
+                // SAFETY: AVX-512F present (the kernel choice says so); `x` holds the image's
+                // `cin` planes; slab block l of every V_xi is inside `v`.
+                unsafe { lane.transform_patches(x, h * w, cin, l * NR, vp, v_len) };
+            }
+            let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
+            for xi in 0..16 {
+                let (vx, mx) = (&v[xi * v_len..][..v_len], &mut m[xi * cout * nt..][..cout * nt]);
+                packed_gemm::gemm(&packed[xi], &whole, vx, cin, nt, mx, nt, false);
+            }
+            for (l, lane) in lanes.iter().enumerate() {
+                // SAFETY: as above; the caller owns these tiles' pixels of the `cout` planes at `y`.
+                unsafe { lane.transform_outputs(m, cout, nt, l * NR, bias, y, h * w) };
+            }
+            return;
+        }
         for c in 0..cin {
             let plane = &x[c * h * w..][..h * w];
             for (j, t) in tiles.clone().enumerate() {
-                for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t)).iter().enumerate() {
+                for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t), Scalar).iter().enumerate() {
                     v[xi * v_len + slab_index(cin, c, j)] = e;
                 }
             }
@@ -351,7 +410,7 @@ unsafe fn block(
             let yo = y.add(o * h * w);
             for (j, t) in tiles.clone().enumerate() {
                 let mt: [f32; 16] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
-                let out = output_transform(mt);
+                let out = output_transform(mt, Scalar);
                 let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
                 for (q, &val) in out.iter().enumerate() {
                     let (oy, ox) = (y0 + q / 2, x0 + q % 2);
@@ -373,8 +432,8 @@ mod tests {
     fn one_tile_equals_the_direct_correlation() {
         let g: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| (3 * i + j) as f32 * 0.25 - 1.0));
         let d: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| ((5 * i + 3 * j) % 7) as f32 - 2.5));
-        let (u, v) = (filter_transform(g), patch_transform(d));
-        let y = output_transform(std::array::from_fn(|xi| u[xi] * v[xi]));
+        let (u, v) = (filter_transform(g), patch_transform(d, Scalar));
+        let y = output_transform(std::array::from_fn(|xi| u[xi] * v[xi]), Scalar);
         for (q, &got) in y.iter().enumerate() {
             let (oy, ox) = (q / 2, q % 2);
             let want: f32 = (0..3)
