@@ -9,7 +9,7 @@
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
-use super::winograd;
+use super::{per_tap, winograd};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC, MR};
@@ -148,6 +148,13 @@ impl<T: Float> GatherConv<'_, T> {
         let (kh, kw) = (self.ymap.off.len(), self.xmap.off.len());
         if depthwise {
             return self.run_depthwise(out, &ys, &xs, kh * kw);
+        }
+        if let Some(packed) = self.packed {
+            let (oh, ow) = self.out_hw;
+            if per_tap::applies(&self.ymap, &self.xmap, &ys, &xs, self.n * oh * ow, self.c_src, self.m) {
+                // SAFETY: T is f32 on the packed path; `out` is the whole destination.
+                return unsafe { self.run_per_tap(packed, out.as_mut_ptr().cast()) };
+            }
         }
         let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);
         let per_image = self.groups * plans.len();

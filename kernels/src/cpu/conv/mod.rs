@@ -60,6 +60,7 @@
 mod depthwise;
 mod engine;
 mod gather;
+mod per_tap;
 mod tiling;
 mod weight_grad;
 mod weight_grad_taps;

@@ -107,6 +107,59 @@ const PER_TAP_CASES: [Case; 5] = [
     (1, 32, 6, 6, 4, 3, 3, [1, 1], [12, 12], [12, 12], 1),
 ];
 
+/// Convs whose `y` or `dx` take the per-tap path (`per_tap.rs`): dilated stride-1 convs on small
+/// maps, cut into several regions, with at least twice as many source channels as destination
+/// rows: rows not a multiple of 12, taps dead along a whole axis (dilation 7 on 6 rows),
+/// different dilations per axis, groups. (`y` of the first three, `dx` of the last.)
+const PER_TAP_YDX_CASES: [Case; 4] = [
+    (2, 520, 9, 9, 258, 3, 3, [1, 1], [3, 3], [3, 3], 1),
+    (2, 600, 6, 13, 270, 3, 3, [1, 1], [7, 7], [7, 7], 1),
+    (1, 600, 10, 7, 256, 3, 3, [1, 1], [2, 4], [2, 4], 1),
+    (1, 512, 8, 8, 1040, 3, 3, [1, 1], [3, 3], [3, 3], 2),
+];
+
+#[test]
+fn per_tap_y_and_dx_are_taken_where_the_tests_expect_it() {
+    use tiling::{segments, Axis};
+    let takes = |g: &Conv2dGeom, dx: bool| {
+        let (oh, ow) = g.out_hw().unwrap();
+        let (s, p, d) = (g.stride, g.padding, g.dilation);
+        let (cig, cog) = (g.c_in / g.groups, g.c_out / g.groups);
+        let (ym, xm, pixels, c_src, m) = if dx {
+            (
+                Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]),
+                Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]),
+                g.n * g.h * g.w,
+                cog,
+                cig,
+            )
+        } else {
+            (
+                Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]),
+                Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]),
+                g.n * oh * ow,
+                cig,
+                cog,
+            )
+        };
+        let (ys, xs) = (segments(&ym, MIN_SPAN_Y), segments(&xm, MIN_SPAN_X));
+        per_tap::applies(&ym, &xm, &ys, &xs, pixels, c_src, m)
+    };
+    for (i, g) in PER_TAP_YDX_CASES.map(geom).iter().enumerate() {
+        assert!(takes(g, i == 3) && !takes(g, i != 3), "{g:?}");
+    }
+    // ASPP's dilation-6 and -12 convs at crop 257 (2048 -> 256 on 2 x 17 x 17) take it for `y`;
+    // their `dx`, layer 4's d2 3x3, undilated, strided and thin convs keep the tiles.
+    let aspp = geom((2, 2048, 17, 17, 256, 3, 3, [1, 1], [6, 6], [6, 6], 1));
+    assert!(takes(&aspp, false) && !takes(&aspp, true));
+    assert!(takes(&Conv2dGeom { padding: [12, 12], dilation: [12, 12], ..aspp }, false));
+    let layer4 = geom((2, 512, 17, 17, 512, 3, 3, [1, 1], [2, 2], [2, 2], 1));
+    assert!(!takes(&layer4, false) && !takes(&layer4, true));
+    assert!(!takes(&Conv2dGeom { padding: [1, 1], dilation: [1, 1], ..aspp }, false));
+    assert!(!takes(&Conv2dGeom { stride: [2, 2], ..aspp }, false));
+    assert!(!takes(&Conv2dGeom { c_in: 256, ..aspp }, false));
+}
+
 /// Winograd F(2x2, 3x3) itself, called directly on shapes it fits (the dispatch keeps it for large
 /// ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes (tiles cut by the border),
 /// two blocks of tiles per image (289 tiles), more input channels than one K block (300), a 1 x 1
@@ -174,7 +227,8 @@ fn per_tap_dw_is_taken_where_the_tests_expect_it() {
 
 /// f32 runs the packed GEMM path (on AVX2 + FMA CPUs; matrixmultiply elsewhere): `y`, `dx`, `dw`
 /// against the direct definitions in f64, on shapes with ragged panels (rows not a multiple of 6,
-/// pixels not of 16), K blocks, dead taps, strides, groups and the unpadded 1x1 case.
+/// pixels not of 16), K blocks, dead taps, strides, groups, the unpadded 1x1 case and the per-tap
+/// `y` and `dx`.
 #[test]
 fn f32_forward_input_and_weight_grads_match_naive() {
     let cases = [
@@ -192,6 +246,11 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         PER_TAP_CASES[2],
         PER_TAP_CASES[3],
         PER_TAP_CASES[4],
+        // The per-tap `y` and `dx` ([`PER_TAP_YDX_CASES`]).
+        PER_TAP_YDX_CASES[0],
+        PER_TAP_YDX_CASES[1],
+        PER_TAP_YDX_CASES[2],
+        PER_TAP_YDX_CASES[3],
     ];
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
     for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &cases {

@@ -38,6 +38,19 @@ impl Axis {
         let q = (v / self.div) as usize;
         (q < self.src_len).then_some(q)
     }
+    /// True when every tap is a plain shift (`src = dst + off[tap]`: stride 1).
+    pub(super) fn is_shift(&self) -> bool {
+        self.mul == 1 && self.div == 1
+    }
+    /// For a shift axis ([`Self::is_shift`]): the destination coordinates where `tap` lands
+    /// inside the source, and its shift `off[tap]`; `None` when it never does.
+    pub(super) fn shift(&self, tap: usize) -> Option<(std::ops::Range<usize>, isize)> {
+        debug_assert!(self.is_shift());
+        let off = self.off[tap];
+        let lo = (-off).max(0) as usize;
+        let hi = (self.src_len as isize - off).clamp(0, self.dst_len as isize) as usize;
+        (lo < hi).then_some((lo..hi, off))
+    }
     pub(super) fn is_identity(&self) -> bool {
         self.off == [0] && self.mul == 1 && self.div == 1 && self.src_len == self.dst_len
     }
