@@ -84,7 +84,7 @@ impl<T: Float> GatherConv<'_, T> {
                 let b_len = slab_len(c_src, cols);
                 with_scratch::<f32, _>(b_len + m * cols, |buf| {
                     let (b, c) = buf.split_at_mut(b_len);
-                    for g in 0..self.groups {
+                    for (g, pa) in packed.iter().enumerate() {
                         // B_t (c_src x cols, slabs): the shifted window of each image, row by row.
                         let bp = SendPtr(b.as_mut_ptr());
                         (0..self.n * c_src.div_ceil(NR)).into_par_iter().for_each(|u| {
@@ -114,7 +114,7 @@ impl<T: Float> GatherConv<'_, T> {
                             let n = (q1 * NR).min(cols) - q0 * NR;
                             // SAFETY: each task writes its own columns of C_t.
                             packed_gemm::gemm_to(
-                                &packed[g],
+                                pa,
                                 &seg,
                                 &b[q0 * c_src * NR..],
                                 c_src,
