@@ -96,11 +96,13 @@ fn same_3x3(n: usize, c_in: usize, h: usize, w: usize, c_out: usize) -> Conv2dGe
     geom((n, c_in, h, w, c_out, 3, 3, [1, 1], [1, 1], [1, 1], 1))
 }
 
-/// Convs whose f32 `dw` takes the per-tap GEMMs: pixels over several K blocks (dilation 2), more
-/// than one column block with dead taps (300 channels, dilation 6), groups and a stride, rows split
-/// into blocks (1100 output channels), taps that never land inside the input (dilation 12 on 6 x 6).
-const PER_TAP_CASES: [Case; 5] = [
+/// Convs whose f32 `dw` takes the per-tap GEMMs: pixels over several K blocks (dilation 2), a `gy`
+/// packed once and shared by five column blocks (1030 input channels), more than one column block
+/// with dead taps (300 channels, dilation 6), groups and a stride, rows split into blocks (1100
+/// output channels), taps that never land inside the input (dilation 12 on 6 x 6).
+const PER_TAP_CASES: [Case; 6] = [
     (2, 40, 17, 17, 13, 3, 3, [1, 1], [2, 2], [2, 2], 1),
+    (2, 1030, 5, 5, 20, 3, 3, [1, 1], [2, 2], [2, 2], 1),
     (1, 300, 9, 9, 7, 3, 3, [1, 1], [6, 6], [6, 6], 1),
     (2, 64, 11, 11, 8, 3, 3, [2, 2], [1, 1], [1, 1], 2),
     (1, 40, 5, 5, 1100, 1, 1, [1, 1], [0, 0], [1, 1], 1),
@@ -246,6 +248,7 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         PER_TAP_CASES[2],
         PER_TAP_CASES[3],
         PER_TAP_CASES[4],
+        PER_TAP_CASES[5],
         // The per-tap `y` and `dx` ([`PER_TAP_YDX_CASES`]).
         PER_TAP_YDX_CASES[0],
         PER_TAP_YDX_CASES[1],
