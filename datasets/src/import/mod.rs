@@ -164,7 +164,10 @@ pub fn write_pack(plan: &ImportPlan, out: &Path, mut progress: Option<Progress<'
     let mut unknown = 0u64;
     for start in (0..total).step_by(chunk) {
         let end = (start + chunk).min(total);
-        let samples = (start..end).into_par_iter().map(|i| load_item_counted(plan, i)).collect::<Result<Vec<_>>>()?;
+        // Loaded in parallel, checked in record order: collecting straight into a `Result` would
+        // report whichever failing record a thread reached first, not the first one.
+        let loaded: Vec<Result<_>> = (start..end).into_par_iter().map(|i| load_item_counted(plan, i)).collect();
+        let samples = loaded.into_iter().collect::<Result<Vec<_>>>()?;
         for (s, u) in &samples {
             unknown += u;
             writer.push(&s.view())?;
