@@ -373,6 +373,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use crate::cpu::packed_gemm::lane_mask;
     use std::arch::x86_64::*;
 
     const MR: usize = 8;
@@ -459,14 +460,7 @@ mod avx512 {
             }
         }
         let al = _mm512_set1_ps(alpha);
-        let masks: [__mmask16; S] = std::array::from_fn(|j| {
-            let wj = w.saturating_sub(j * NR).min(NR);
-            if wj == NR {
-                0xffff
-            } else {
-                (1u16 << wj) - 1
-            }
-        });
+        let masks: [__mmask16; S] = std::array::from_fn(|j| lane_mask(w.saturating_sub(j * NR)));
         for (r, row) in acc.iter().enumerate() {
             for j in 0..S {
                 let cr = c.add(r * ldc + j * NR);

@@ -294,6 +294,43 @@ pub(super) unsafe fn scatter_pixels<T: Copy>(
     }
 }
 
+/// The same pixel of up to 16 consecutive channel planes in one 512-bit register (lane `l` =
+/// plane `l`): a masked gather, the lanes past the channel count zeros (a slab's padding). For
+/// the operands whose slabs run over channels: the per-tap `dw`'s `B`, Winograd's `V^T`.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct ChannelLanes {
+    /// `l * plane` in lane `l`.
+    offsets: std::arch::x86_64::__m512i,
+    mask: u16,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChannelLanes {
+    /// `count` (<= 16) planes of `plane` floats each; `16 plane` plus any offset gathered later
+    /// must fit an `i32` (the caller checks).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn new(plane: usize, count: usize) -> ChannelLanes {
+        use std::arch::x86_64::*;
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        ChannelLanes {
+            offsets: _mm512_mullo_epi32(lanes, _mm512_set1_epi32(plane as i32)),
+            mask: crate::cpu::packed_gemm::lane_mask(count),
+        }
+    }
+
+    /// Element `off` of each of the planes starting at `planes`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `planes + l plane + off` readable for every lane `l` of the mask.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn gather(&self, planes: *const f32, off: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let idx = _mm512_add_epi32(self.offsets, _mm512_set1_epi32(off as i32));
+        _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), self.mask, idx, planes)
+    }
+}
+
 /// Run `f` on a per-thread scratch buffer of at least `len` elements, reused across calls (its
 /// contents are whatever the last user left; callers overwrite what they read).
 pub(super) fn with_scratch<T: Copy + Default + 'static, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {

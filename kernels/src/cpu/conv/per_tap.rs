@@ -87,8 +87,9 @@ impl<T: Float> GatherConv<'_, T> {
                     for (g, pa) in packed.iter().enumerate() {
                         // B_t (c_src x cols, slabs): the shifted window of each image, row by row.
                         let bp = SendPtr(b.as_mut_ptr());
-                        (0..self.n * c_src.div_ceil(NR)).into_par_iter().for_each(|u| {
-                            let (img, q) = (u / c_src.div_ceil(NR), u % c_src.div_ceil(NR));
+                        let channel_slabs = c_src.div_ceil(NR);
+                        (0..self.n * channel_slabs).into_par_iter().for_each(|u| {
+                            let (img, q) = (u / channel_slabs, u % channel_slabs);
                             let plane0 = (img * self.groups + g) * c_src;
                             for ch in q * NR..(c_src.min((q + 1) * NR)) {
                                 let sp = &src[(plane0 + ch) * splane..][..splane];

@@ -17,6 +17,8 @@
 //! early layers, the decoder at stride 4): there the partial sums are cheap next to the products, and
 //! splitting `dw` by taps and blocks would repeat the packing of `gy` ([`tap_tasks`] decides).
 
+#[cfg(target_arch = "x86_64")]
+use super::gather::ChannelLanes;
 use super::gather::{with_scratch, zero_slab_padding};
 use super::Conv2dGeom;
 use crate::cpu::packed_gemm::{self, slab_len, KSeg, PackedA, KC, MR, NR};
@@ -250,22 +252,14 @@ fn gather_columns(x_cols: &[f32], plane: usize, cols: usize, offs: &[(usize, usi
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_columns_avx512(x_cols: &[f32], plane: usize, cols: usize, offs: &[(usize, usize)], slabs: &mut [f32]) {
-    use std::arch::x86_64::*;
     let kb = offs.len();
-    let chan = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(plane as i32),
-    );
     for q in 0..cols.div_ceil(NR) {
-        let count = (cols - q * NR).min(NR);
-        let lanes: __mmask16 = if count == NR { 0xffff } else { (1u16 << count) - 1 };
+        // Lanes past the channel count are zeros: the slab padding.
+        let chans = ChannelLanes::new(plane, (cols - q * NR).min(NR));
         let src = x_cols.as_ptr().add(q * NR * plane);
         let dst = slabs.as_mut_ptr().add(q * kb * NR);
         for (l, &(_, xo)) in offs.iter().enumerate() {
-            let idx = _mm512_add_epi32(chan, _mm512_set1_epi32(xo as i32));
-            // Lanes past `count` are zeros: the slab padding.
-            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), lanes, idx, src);
-            _mm512_storeu_ps(dst.add(l * NR), v);
+            std::arch::x86_64::_mm512_storeu_ps(dst.add(l * NR), chans.gather(src, xo));
         }
     }
 }

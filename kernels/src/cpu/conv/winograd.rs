@@ -366,56 +366,66 @@ unsafe fn block(
     let v_len = slab_len(cin, nt);
     with_scratch::<f32, _>(16 * v_len + 16 * cout * nt, |buf| {
         let (v, m) = buf.split_at_mut(16 * v_len);
-        // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
-        // last slab's padding columns are zeroed (scratch holds whatever the last user left).
+        // On AVX-512 CPUs the transforms run on 16 tiles per register (one lane set per slab).
         #[cfg(target_arch = "x86_64")]
-        if packed_gemm::kernel() == Kernel::Avx512 {
-            let vp = v.as_mut_ptr();
-            let lanes: Vec<TileLanes> =
-                (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect();
-            for (l, lane) in lanes.iter().enumerate() {
-                // SAFETY: AVX-512F present (the kernel choice says so); `x` holds the image's
-                // `cin` planes; slab block l of every V_xi is inside `v`.
-                unsafe { lane.transform_patches(x, h * w, cin, l * NR, vp, v_len) };
-            }
-            let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
-            for xi in 0..16 {
-                let (vx, mx) = (&v[xi * v_len..][..v_len], &mut m[xi * cout * nt..][..cout * nt]);
-                packed_gemm::gemm(&packed[xi], &whole, vx, cin, nt, mx, nt, false);
-            }
-            for (l, lane) in lanes.iter().enumerate() {
-                // SAFETY: as above; the caller owns these tiles' pixels of the `cout` planes at `y`.
-                unsafe { lane.transform_outputs(m, cout, nt, l * NR, bias, y, h * w) };
-            }
-            return;
-        }
-        for c in 0..cin {
-            let plane = &x[c * h * w..][..h * w];
-            for (j, t) in tiles.clone().enumerate() {
-                for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t), Scalar).iter().enumerate() {
-                    v[xi * v_len + slab_index(cin, c, j)] = e;
+        let lanes: Option<Vec<TileLanes>> = (packed_gemm::kernel() == Kernel::Avx512).then(|| {
+            (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect()
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let lanes: Option<Vec<()>> = None;
+        // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
+        // last slab's padding columns are zeroed (scratch holds whatever the last user left; the
+        // 16-lane transform writes the padding as zeros itself).
+        match &lanes {
+            #[cfg(target_arch = "x86_64")]
+            Some(lanes) => {
+                for (l, lane) in lanes.iter().enumerate() {
+                    // SAFETY: AVX-512F present (the kernel choice says so); `x` holds the image's
+                    // `cin` planes; slab block l of every V_xi is inside `v`.
+                    unsafe { lane.transform_patches(x, h * w, cin, l * NR, v.as_mut_ptr(), v_len) };
                 }
             }
-        }
-        for vx in v.chunks_mut(v_len) {
-            zero_slab_padding(vx, cin, nt);
+            _ => {
+                for c in 0..cin {
+                    let plane = &x[c * h * w..][..h * w];
+                    for (j, t) in tiles.clone().enumerate() {
+                        for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t), Scalar).iter().enumerate() {
+                            v[xi * v_len + slab_index(cin, c, j)] = e;
+                        }
+                    }
+                }
+                for vx in v.chunks_mut(v_len) {
+                    zero_slab_padding(vx, cin, nt);
+                }
+            }
         }
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
         for xi in 0..16 {
             let (vx, mx) = (&v[xi * v_len..][..v_len], &mut m[xi * cout * nt..][..cout * nt]);
             packed_gemm::gemm(&packed[xi], &whole, vx, cin, nt, mx, nt, false);
         }
-        for o in 0..cout {
-            let b = bias.map_or(0.0, |b| b[o]);
-            let yo = y.add(o * h * w);
-            for (j, t) in tiles.clone().enumerate() {
-                let mt: [f32; 16] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
-                let out = output_transform(mt, Scalar);
-                let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-                for (q, &val) in out.iter().enumerate() {
-                    let (oy, ox) = (y0 + q / 2, x0 + q % 2);
-                    if oy < h && ox < w {
-                        *yo.add(oy * w + ox) = val + b;
+        match &lanes {
+            #[cfg(target_arch = "x86_64")]
+            Some(lanes) => {
+                for (l, lane) in lanes.iter().enumerate() {
+                    // SAFETY: as above; the caller owns these tiles' pixels of the `cout` planes at `y`.
+                    unsafe { lane.transform_outputs(m, cout, nt, l * NR, bias, y, h * w) };
+                }
+            }
+            _ => {
+                for o in 0..cout {
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    let yo = y.add(o * h * w);
+                    for (j, t) in tiles.clone().enumerate() {
+                        let mt: [f32; 16] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
+                        let out = output_transform(mt, Scalar);
+                        let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
+                        for (q, &val) in out.iter().enumerate() {
+                            let (oy, ox) = (y0 + q / 2, x0 + q % 2);
+                            if oy < h && ox < w {
+                                *yo.add(oy * w + ox) = val + b;
+                            }
+                        }
                     }
                 }
             }

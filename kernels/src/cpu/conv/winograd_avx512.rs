@@ -9,8 +9,9 @@
 //! as whole slab rows. The output transform scatters its four outputs per tile through a mask of
 //! the pixels inside the plane.
 
+use super::gather::ChannelLanes;
 use super::winograd::{output_transform, patch_transform};
-use crate::cpu::packed_gemm::slab_index;
+use crate::cpu::packed_gemm::{lane_mask, slab_index};
 use std::arch::x86_64::*;
 
 /// Up to 16 tiles of one image (lane `l` = tile `t0 + l` of a `tw`-wide grid over an `h x w`
@@ -108,7 +109,7 @@ impl TileLanes {
         plane: usize,
     ) {
         let count = (nt - j0).min(16);
-        let lanes: u16 = if count >= 16 { 0xffff } else { (1u16 << count) - 1 };
+        let lanes = lane_mask(count);
         assert!(m.len() >= 16 * cout * nt, "winograd: M too short");
         let base = _mm512_loadu_si512(self.base.as_ptr().cast());
         for o in 0..cout {
@@ -160,20 +161,15 @@ pub(super) unsafe fn transform_channel_patches(
     );
     let planes = &x[c0 * plane..];
     let (y0, x0) = (2 * (t / tw) as isize - 1, 2 * (t % tw) as isize - 1);
-    let lanes: u16 = if count >= 16 { 0xffff } else { (1u16 << count) - 1 };
-    let chan = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(plane as i32),
-    );
+    let chans = ChannelLanes::new(plane, count);
     let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
         std::array::from_fn(|k| {
             let (iy, ix) = (y0 + i as isize, x0 + k as isize);
             if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                 return _mm512_setzero_ps();
             }
-            let idx = _mm512_add_epi32(chan, _mm512_set1_epi32((iy as usize * w + ix as usize) as i32));
-            // SAFETY: lanes < count index pixel (iy, ix) of planes c0 .. c0 + count.
-            unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), lanes, idx, planes.as_ptr()) }
+            // SAFETY: the lanes read pixel (iy, ix) of planes c0 .. c0 + count.
+            unsafe { chans.gather(planes.as_ptr(), iy as usize * w + ix as usize) }
         })
     });
     let at = slab_index(nt, j, c0);

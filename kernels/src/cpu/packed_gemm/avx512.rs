@@ -8,7 +8,7 @@
 //! multiply-adds as in the AVX2 kernel (segments in order, `l` in order, from zero; then `C` added
 //! once), so the two kernels give bit-identical results (tested).
 
-use super::{KSeg, MR, NR};
+use super::{lane_mask, KSeg, MR, NR};
 use std::arch::x86_64::*;
 
 /// `C[0..rows, 0..w] = [C +] sum over segments of A_panel[:, a_k0..] B[b_k0.., cols]`, where
@@ -82,11 +82,7 @@ unsafe fn block<const P: usize, const S: usize>(
             bp = bp.add(NR);
         }
     }
-    let mut masks = [0 as __mmask16; S];
-    for (j, m) in masks.iter_mut().enumerate() {
-        let wj = w.saturating_sub(j * NR).min(NR);
-        *m = if wj == NR { 0xffff } else { (1u16 << wj) - 1 };
-    }
+    let masks: [__mmask16; S] = std::array::from_fn(|j| lane_mask(w.saturating_sub(j * NR)));
     for (r, row) in acc.iter().enumerate().take(rows.min(P * MR)) {
         let cr = c.add(r * ldc);
         for j in 0..S {

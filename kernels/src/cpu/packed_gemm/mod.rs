@@ -156,7 +156,8 @@ impl PackedA {
         use rayon::prelude::*;
         let mut data = vec![0.0f32; m.div_ceil(MR) * k * MR];
         if k > 0 {
-            data.par_chunks_mut(group.max(1) * k * MR).enumerate().for_each(|(gi, d)| fill(gi * group.max(1), d));
+            let group = group.max(1);
+            data.par_chunks_mut(group * k * MR).enumerate().for_each(|(gi, d)| fill(gi * group, d));
         }
         PackedA { data, m, k }
     }
@@ -190,6 +191,17 @@ impl PackedA {
     /// `A(i, l)` (for tests and references).
     pub fn get(&self, i: usize, l: usize) -> f32 {
         self.data[((i / MR) * self.k + l) * MR + i % MR]
+    }
+}
+
+/// The mask of the first `count` of 16 lanes (all 16 from 16 on): which columns of a slab, rows
+/// of a panel or channels of a group a 512-bit operation touches.
+#[inline(always)]
+pub fn lane_mask(count: usize) -> u16 {
+    if count >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << count) - 1
     }
 }
 

@@ -17,6 +17,22 @@ fn slabs(bk: usize, n: usize) -> Vec<f32> {
     b
 }
 
+/// `(m, k of A, n, segments as (a_k0, len))`, `B`'s rows being the segments back to back.
+type GemmCase<'a> = (usize, usize, usize, &'a [(usize, usize)]);
+
+/// `A` (`m x k`), the segments `(a_k0, len)` with `B`'s rows back to back, `B`'s row count and `B`
+/// (`n` columns) of one test case.
+fn operands(m: usize, k: usize, n: usize, spans: &[(usize, usize)]) -> (PackedA, Vec<KSeg>, usize, Vec<f32>) {
+    let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
+    let mut segs = Vec::new();
+    let mut bk = 0;
+    for &(a_k0, len) in spans {
+        segs.push(KSeg { a_k0, b_k0: bk, len });
+        bk += len;
+    }
+    (a, segs, bk, slabs(bk, n))
+}
+
 #[test]
 fn k_blocks_cut_segments_at_kc_and_keep_their_order() {
     let segs = [KSeg { a_k0: 0, b_k0: 0, len: 200 }, KSeg { a_k0: 500, b_k0: 200, len: 400 }];
@@ -35,7 +51,7 @@ fn matches_reference_on_ragged_shapes_segments_k_and_row_blocks() {
         return;
     }
     // (m, k of A, n, segments as (a_k0, len); B rows are the segments back to back)
-    let cases: &[(usize, usize, usize, &[(usize, usize)])] = &[
+    let cases: &[GemmCase] = &[
         (6, 16, 16, &[(0, 16)]),
         (7, 9, 5, &[(0, 9)]),
         (13, 40, 37, &[(3, 10), (20, 15)]),
@@ -45,14 +61,7 @@ fn matches_reference_on_ragged_shapes_segments_k_and_row_blocks() {
         (200, 300, 20, &[(0, 300)]),
     ];
     for &(m, k, n, spans) in cases {
-        let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
-        let mut segs = Vec::new();
-        let mut bk = 0;
-        for &(a_k0, len) in spans {
-            segs.push(KSeg { a_k0, b_k0: bk, len });
-            bk += len;
-        }
-        let b = slabs(bk, n);
+        let (a, segs, bk, b) = operands(m, k, n, spans);
         for accumulate in [false, true] {
             let ldc = n + 3;
             let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 11)).collect();
@@ -219,7 +228,7 @@ fn avx512_kernel_matches_avx2_bit_for_bit() {
     }
     // Odd and even slab counts, a last slab of 1..16 columns, a second slab of 1..16 columns,
     // short panels, segments, K blocks, accumulation.
-    let cases: &[(usize, usize, usize, &[(usize, usize)])] = &[
+    let cases: &[GemmCase] = &[
         (6, 16, 32, &[(0, 16)]),
         (7, 9, 17, &[(0, 9)]),
         (13, 40, 37, &[(3, 10), (20, 15)]),
@@ -230,14 +239,7 @@ fn avx512_kernel_matches_avx2_bit_for_bit() {
         (97, 33, 289, &[(0, 33)]),
     ];
     for &(m, k, n, spans) in cases {
-        let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
-        let mut segs = Vec::new();
-        let mut bk = 0;
-        for &(a_k0, len) in spans {
-            segs.push(KSeg { a_k0, b_k0: bk, len });
-            bk += len;
-        }
-        let b = slabs(bk, n);
+        let (a, segs, bk, b) = operands(m, k, n, spans);
         for accumulate in [false, true] {
             let ldc = n + 3;
             let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 11)).collect();
