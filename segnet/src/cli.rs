@@ -125,6 +125,10 @@ pub struct TrainArgs {
     /// U2PL: weight of the contrastive term (default 0.1, the paper's).
     #[arg(long)]
     pub lambda_c: Option<f64>,
+    /// U2PL: take the entropy split within each pseudo-class instead of over the whole batch
+    /// (class-balanced self-training; not in the paper).
+    #[arg(long)]
+    pub class_balanced_split: bool,
     /// DenseCL: momentum of the key encoder (default 0.999; 0.99 suits runs of a few thousand steps).
     #[arg(long)]
     pub key_momentum: Option<f64>,

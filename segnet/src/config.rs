@@ -218,6 +218,14 @@ pub struct U2plSettings {
     /// `alpha_0` in percent (20): the share of highest-entropy unlabeled pixels that are
     /// unreliable, `alpha_t = alpha_0 (1 - t/T)`.
     pub unreliable_percent: f64,
+    /// Take the entropy split per pseudo-class (`false`, the paper: one percentile over the
+    /// batch). `true` drops the `alpha_t` % highest-entropy pixels *within each class* the
+    /// teacher predicts, so a class whose pixels are all uncertain (a small, weak class) keeps the
+    /// same share of its pseudo-labels as the confident ones instead of losing most of them: the
+    /// class-balanced selection of self-training for segmentation (Zou et al., "Unsupervised
+    /// Domain Adaptation for Semantic Segmentation via Class-Balanced Self-Training", ECCV 2018).
+    /// Not in U2PL; a named option because the batch-wide split erodes the weakest class here.
+    pub class_balanced_split: bool,
     /// Weight of the contrastive term (0.1, the paper; the released code uses 1).
     pub lambda_c: f64,
     /// Temperature of the contrastive term (0.5).
@@ -248,6 +256,7 @@ impl Default for U2plSettings {
             sup_only_steps: 200,
             cutmix: 0.5,
             unreliable_percent: 20.0,
+            class_balanced_split: false,
             lambda_c: 0.1,
             tau: 0.5,
             anchor_threshold: 0.3,

@@ -103,6 +103,30 @@ pub fn unreliable_mask(entropy: &[f32], valid: &[bool], alpha: f64) -> (Vec<bool
     (entropy.iter().zip(valid).map(|(&e, &v)| v && e as f64 >= thr).collect(), Some(thr))
 }
 
+/// The class-balanced entropy split (`class_balanced_split`): [`unreliable_mask`] taken
+/// separately over the valid pixels of each pseudo-class `classes[i]`, so every class the teacher
+/// predicts keeps the same `100 - alpha` % of its pixels. Returns the mask and the threshold of
+/// each class (`None` for a class without valid pixels).
+pub fn unreliable_mask_per_class(
+    entropy: &[f32],
+    valid: &[bool],
+    classes: &[u8],
+    n_classes: usize,
+    alpha: f64,
+) -> (Vec<bool>, Vec<Option<f64>>) {
+    let mut mask = vec![false; entropy.len()];
+    let mut thresholds = Vec::with_capacity(n_classes);
+    for c in 0..n_classes {
+        let in_class: Vec<bool> = valid.iter().zip(classes).map(|(&v, &k)| v && k as usize == c).collect();
+        let (m, thr) = unreliable_mask(entropy, &in_class, alpha);
+        for (dst, u) in mask.iter_mut().zip(m) {
+            *dst |= u;
+        }
+        thresholds.push(thr);
+    }
+    (mask, thresholds)
+}
+
 /// Softmax over the channels of `[N, C, S]` logits (f32, in place into a new vector), with the
 /// per-pixel argmax and entropy `-sum p log(p + 1e-10)`.
 fn softmax_stats(logits: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<u8>, Vec<f32>) {
@@ -551,7 +575,13 @@ impl U2pl {
 
         // 4. The entropy split.
         let alpha = alpha_t(self.s.unreliable_percent, step, self.steps);
-        let (unreliable, thr) = unreliable_mask(&entropy, &valid, alpha);
+        let (unreliable, thr) = if self.s.class_balanced_split {
+            let (m, per_class) = unreliable_mask_per_class(&entropy, &valid, &pseudo, c_n, alpha);
+            // Logged: the smallest per-class threshold (the class whose kept pixels are the least sure).
+            (m, per_class.into_iter().flatten().reduce(f64::min))
+        } else {
+            unreliable_mask(&entropy, &valid, alpha)
+        };
         let target: Vec<u8> =
             (0..pseudo.len()).map(|i| if valid[i] && !unreliable[i] { pseudo[i] } else { IGNORE }).collect();
         let kept = target.iter().filter(|&&t| t != IGNORE).count();

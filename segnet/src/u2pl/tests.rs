@@ -39,6 +39,33 @@ fn the_entropy_split_moves_as_alpha_t_says() {
 }
 
 #[test]
+fn the_class_balanced_split_keeps_the_same_share_of_every_class() {
+    // Class 0: 50 confident pixels (entropies 0..49); class 1: 10 uncertain ones (entropies
+    // 100..109), all above every class-0 entropy; 5 padded pixels of class 1.
+    let mut ent: Vec<f32> = (0..50).map(|i| i as f32).collect();
+    ent.extend((0..10).map(|i| 100.0 + i as f32));
+    ent.extend([1e6f32; 5]);
+    let classes: Vec<u8> = (0..65).map(|i| if i < 50 { 0 } else { 1 }).collect();
+    let valid: Vec<bool> = (0..65).map(|i| i < 60).collect();
+    // The batch-wide split at alpha 20 drops the top 12 of 60: all of class 1 and 2 of class 0.
+    let (batch, _) = unreliable_mask(&ent, &valid, 20.0);
+    assert_eq!(batch[50..60].iter().filter(|&&m| m).count(), 10);
+    assert_eq!(batch[..50].iter().filter(|&&m| m).count(), 2);
+    // Per class: the top 20 % of each, 10 of class 0 (entropies 40..49) and 2 of class 1 (108, 109).
+    let (mask, thr) = unreliable_mask_per_class(&ent, &valid, &classes, 3, 20.0);
+    for i in 0..65 {
+        let want = (40..50).contains(&i) || (58..60).contains(&i);
+        assert_eq!(mask[i], want, "pixel {i}");
+    }
+    assert!((thr[0].unwrap() - 39.2).abs() < 1e-4, "class 0 threshold {:?}", thr[0]);
+    assert!((thr[1].unwrap() - 107.2).abs() < 1e-4, "class 1 threshold {:?}", thr[1]);
+    assert_eq!(thr[2], None, "a class without pixels has no threshold");
+    // alpha 0 keeps everything below the per-class maximum, which is itself unreliable (>= rule).
+    let (mask, _) = unreliable_mask_per_class(&ent, &valid, &classes, 3, 0.0);
+    assert_eq!(mask.iter().filter(|&&m| m).count(), 2);
+}
+
+#[test]
 fn rank_range_is_clamped_to_the_class_count() {
     let s = U2plSettings::default();
     assert_eq!(s.rank_range(21), (3, 20));
