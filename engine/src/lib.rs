@@ -7,6 +7,7 @@
 //!   in reverse and returns [`Gradients`]. Untracked tensors record nothing (no-grad is the default).
 //! * [`ops`]: one module per op family, forward and backward side by side, with the math in the
 //!   doc comment. [`ops::ALL`] lists every differentiable op; the test suite checks each one.
+//! * [`profile`]: wall time per op of a step (forward, backward), off unless started.
 //! * [`gradcheck`]: analytic gradients against central finite differences in f64.
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ mod error;
 pub mod gradcheck;
 mod labels;
 pub mod ops;
+pub mod profile;
 mod rng;
 mod shape;
 mod storage;

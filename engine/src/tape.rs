@@ -8,6 +8,7 @@
 //! freed as the walk goes; a tape can be differentiated once. No recursion, no `Rc` cycles: nodes
 //! hold untracked tensors only. Dropping the tape and the tracked tensors frees the whole step.
 
+use crate::profile::{self, Phase};
 use crate::{Error, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,11 +105,16 @@ impl Tape {
     }
 
     fn push(&self, backward: Box<dyn Backward>, parents: Vec<Option<usize>>) -> usize {
+        let is_leaf = parents.is_empty();
         let mut a = self.lock();
         let id = a.nodes.len();
         let saved_bytes = backward.saved_bytes();
         let name = backward.name();
         a.nodes.push(Node { backward: Some(backward), parents, saved_bytes, name });
+        drop(a);
+        if !is_leaf {
+            crate::profile::forward_recorded(name);
+        }
         id
     }
 
@@ -186,13 +192,15 @@ impl Tape {
                 continue;
             }
             let needs: Vec<bool> = parents.iter().map(|p| p.is_some()).collect();
-            let pg = bw.backward(&g, &needs)?;
+            let pg = profile::timed(bw.name(), Phase::Backward, || bw.backward(&g, &needs))?;
             drop(bw);
             for (p, gp) in parents.iter().zip(pg) {
                 if let (Some(p), Some(gp)) = (p, gp) {
                     grads[*p] = Some(match grads[*p].take() {
                         None => gp,
-                        Some(acc) => crate::ops::elementwise::add_untracked(&acc, &gp)?,
+                        Some(acc) => profile::timed("grad accumulate", Phase::Backward, || {
+                            crate::ops::elementwise::add_untracked(&acc, &gp)
+                        })?,
                     });
                 }
             }

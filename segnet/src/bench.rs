@@ -23,6 +23,7 @@ use crate::train::derive_seed;
 use anyhow::{bail, Result};
 use datasets::Batch;
 use engine::ops::{self, ContrastiveConfig};
+use engine::profile::{self, Phase, Profile};
 use engine::{DType, LabelMap, Rng, Tape, Tensor};
 use nn::{Ctx, LrSchedule, Sgd, SgdConfig};
 use serde_json::json;
@@ -168,7 +169,11 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     };
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
+        if a.op_profile && it == a.warmup {
+            profile::start();
+        }
         let t0 = Instant::now();
+        profile::mark();
         let mut ctx = Ctx::train(Rng::new(derive_seed(0, &[it as u64])));
         let loss = match &unlabeled {
             Some(u) => objective.loss_semi(&mut net, &batch, u, it, &mut ctx)?,
@@ -176,22 +181,49 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         };
         let _ = loss.item()?;
         let grads = ctx.backward(&loss)?;
+        let t_opt = Instant::now();
         opt.step(&mut net, &grads, sched.lr(it as u64))?;
+        profile::add("optimizer step", Phase::Other, t_opt.elapsed().as_secs_f64());
+        let t_after = Instant::now();
         objective.after_step(&mut net)?;
+        profile::add("objective after step", Phase::Other, t_after.elapsed().as_secs_f64());
         if it >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let ops = a.op_profile.then(|| op_rows(&profile::take(), a.iters, median(times.clone())));
     Ok(json!({
         "bench": "step", "backbone": m.backbone, "stage": a.stage.name(), "batch": m.batch, "crop": m.crop,
         "output_stride": m.output_stride, "width": m.width, "threads": a.threads, "iters": a.iters,
         "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
+        "ops": ops,
         "loss_form": (a.stage == Stage::Contrastive).then(|| json!({
             "mode": cfg.loss.mode, "grid": cfg.loss.grid,
         })),
     }))
+}
+
+/// The op profile as JSON rows per step (`ms` and `calls` divided by the timed steps), with an
+/// `untimed` row for the rest of the median step (host code outside ops and the optimiser).
+fn op_rows(p: &Profile, steps: usize, median_step_s: f64) -> serde_json::Value {
+    let per = steps as f64;
+    let mut rows: Vec<serde_json::Value> = p
+        .rows
+        .iter()
+        .map(
+            |r| json!({"op": r.name, "phase": r.phase.name(), "calls": r.calls as f64 / per, "ms": 1e3 * r.secs / per}),
+        )
+        .collect();
+    let timed: f64 = [Phase::Forward, Phase::Backward, Phase::Other].iter().map(|&ph| p.total(ph)).sum::<f64>() / per;
+    rows.push(json!({"op": "untimed", "phase": "other", "calls": 1.0, "ms": 1e3 * (median_step_s - timed)}));
+    json!({
+        "forward_ms": 1e3 * p.total(Phase::Forward) / per,
+        "backward_ms": 1e3 * p.total(Phase::Backward) / per,
+        "other_ms": 1e3 * p.total(Phase::Other) / per,
+        "rows": rows,
+    })
 }
 
 fn loss(a: BenchLossArgs) -> Result<()> {

@@ -523,6 +523,10 @@ pub struct BenchStepArgs {
     /// `segnet train --unlabeled-batch`.
     #[arg(long)]
     pub unlabeled_batch: Option<usize>,
+    /// Also report wall time per op (forward, backward) and for the optimiser, averaged over the
+    /// timed steps (`engine::profile`; a forward row includes untracked work since the op before).
+    #[arg(long)]
+    pub op_profile: bool,
     #[arg(long)]
     pub json: bool,
     #[arg(long, default_value = "cpu")]

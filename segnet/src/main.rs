@@ -4,6 +4,7 @@ use clap::Parser;
 use segnet::cli::Cli;
 
 fn main() {
+    segnet::malloc::keep_freed_buffers();
     let cli = Cli::parse();
     // Ctrl-C: the training loop saves a checkpoint and stops at the next step boundary; a second
     // Ctrl-C exits at once.
