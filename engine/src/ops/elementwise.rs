@@ -26,7 +26,7 @@ use crate::ops::reduce::sum_to_shape;
 use crate::shape::strides;
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
-use kernels::cpu::parallel::for_chunks_mut;
+use kernels::cpu::parallel::{for_chunks_mut, map_new, zip_map_new};
 use rayon::prelude::*;
 
 /// The broadcast shape of `a` and `b`, or an error naming `op`.
@@ -157,8 +157,7 @@ fn binary_kernel<T: Element, F: Fn(T, T) -> T + Sync>(
     let n: usize = out_dims.iter().product();
     if a.dims() == b.dims() {
         // One parallel pass that writes each output once (no zero fill first).
-        let mut out = Vec::with_capacity(n);
-        xa.par_iter().zip(xb.par_iter()).with_min_len(8192).map(|(&x, &y)| f(x, y)).collect_into_vec(&mut out);
+        let out = zip_map_new(xa, xb, f);
         return Ok(Tensor::from_cpu(T::wrap(out), Shape(out_dims)));
     }
     let mut out = kernels::cpu::parallel::zeros::<T>(n);
@@ -372,18 +371,18 @@ impl Backward for UnaryBackward {
 fn unary_cpu(name: &'static str, op: UnOp, x: &Tensor) -> Result<Tensor> {
     Ok(with_dtype!(x.dtype(), T, {
         let xs = x.cpu_slice::<T>(name)?;
-        let mut out = Vec::with_capacity(xs.len());
-        let f = move |v: T| -> T {
-            match op {
-                UnOp::Neg => -v,
-                UnOp::Exp => v.exp(),
-                UnOp::Log => v.ln(),
-                UnOp::Sqrt => v.sqrt(),
-                UnOp::Relu => v.max(T::ZERO),
-                UnOp::Affine(a, b) => T::from_f64(a) * v + T::from_f64(b),
+        // One loop per op (the match outside it), so each vectorises.
+        let out = match op {
+            UnOp::Neg => map_new(xs, |v: T| -v),
+            UnOp::Exp => map_new(xs, |v: T| v.exp()),
+            UnOp::Log => map_new(xs, |v: T| v.ln()),
+            UnOp::Sqrt => map_new(xs, |v: T| v.sqrt()),
+            UnOp::Relu => map_new(xs, |v: T| v.max(T::ZERO)),
+            UnOp::Affine(a, b) => {
+                let (a, b) = (T::from_f64(a), T::from_f64(b));
+                map_new(xs, move |v: T| a * v + b)
             }
         };
-        xs.par_iter().with_min_len(8192).map(|&v| f(v)).collect_into_vec(&mut out);
         Tensor::from_cpu(T::wrap(out), x.shape.clone())
     }))
 }

@@ -61,6 +61,54 @@ pub fn zeros<T: Float>(n: usize) -> Vec<T> {
     v
 }
 
+/// Elements per task of [`map_new`] and [`zip_map_new`]: 128 KiB of f32, enough to hide a task's
+/// overhead, few enough tasks (~64 for a 2 x 256 x 65 x 65 activation) to balance two threads.
+const MAP_CHUNK: usize = 1 << 15;
+
+/// A new vector `f(x_i)`, written once (no zero fill first) by the pool's threads in fixed chunks,
+/// each a plain loop over a contiguous run, so `f` vectorises. A `par_iter().map().collect()`
+/// splits an 8.6 M-element activation into ~1000 tasks of 8192 and ran at ~8 GB/s here.
+pub fn map_new<T, U, F>(x: &[T], f: F) -> Vec<U>
+where
+    T: Sync,
+    U: Send + Copy,
+    F: Fn(T) -> U + Sync,
+    T: Copy,
+{
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut().par_chunks_mut(MAP_CHUNK).zip(x.par_chunks(MAP_CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            o.write(f(x));
+        }
+    });
+    // SAFETY: the loop above wrote every one of the first `x.len()` elements.
+    unsafe { out.set_len(x.len()) };
+    out
+}
+
+/// A new vector `f(a_i, b_i)` of two equal-length slices, as [`map_new`].
+pub fn zip_map_new<A, B, U, F>(a: &[A], b: &[B], f: F) -> Vec<U>
+where
+    A: Sync + Copy,
+    B: Sync + Copy,
+    U: Send + Copy,
+    F: Fn(A, B) -> U + Sync,
+{
+    assert_eq!(a.len(), b.len(), "zip_map_new: operand lengths");
+    let mut out = Vec::with_capacity(a.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(MAP_CHUNK)
+        .zip(a.par_chunks(MAP_CHUNK).zip(b.par_chunks(MAP_CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                o.write(f(a, b));
+            }
+        });
+    // SAFETY: the loop above wrote every one of the first `a.len()` elements.
+    unsafe { out.set_len(a.len()) };
+    out
+}
+
 /// A raw pointer to an output buffer, shared by parallel tasks that write through it.
 ///
 /// `*mut T` is neither `Send` nor `Sync`; this wrapper is both, which is sound only because of how
@@ -76,6 +124,22 @@ impl<T> SendPtr<T> {
     /// the bare pointer field.
     pub(crate) fn ptr(&self) -> *mut T {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_new_writes_every_element_in_order() {
+        for n in [0, 1, 7, MAP_CHUNK - 1, MAP_CHUNK, 3 * MAP_CHUNK + 5] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 - 100.0).collect();
+            let y = map_new(&x, |v: f32| v.max(0.0));
+            assert_eq!(y, x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(), "n = {n}");
+            let z = zip_map_new(&x, &y, |a: f32, b: f32| a * 2.0 + b);
+            assert_eq!(z, x.iter().zip(&y).map(|(a, b)| a * 2.0 + b).collect::<Vec<_>>(), "n = {n}");
+        }
     }
 }
 
