@@ -291,6 +291,7 @@ mod tests {
             loss_mode: None,
             loss_grid: None,
             unlabeled_batch: None,
+            op_profile: false,
             json: true,
             device: "cpu".into(),
         }
@@ -317,6 +318,15 @@ mod tests {
         assert_eq!(v["loss_form"]["mode"], "within");
         assert_eq!(v["loss_form"]["grid"], "eighth");
         assert!(step_report(&tiny(Stage::Finetune)).unwrap()["loss_form"].is_null());
+        // The op profile reports the convs' forward and backward and the optimiser.
+        let v = step_report(&BenchStepArgs { op_profile: true, ..tiny(Stage::Finetune) }).unwrap();
+        let rows = v["ops"]["rows"].as_array().unwrap();
+        for (op, phase) in [("conv2d", "forward"), ("conv2d", "backward"), ("optimizer step", "other")] {
+            assert!(
+                rows.iter().any(|r| r["op"] == op && r["phase"] == phase && r["calls"].as_f64().unwrap() > 0.0),
+                "{op} {phase}: {v}"
+            );
+        }
         let b = random_batch(2, 9, 3, true, &mut Rng::new(0)).unwrap();
         let d = b.distorted.as_ref().unwrap();
         assert_eq!(d.len(), b.images.len());
