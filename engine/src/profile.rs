@@ -137,7 +137,7 @@ pub(crate) fn forward_recorded(name: &'static str) {
 }
 
 /// Time `f` as one call of `name` in `phase` when profiling (and just run it otherwise).
-pub(crate) fn timed<R>(name: &'static str, phase: Phase, f: impl FnOnce() -> R) -> R {
+pub fn timed<R>(name: &'static str, phase: Phase, f: impl FnOnce() -> R) -> R {
     if !enabled() {
         return f();
     }

@@ -113,7 +113,7 @@ impl Tape {
         a.nodes.push(Node { backward: Some(backward), parents, saved_bytes, name });
         drop(a);
         if !is_leaf {
-            crate::profile::forward_recorded(name);
+            profile::forward_recorded(name);
         }
         id
     }

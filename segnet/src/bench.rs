@@ -181,21 +181,18 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         };
         let _ = loss.item()?;
         let grads = ctx.backward(&loss)?;
-        let t_opt = Instant::now();
-        opt.step(&mut net, &grads, sched.lr(it as u64))?;
-        profile::add("optimizer step", Phase::Other, t_opt.elapsed().as_secs_f64());
-        let t_after = Instant::now();
-        objective.after_step(&mut net)?;
-        profile::add("objective after step", Phase::Other, t_after.elapsed().as_secs_f64());
+        profile::timed("optimizer step", Phase::Other, || opt.step(&mut net, &grads, sched.lr(it as u64)))?;
+        profile::timed("objective after step", Phase::Other, || objective.after_step(&mut net))?;
         if it >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    let ops = a.op_profile.then(|| op_rows(&profile::take(), a.iters, median(times.clone())));
+    let median_step_s = median(times.clone());
+    let ops = a.op_profile.then(|| op_rows(&profile::take(), a.iters, median_step_s));
     Ok(json!({
         "bench": "step", "backbone": m.backbone, "stage": a.stage.name(), "batch": m.batch, "crop": m.crop,
         "output_stride": m.output_stride, "width": m.width, "threads": a.threads, "iters": a.iters,
-        "median_step_s": median(times.clone()), "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
+        "median_step_s": median_step_s, "min_step_s": times.iter().cloned().fold(f64::MAX, f64::min),
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
         "ops": ops,
