@@ -162,11 +162,11 @@ fn per_tap_y_and_dx_are_taken_where_the_tests_expect_it() {
     assert!(!takes(&Conv2dGeom { c_in: 256, ..aspp }, false));
 }
 
-/// Winograd F(2x2, 3x3) itself, called directly on shapes it fits (the dispatch keeps it for large
-/// ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes (tiles cut by the border),
-/// two blocks of tiles per image (289 tiles), more input channels than one K block (300), a 1 x 1
-/// image, blocks of tiles that span two images (`dw`); `y`, `dx` and `dw` in f32 against the
-/// direct definitions in f64.
+/// Winograd F(2x2, 3x3) and F(4x4, 3x3) themselves, called directly on shapes they fit (the
+/// dispatch keeps them for large ones, [`winograd_is_taken_where_the_tests_expect_it`]): odd sizes
+/// (tiles cut by the border), several blocks of tiles per image (289 F2 tiles, 81 F4 tiles), more
+/// input channels than one K block (300), a 1 x 1 image, blocks of tiles that span two images
+/// (`dw`; three images in one block), `y`, `dx` and `dw` by both, in f32 against the direct definitions in f64.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn winograd_y_dx_and_dw_match_naive() {
@@ -174,25 +174,40 @@ fn winograd_y_dx_and_dw_match_naive() {
         return;
     }
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
-    for (n, c_in, h, w, c_out) in [(2, 5, 34, 33, 7), (1, 300, 4, 5, 9), (1, 3, 1, 1, 2)] {
+    for (n, c_in, h, w, c_out) in [(2, 5, 34, 33, 7), (1, 300, 4, 5, 9), (3, 4, 18, 18, 5), (1, 3, 1, 1, 2)] {
         let g = same_3x3(n, c_in, h, w, c_out);
         let (x, wt, b, gy) =
             (vals(n * c_in * h * w, 1), vals(c_out * c_in * 9, 2), vals(c_out, 3), vals(n * c_out * h * w, 4));
         let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
-        let mut y = vec![7.0f32; gy.len()];
-        winograd::forward(&g, &f(&x), &f(&wt), Some(&f(&b)), &mut y);
-        for (a, e) in y.iter().zip(&naive(&g, &x, &wt, Some(&b))) {
-            assert!(close(*a, *e, c_in * 9), "{g:?}: y {a} vs {e}");
+        let (want_y, want_dx) = (naive(&g, &x, &wt, Some(&b)), naive_dx(&g, &wt, &gy));
+        for m in [2, 4] {
+            let mut y = vec![7.0f32; gy.len()];
+            let mut dx = vec![7.0f32; x.len()];
+            if m == 2 {
+                winograd::forward_with::<2, 4, 16, winograd::F2>(&g, &f(&x), &f(&wt), Some(&f(&b)), &mut y);
+                winograd::input_grad_with::<2, 4, 16, winograd::F2>(&g, &f(&wt), &f(&gy), &mut dx);
+            } else {
+                winograd::forward_with::<4, 6, 36, winograd::F4>(&g, &f(&x), &f(&wt), Some(&f(&b)), &mut y);
+                winograd::input_grad_with::<4, 6, 36, winograd::F4>(&g, &f(&wt), &f(&gy), &mut dx);
+            }
+            for (a, e) in y.iter().zip(&want_y) {
+                assert!(close(*a, *e, c_in * 9), "F({m}x{m}) {g:?}: y {a} vs {e}");
+            }
+            for (a, e) in dx.iter().zip(&want_dx) {
+                assert!(close(*a, *e, c_out * 9), "F({m}x{m}) {g:?}: dx {a} vs {e}");
+            }
         }
-        let mut dx = vec![7.0f32; x.len()];
-        winograd::input_grad(&g, &f(&wt), &f(&gy), &mut dx);
-        for (a, e) in dx.iter().zip(&naive_dx(&g, &wt, &gy)) {
-            assert!(close(*a, *e, c_out * 9), "{g:?}: dx {a} vs {e}");
-        }
-        let mut dw = vec![7.0f32; wt.len()];
-        winograd::weight_grad(&g, &f(&x), &f(&gy), &mut dw);
-        for (a, e) in dw.iter().zip(&naive_dw(&g, &x, &gy)) {
-            assert!(close(*a, *e, n * h * w), "{g:?}: dw {a} vs {e}");
+        let want_dw = naive_dw(&g, &x, &gy);
+        for m in [2, 4] {
+            let mut dw = vec![7.0f32; wt.len()];
+            if m == 2 {
+                winograd::weight_grad_with::<2, 4, 16, winograd::F2>(&g, &f(&x), &f(&gy), &mut dw);
+            } else {
+                winograd::weight_grad_with::<4, 6, 36, winograd::F4>(&g, &f(&x), &f(&gy), &mut dw);
+            }
+            for (a, e) in dw.iter().zip(&want_dw) {
+                assert!(close(*a, *e, n * h * w), "F({m}x{m}) {g:?}: dw {a} vs {e}");
+            }
         }
     }
 }
@@ -204,6 +219,9 @@ fn winograd_is_taken_where_the_tests_expect_it() {
     assert!(winograd::applies(&base));
     let decoder = Conv2dGeom { c_in: 304, h: 65, w: 65, ..base };
     assert!(winograd::applies(&decoder) && winograd::applies(&Conv2dGeom { c_in: 256, ..decoder }));
+    // F(4x4, 3x3) for y and dx where its tile grid wastes little (65 x 65, 129 x 129), F(2x2, 3x3) on 33 x 33.
+    assert!(winograd::f4_pays(&decoder) && winograd::f4_pays(&Conv2dGeom { h: 129, w: 129, ..decoder }));
+    assert!(!winograd::f4_pays(&base));
     // Dilated, strided, grouped, thin or small 3x3 convs keep the gather-GEMM.
     for g in [
         Conv2dGeom { padding: [2, 2], dilation: [2, 2], ..base },

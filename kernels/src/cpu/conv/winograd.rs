@@ -1,28 +1,27 @@
-//! 3x3, stride-1, padding-1 convs by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016), on the packed f32 path.
+//! 3x3, stride-1, padding-1 convs by Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016), on the packed f32 path, for
+//! m = 2 ([`F2`]) and m = 4 ([`F4`]).
 //!
-//! The output is cut into 2 x 2 tiles; tile `(ty, tx)` reads the 4 x 4 input patch `d` at rows
-//! `2 ty - 1 ..` and columns `2 tx - 1 ..` (zeros outside), and
+//! The output is cut into m x m tiles; tile `(ty, tx)` reads the `(m + 2) x (m + 2)` input patch
+//! `d` at rows `m ty - 1 ..` and columns `m tx - 1 ..` (zeros outside), and
 //!
 //! ```text
 //! y_tile[o] = A^T [ sum_c (G g[o, c] G^T) ⊙ (B^T d[c] B) ] A
-//!
-//!       [1  0 -1  0]       [ 1    0    0 ]
-//! B^T = [0  1  1  0]   G = [1/2  1/2  1/2]   A^T = [1 1  1  0]
-//!       [0 -1  1  0]       [1/2 -1/2  1/2]         [0 1 -1 -1]
-//!       [0  1  0 -1]       [ 0    0    1 ]
 //! ```
 //!
-//! (the cross-correlation CNNs call convolution). For each of the 16 elements `xi` of the 4 x 4
-//! transform domain, the sum over input channels is one GEMM: `M_xi (c_out x tiles) = U_xi (c_out x
-//! c_in) V_xi (c_in x tiles)` with `U = G g G^T` (the transformed weights, packed once per call) and
-//! `V = B^T d B` (the transformed patches, built per block of tiles straight in slab layout). Per
-//! tile and channel pair that is 16 multiplies for 4 outputs instead of 36 (2.25x fewer); the
-//! transforms cost a few dozen adds per tile and channel, next to `16 c_out` products.
+//! (the cross-correlation CNNs call convolution), with the matrices of [`F2`] and [`F4`]. For each
+//! of the `(m + 2)^2` elements `xi` of the transform domain, the sum over input channels is one
+//! GEMM: `M_xi (c_out x tiles) = U_xi (c_out x c_in) V_xi (c_in x tiles)` with `U = G g G^T` (the
+//! transformed weights, packed once per call) and `V = B^T d B` (the transformed patches, built per
+//! block of tiles straight in slab layout). Per tile and channel pair that is 16 multiplies for 4
+//! outputs (F2) or 36 for 16 (F4) instead of 9 per output: 2.25x or 4x fewer; the transforms cost a
+//! few dozen adds per tile and channel, next to `(m + 2)^2 c_out` products. F4's transforms have
+//! larger coefficients (up to 8 and 1/24), so its f32 rounding error is a few times F2's.
 //!
 //! The input gradient of such a conv is the same conv of `gy` with the weights transposed over
-//! channels and rotated by 180 degrees, so `dx` runs through here too. The weight gradient follows
-//! from the same identity by the chain rule: `y_tile = A^T M A` with `M = sum_c U[o, c] ⊙ V[c]`, so
+//! channels and rotated by 180 degrees, so `dx` runs through here too. The weight gradient (F2)
+//! follows from the same identity by the chain rule: `y_tile = A^T M A` with `M = sum_c U[o, c] ⊙
+//! V[c]`, so
 //!
 //! ```text
 //! dL/dg[o, c] = G^T [ sum_tiles (A gy_tile[o] A^T) ⊙ (B^T d[c] B) ] G
@@ -42,25 +41,300 @@ use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, Kernel, PackedA,
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
 
-/// Most output tiles per task. Each of the 16 GEMMs of a task reads all of its `U_xi` (`c_out x
-/// c_in`, 256 KiB at 256 channels) for this many tiles, so fewer tiles make them bandwidth-bound
-/// (64 tiles ran at half the direct conv's speed); a task's `V_xi` and `M_xi` are as large again.
-const TILES: usize = 256;
 /// Fewest input and output channels for this path: with fewer, the per-`xi` GEMMs are too short
 /// (their `k` is `c_in`, against `9 c_in` for the direct conv) to gain from the fewer multiplies
 /// (at 64 and 128 channels they ran 1.2-1.6x slower than the direct conv).
 const MIN_CHANNELS: usize = 256;
-/// Fewest output tiles per image (a 32 x 32 map): fewer leave the GEMMs short in `n` as well.
-const MIN_TILES: usize = 256;
+/// Fewest output pixels per image (a 64 x 64 map): fewer leave the GEMMs short in `n` as well.
+const MIN_PIXELS: usize = 1024;
 
-/// True when `g` is a conv this file computes and one it computes faster than the gather-GEMM:
-/// [`fits`], with at least [`MIN_CHANNELS`] channels in and out and [`MIN_TILES`] tiles per image.
-/// In DeepLabV3+ that is the decoder's two 3x3 convs at stride 4.
-pub(super) fn applies(g: &Conv2dGeom) -> bool {
-    fits(g) && g.c_in >= MIN_CHANNELS && g.c_out >= MIN_CHANNELS && g.h.div_ceil(2) * g.w.div_ceil(2) >= MIN_TILES
+/// One minimal filtering algorithm F(M x M, 3 x 3): output tiles of `M x M`, input patches of
+/// `T x T` (`T = M + 2`), `E = T^2` elements in the transform domain.
+pub(super) trait Minimal<const M: usize, const T: usize, const E: usize>: Copy + Send + Sync {
+    /// `B^T` (`T x T`): `V = B^T d B`.
+    #[cfg_attr(not(test), allow(dead_code))] // the definition: the tests check the written-out transforms
+    const BT: [[f32; T]; T];
+    /// `G` (`T x 3`): `U = G g G^T`.
+    #[cfg_attr(not(test), allow(dead_code))] // the definition: the tests check the written-out transforms
+    const G: [[f32; 3]; T];
+    /// `A^T` (`M x T`): `y = A^T M A`.
+    #[cfg_attr(not(test), allow(dead_code))] // the definition: the tests check the written-out transforms
+    const AT: [[f32; T]; M];
+    /// Most output tiles per task. Each of the `E` GEMMs of a task reads all of its `U_xi`
+    /// (`c_out x c_in`, 256 KiB at 256 channels) for this many tiles, so fewer tiles make them
+    /// bandwidth-bound; a task's `V_xi` and `M_xi` are as large again.
+    const TILES: usize;
+    /// Most tiles per block of the weight gradient, whose `E` GEMMs have this `k` and write all
+    /// of `P` (`E c_out c_in` floats) once per block.
+    const DW_TILES: usize;
+
+    /// The `T x T` input patch of tile `t` (of a `tw`-wide tile grid) from one `h x w` plane: rows
+    /// `M ty - 1 ..` and columns `M tx - 1 ..`, zeros outside (padding 1).
+    #[inline(always)]
+    fn patch(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; T]; T] {
+        let (y0, x0) = ((t / tw) * M, (t % tw) * M);
+        std::array::from_fn(|i| {
+            std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
+                (Some(iy), Some(ix)) if iy < h && ix < w => plane[iy * w + ix],
+                _ => 0.0,
+            })
+        })
+    }
+
+    /// `B^T v`, written out (the matrices above are the definition; the tests check the two agree).
+    fn bt<O: Ops>(o: O, v: [O::V; T]) -> [O::V; T];
+    /// `A^T v`, written out.
+    fn at<O: Ops>(o: O, v: [O::V; T]) -> [O::V; M];
+    /// `G v` for a 3-vector, written out.
+    fn g(v: [f32; 3]) -> [f32; T];
+    /// `A v` for an `M`-vector (`A` is `T x M`), written out.
+    fn a(v: [f32; M]) -> [f32; T];
+    /// `G^T v` for a `T`-vector, written out.
+    fn gt(v: [f32; T]) -> [f32; 3];
+
+    /// The `M x M` output-gradient tile `t` from one `h x w` plane, zeros past the border.
+    #[inline(always)]
+    fn grad_tile(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; M]; M] {
+        let (y0, x0) = ((t / tw) * M, (t % tw) * M);
+        let mut e = [[0.0; M]; M];
+        for (i, row) in e.iter_mut().enumerate() {
+            for (k, v) in row.iter_mut().enumerate() {
+                if y0 + i < h && x0 + k < w {
+                    *v = plane[(y0 + i) * w + x0 + k];
+                }
+            }
+        }
+        e
+    }
+
+    /// `W = A e A^T` of one output-gradient tile `e`, as `w[T i + j]` (the gradient of the loss
+    /// with respect to the tile's product `M`, since `y_tile = A^T M A`).
+    #[inline(always)]
+    fn grad_transform(e: [[f32; M]; M]) -> [f32; E] {
+        // cols[q] = A times column q of e; row i of W is A times row i of A e.
+        let mut cols = [[0.0; T]; M];
+        for (q, col) in cols.iter_mut().enumerate() {
+            let mut c = [0.0; M];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = e[i][q];
+            }
+            *col = Self::a(c);
+        }
+        let mut out = [0.0; E];
+        for i in 0..T {
+            let mut r = [0.0; M];
+            for (q, v) in r.iter_mut().enumerate() {
+                *v = cols[q][i];
+            }
+            out[T * i..T * i + T].copy_from_slice(&Self::a(r));
+        }
+        out
+    }
+
+    /// `G^T m G` of one `T x T` gradient `m` of `U = G g G^T`: the gradient of the 3 x 3 filter,
+    /// as `g[3 ky + kx]`.
+    fn filter_grad_transform(m: [f32; E]) -> [f32; 9] {
+        let mut cols = [[0.0; 3]; T];
+        for (j, col) in cols.iter_mut().enumerate() {
+            let mut c = [0.0; T];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = m[T * i + j];
+            }
+            *col = Self::gt(c);
+        }
+        let mut out = [0.0; 9];
+        for ky in 0..3 {
+            let mut r = [0.0; T];
+            for (j, v) in r.iter_mut().enumerate() {
+                *v = cols[j][ky];
+            }
+            out[3 * ky..3 * ky + 3].copy_from_slice(&Self::gt(r));
+        }
+        out
+    }
+
+    /// `U = G g G^T` of one 3 x 3 filter `g[ky][kx]`, as `u[T i + j]`.
+    fn filter_transform(g: [[f32; 3]; 3]) -> [f32; E] {
+        // cols[kx] = column kx of G g; row i of U is G times row i of G g.
+        let cols = [0, 1, 2].map(|kx| Self::g([g[0][kx], g[1][kx], g[2][kx]]));
+        let mut u = [0.0; E];
+        for i in 0..T {
+            u[T * i..T * i + T].copy_from_slice(&Self::g([cols[0][i], cols[1][i], cols[2][i]]));
+        }
+        u
+    }
+
+    /// `V = B^T d B` of one patch, as `v[T i + j]`.
+    ///
+    /// (Plain loops rather than `array::from_fn`: its closures are not always inlined, and the
+    /// 16-lane callers need every step inlined into their AVX-512 code.)
+    #[inline(always)]
+    fn patch_transform<O: Ops>(d: [[O::V; T]; T], o: O) -> [O::V; E] {
+        // p = B^T d, column by column; then row i of V is B^T times row i of p.
+        let mut p = d;
+        for j in 0..T {
+            let mut col = [d[0][j]; T];
+            for (i, e) in col.iter_mut().enumerate() {
+                *e = d[i][j];
+            }
+            let col = Self::bt(o, col);
+            for (i, row) in p.iter_mut().enumerate() {
+                row[j] = col[i];
+            }
+        }
+        let mut v = [d[0][0]; E];
+        for (i, row) in p.iter().enumerate() {
+            v[T * i..T * i + T].copy_from_slice(&Self::bt(o, *row));
+        }
+        v
+    }
+
+    /// `Y = A^T m A` of one `T x T` product tile `m[T i + j]`, as `y[a][b]`.
+    #[inline(always)]
+    fn output_transform<O: Ops>(m: [O::V; E], o: O) -> [[O::V; M]; M] {
+        // q = A^T m (M x T), column by column; then row a of Y is A^T times row a of q.
+        let mut q = [[m[0]; T]; M];
+        for j in 0..T {
+            let mut col = [m[0]; T];
+            for (i, e) in col.iter_mut().enumerate() {
+                *e = m[T * i + j];
+            }
+            let col = Self::at(o, col);
+            for (a, row) in q.iter_mut().enumerate() {
+                row[j] = col[a];
+            }
+        }
+        let mut y = [[m[0]; M]; M];
+        for (a, row) in q.iter().enumerate() {
+            y[a] = Self::at(o, *row);
+        }
+        y
+    }
 }
 
-/// True when `g` has the shape F(2x2, 3x3) computes here: 3x3, stride 1, dilation 1, padding 1,
+/// F(2x2, 3x3): interpolation points 0, 1, -1 and infinity.
+///
+/// ```text
+///       [1  0 -1  0]       [ 1    0    0 ]
+/// B^T = [0  1  1  0]   G = [1/2  1/2  1/2]   A^T = [1 1  1  0]
+///       [0 -1  1  0]       [1/2 -1/2  1/2]         [0 1 -1 -1]
+///       [0  1  0 -1]       [ 0    0    1 ]
+/// ```
+#[derive(Clone, Copy)]
+pub(super) struct F2;
+
+impl Minimal<2, 4, 16> for F2 {
+    const BT: [[f32; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
+    const G: [[f32; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
+    const AT: [[f32; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
+    /// 64 tiles ran at half the direct conv's speed.
+    const TILES: usize = 256;
+    const DW_TILES: usize = 256;
+
+    #[inline(always)]
+    fn bt<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 4] {
+        [o.sub(v[0], v[2]), o.add(v[1], v[2]), o.sub(v[2], v[1]), o.sub(v[1], v[3])]
+    }
+    #[inline(always)]
+    fn at<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 2] {
+        [o.add(o.add(v[0], v[1]), v[2]), o.sub(o.sub(v[1], v[2]), v[3])]
+    }
+    fn g(v: [f32; 3]) -> [f32; 4] {
+        [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
+    }
+    #[inline(always)]
+    fn a(v: [f32; 2]) -> [f32; 4] {
+        [v[0], v[0] + v[1], v[0] - v[1], -v[1]]
+    }
+    fn gt(v: [f32; 4]) -> [f32; 3] {
+        [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
+    }
+}
+
+/// F(4x4, 3x3): interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray's matrices).
+///
+/// ```text
+///       [4  0 -5  0  1  0]       [ 1/4    0     0  ]
+///       [0 -4 -4  1  1  0]       [-1/6  -1/6  -1/6 ]         [1 1  1 1  1 0]
+/// B^T = [0  4 -4 -1  1  0]   G = [-1/6   1/6  -1/6 ]   A^T = [0 1 -1 2 -2 0]
+///       [0 -2 -1  2  1  0]       [1/24  1/12   1/6 ]         [0 1  1 4  4 0]
+///       [0  2 -1 -2  1  0]       [1/24 -1/12   1/6 ]         [0 1 -1 8 -8 1]
+///       [0  4  0 -5  0  1]       [  0     0     1  ]
+/// ```
+#[derive(Clone, Copy)]
+pub(super) struct F4;
+
+impl Minimal<4, 6, 36> for F4 {
+    const BT: [[f32; 6]; 6] = [
+        [4., 0., -5., 0., 1., 0.],
+        [0., -4., -4., 1., 1., 0.],
+        [0., 4., -4., -1., 1., 0.],
+        [0., -2., -1., 2., 1., 0.],
+        [0., 2., -1., -2., 1., 0.],
+        [0., 4., 0., -5., 0., 1.],
+    ];
+    const G: [[f32; 3]; 6] = [
+        [1. / 4., 0., 0.],
+        [-1. / 6., -1. / 6., -1. / 6.],
+        [-1. / 6., 1. / 6., -1. / 6.],
+        [1. / 24., 1. / 12., 1. / 6.],
+        [1. / 24., -1. / 12., 1. / 6.],
+        [0., 0., 1.],
+    ];
+    const AT: [[f32; 6]; 4] =
+        [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
+    const TILES: usize = 64;
+    const DW_TILES: usize = 128;
+
+    #[inline(always)]
+    fn bt<O: Ops>(o: O, v: [O::V; 6]) -> [O::V; 6] {
+        let (p12, m12) = (o.add(v[1], v[2]), o.sub(v[1], v[2]));
+        let (p34, m34) = (o.add(v[3], v[4]), o.sub(v[4], v[3]));
+        let (m42, m31) = (o.sub(v[4], v[2]), o.sub(v[3], v[1]));
+        [
+            o.add(o.sub(o.mul(v[0], 4.0), o.mul(v[2], 5.0)), v[4]),
+            o.sub(p34, o.mul(p12, 4.0)),
+            o.add(m34, o.mul(m12, 4.0)),
+            o.add(m42, o.mul(m31, 2.0)),
+            o.sub(m42, o.mul(m31, 2.0)),
+            o.add(o.sub(o.mul(v[1], 4.0), o.mul(v[3], 5.0)), v[5]),
+        ]
+    }
+    #[inline(always)]
+    fn at<O: Ops>(o: O, v: [O::V; 6]) -> [O::V; 4] {
+        let (p12, m12) = (o.add(v[1], v[2]), o.sub(v[1], v[2]));
+        let (p34, m34) = (o.add(v[3], v[4]), o.sub(v[3], v[4]));
+        [
+            o.add(o.add(v[0], p12), p34),
+            o.add(m12, o.mul(m34, 2.0)),
+            o.add(p12, o.mul(p34, 4.0)),
+            o.add(o.add(m12, o.mul(m34, 8.0)), v[5]),
+        ]
+    }
+    fn g(v: [f32; 3]) -> [f32; 6] {
+        let (a, b) = (v[0] + v[2], v[0] / 4.0 + v[2]);
+        [v[0] / 4.0, -(a + v[1]) / 6.0, -(a - v[1]) / 6.0, (b + v[1] / 2.0) / 6.0, (b - v[1] / 2.0) / 6.0, v[2]]
+    }
+    #[inline(always)]
+    fn a(v: [f32; 4]) -> [f32; 6] {
+        let (p02, m13) = (v[0] + v[2], v[1] + v[3]);
+        let (q02, q13) = (v[0] + 4.0 * v[2], 2.0 * v[1] + 8.0 * v[3]);
+        [v[0], p02 + m13, p02 - m13, q02 + q13, q02 - q13, v[3]]
+    }
+    fn gt(v: [f32; 6]) -> [f32; 3] {
+        let (p12, m21, p34, m34) = (v[1] + v[2], v[2] - v[1], v[3] + v[4], v[3] - v[4]);
+        [v[0] / 4.0 - p12 / 6.0 + p34 / 24.0, m21 / 6.0 + m34 / 12.0, (p34 - p12) / 6.0 + v[5]]
+    }
+}
+
+/// True when `g` is a conv this file computes and one it computes faster than the gather-GEMM:
+/// [`fits`], with at least [`MIN_CHANNELS`] channels in and out and [`MIN_PIXELS`] output pixels
+/// per image. In DeepLabV3+ that is the decoder's two 3x3 convs at stride 4.
+pub(super) fn applies(g: &Conv2dGeom) -> bool {
+    fits(g) && g.c_in >= MIN_CHANNELS && g.c_out >= MIN_CHANNELS && g.h * g.w >= MIN_PIXELS
+}
+
+/// True when `g` has the shape F(m x m, 3x3) computes here: 3x3, stride 1, dilation 1, padding 1,
 /// one group (the output is then the input's size).
 fn fits(g: &Conv2dGeom) -> bool {
     (g.kh, g.kw) == (3, 3) && g.stride == [1, 1] && g.dilation == [1, 1] && g.padding == [1, 1] && g.groups == 1
@@ -68,41 +342,88 @@ fn fits(g: &Conv2dGeom) -> bool {
 
 /// `y = conv(x, w) + b` (`w: [c_out][c_in][3][3]`) for a geometry that [`fits`]; `y` is overwritten.
 pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if f4_pays(g) {
+        forward_with::<4, 6, 36, F4>(g, x, w, bias, y)
+    } else {
+        forward_with::<2, 4, 16, F2>(g, x, w, bias, y)
+    }
+}
+
+/// True when F4's tile grid covers at most 10 % more pixels than the map (a 65 x 65 map: 9.4 %,
+/// 129 x 129: 4.7 %): then F4's 1.78x fewer multiplies than F2 win for `y` and `dx`. On a 33 x 33
+/// map (19 %) F2's `dx` ran 15-20 % faster and the forwards were even. (The weight gradient takes
+/// F4 on every map: 35-45 % faster than F2's on 33 x 33 and on 65 x 65.)
+pub(super) fn f4_pays(g: &Conv2dGeom) -> bool {
+    10 * g.h.next_multiple_of(4) * g.w.next_multiple_of(4) <= 11 * g.h * g.w
+}
+
+/// [`forward`] by the algorithm `W` (the tests run both).
+pub(super) fn forward_with<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let filter = |o: usize, c: usize| {
         let f = &w[(o * g.c_in + c) * 9..][..9];
         [[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]]
     };
-    conv(g, x, filter, bias, y);
+    conv::<M, T, E, W>(g, x, filter, bias, y);
 }
 
 /// `dx` from `gy` for a geometry that [`fits`]: the same-size 3x3 conv of `gy` with `w[o][c]`
 /// rotated by 180 degrees, from channel `o` to channel `c`. `dx` is overwritten.
 pub(super) fn input_grad(g: &Conv2dGeom, w: &[f32], gy: &[f32], dx: &mut [f32]) {
+    if f4_pays(g) {
+        input_grad_with::<4, 6, 36, F4>(g, w, gy, dx)
+    } else {
+        input_grad_with::<2, 4, 16, F2>(g, w, gy, dx)
+    }
+}
+
+/// [`input_grad`] by the algorithm `W` (the tests run both).
+pub(super) fn input_grad_with<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
+    g: &Conv2dGeom,
+    w: &[f32],
+    gy: &[f32],
+    dx: &mut [f32],
+) {
     let gt = Conv2dGeom { c_in: g.c_out, c_out: g.c_in, ..*g };
     let filter = |c: usize, o: usize| {
         let f = &w[(o * g.c_in + c) * 9..][..9];
         [[f[8], f[7], f[6]], [f[5], f[4], f[3]], [f[2], f[1], f[0]]]
     };
-    conv(&gt, gy, filter, None, dx);
+    conv::<M, T, E, W>(&gt, gy, filter, None, dx);
 }
 
 /// `dw` from `x` and `gy` for a geometry that [`fits`] (`dw: [c_out][c_in][3][3]`, overwritten).
-///
-/// The tiles of all images are taken in equal blocks of at most [`TILES`]; per block the patches
-/// and the output-gradient tiles are transformed (in parallel over channels), then the 16 GEMMs
-/// run in parallel over `xi`, each adding into its own `P_xi`: no partial sums, and the order of
-/// every sum is fixed by the shapes.
 pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32]) {
+    weight_grad_with::<4, 6, 36, F4>(g, x, gy, dw)
+}
+
+/// [`weight_grad`] by the algorithm `W` (the tests run both).
+///
+/// The tiles of all images are taken in equal blocks of at most [`Minimal::DW_TILES`]; per block
+/// the patches and the output-gradient tiles are transformed (in parallel over channels), then the
+/// `E` GEMMs run in parallel over `xi`, each adding into its own `P_xi`: no partial sums, and the
+/// order of every sum is fixed by the shapes.
+pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
+    g: &Conv2dGeom,
+    x: &[f32],
+    gy: &[f32],
+    dw: &mut [f32],
+) {
     debug_assert!(fits(g));
     let (cin, cout, (h, w)) = (g.c_in, g.c_out, (g.h, g.w));
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let per_image = th * tw;
     let total = g.n * per_image;
     let plane = h * w;
     // P, as [xi][o][c].
-    let mut p = vec![0.0f32; 16 * cout * cin];
-    let blocks = total.div_ceil(TILES);
-    let mut wt: Vec<PackedA> = (0..16).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
+    let mut p = vec![0.0f32; E * cout * cin];
+    let blocks = total.div_ceil(W::DW_TILES);
+    let mut wt: Vec<PackedA> = (0..E).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
     let mut v: Vec<f32> = Vec::new();
     for b in 0..blocks {
         let (t0, t1) = (b * total / blocks, (b + 1) * total / blocks);
@@ -110,7 +431,7 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
         let tile = |j: usize| ((t0 + j) / per_image, (t0 + j) % per_image);
         // V_xi^T (tiles x cin) in slab layout, one task per slab of NR channels.
         let v_len = slab_len(nt, cin);
-        v.resize(16 * v_len, 0.0);
+        v.resize(E * v_len, 0.0);
         let vptr = SendPtr(v.as_mut_ptr());
         (0..cin.div_ceil(NR)).into_par_iter().for_each(|q| {
             let cs = q * NR..cin.min((q + 1) * NR);
@@ -121,7 +442,17 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
                     let xn = &x[n * cin * plane..][..cin * plane];
                     // SAFETY: AVX-512F present; slab q of every V_xi belongs to this task alone.
                     unsafe {
-                        transform_channel_patches(xn, (h, w), tw, t, cs.start, cs.len(), (j, nt), vptr.ptr(), v_len)
+                        transform_channel_patches::<M, T, E, W>(
+                            xn,
+                            (h, w),
+                            tw,
+                            t,
+                            cs.start,
+                            cs.len(),
+                            (j, nt),
+                            vptr.ptr(),
+                            v_len,
+                        )
                     };
                 }
                 return;
@@ -129,8 +460,8 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
             for j in 0..nt {
                 let (n, t) = tile(j);
                 for c in cs.clone() {
-                    let d = patch(&x[(n * cin + c) * plane..][..plane], (h, w), tw, t);
-                    for (xi, &e) in patch_transform(d, Scalar).iter().enumerate() {
+                    let d = W::patch(&x[(n * cin + c) * plane..][..plane], (h, w), tw, t);
+                    for (xi, &e) in W::patch_transform(d, Scalar).iter().enumerate() {
                         // SAFETY: slab q of every V_xi belongs to this task alone.
                         unsafe { *vptr.ptr().add(xi * v_len + slab_index(nt, j, c)) = e };
                     }
@@ -147,7 +478,7 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
                 let o = pi * MR + r;
                 for j in 0..nt {
                     let (n, t) = tile(j);
-                    let e = grad_transform(grad_tile(&gy[(n * cout + o) * plane..][..plane], (h, w), tw, t));
+                    let e = W::grad_transform(W::grad_tile(&gy[(n * cout + o) * plane..][..plane], (h, w), tw, t));
                     for (xi, &val) in e.iter().enumerate() {
                         // SAFETY: panel pi of every W_xi belongs to this task alone.
                         unsafe { *wptrs[xi].ptr().add((pi * nt + j) * MR + r) = val };
@@ -162,41 +493,21 @@ pub(super) fn weight_grad(g: &Conv2dGeom, x: &[f32], gy: &[f32], dw: &mut [f32])
     }
     dw.par_chunks_mut(cin * 9).enumerate().for_each(|(o, dwo)| {
         for c in 0..cin {
-            let m: [f32; 16] = std::array::from_fn(|xi| p[(xi * cout + o) * cin + c]);
-            dwo[c * 9..][..9].copy_from_slice(&filter_grad_transform(m));
+            let m: [f32; E] = std::array::from_fn(|xi| p[(xi * cout + o) * cin + c]);
+            dwo[c * 9..][..9].copy_from_slice(&W::filter_grad_transform(m));
         }
     });
 }
 
-/// The 4 x 4 input patch of tile `t` (of a `tw`-wide tile grid) from one `h x w` plane: rows
-/// `2 ty - 1 ..` and columns `2 tx - 1 ..`, zeros outside (padding 1).
-#[inline(always)]
-pub(super) fn patch(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 4]; 4] {
-    let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-    std::array::from_fn(|i| {
-        std::array::from_fn(|k| match ((y0 + i).checked_sub(1), (x0 + k).checked_sub(1)) {
-            (Some(iy), Some(ix)) if iy < h && ix < w => plane[iy * w + ix],
-            _ => 0.0,
-        })
-    })
-}
-
-/// The 2 x 2 output-gradient tile `t` from one `h x w` plane, zeros past the border.
-#[inline(always)]
-fn grad_tile(plane: &[f32], (h, w): (usize, usize), tw: usize, t: usize) -> [[f32; 2]; 2] {
-    let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-    std::array::from_fn(|i| {
-        std::array::from_fn(|k| if y0 + i < h && x0 + k < w { plane[(y0 + i) * w + x0 + k] } else { 0.0 })
-    })
-}
-
-/// The adds and subtracts of the patch and output transforms, on one value (`f32`) or on one
+/// The adds, subtracts and constant multiplies of the patch and output transforms, on one value (`f32`) or on one
 /// value of each of 16 tiles (an AVX-512 register, `winograd_avx512.rs`): one definition of the
 /// arithmetic for both, so their results are the same bit for bit.
 pub(super) trait Ops: Copy {
     type V: Copy;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a k` for a constant `k` of a transform matrix.
+    fn mul(self, a: Self::V, k: f32) -> Self::V;
 }
 
 /// [`Ops`] on plain `f32`.
@@ -213,91 +524,15 @@ impl Ops for Scalar {
     fn sub(self, a: f32, b: f32) -> f32 {
         a - b
     }
-}
-
-/// `B^T v` (and, applied to the rows of `B^T d`, the right factor `B`).
-#[inline(always)]
-fn bt<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 4] {
-    [o.sub(v[0], v[2]), o.add(v[1], v[2]), o.sub(v[2], v[1]), o.sub(v[1], v[3])]
-}
-
-/// `G v` for a 3-vector.
-#[inline(always)]
-fn gv(v: [f32; 3]) -> [f32; 4] {
-    [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
-}
-
-/// `A^T v`.
-#[inline(always)]
-fn at<O: Ops>(o: O, v: [O::V; 4]) -> [O::V; 2] {
-    [o.add(o.add(v[0], v[1]), v[2]), o.sub(o.sub(v[1], v[2]), v[3])]
-}
-
-/// `A v` for a 2-vector (`A` is 4 x 2).
-#[inline(always)]
-fn av(v: [f32; 2]) -> [f32; 4] {
-    [v[0], v[0] + v[1], v[0] - v[1], -v[1]]
-}
-
-/// `G^T v` for a 4-vector.
-#[inline(always)]
-fn gtv(v: [f32; 4]) -> [f32; 3] {
-    [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
-}
-
-/// `W = A e A^T` of one 2 x 2 output-gradient tile `e`, as `w[4 i + j]` (the gradient of the loss
-/// with respect to the tile's product `M`, since `y_tile = A^T M A`).
-fn grad_transform(e: [[f32; 2]; 2]) -> [f32; 16] {
-    let cols: [[f32; 4]; 2] = std::array::from_fn(|q| av([e[0][q], e[1][q]]));
-    let mut out = [0.0; 16];
-    for i in 0..4 {
-        out[4 * i..4 * i + 4].copy_from_slice(&av([cols[0][i], cols[1][i]]));
+    #[inline(always)]
+    fn mul(self, a: f32, k: f32) -> f32 {
+        a * k
     }
-    out
 }
 
-/// `G^T m G` of one 4 x 4 gradient `m` of `U = G g G^T`: the gradient of the 3 x 3 filter, as
-/// `g[3 ky + kx]`.
-fn filter_grad_transform(m: [f32; 16]) -> [f32; 9] {
-    let cols: [[f32; 3]; 4] = std::array::from_fn(|j| gtv([m[j], m[4 + j], m[8 + j], m[12 + j]]));
-    let mut out = [0.0; 9];
-    for ky in 0..3 {
-        out[3 * ky..3 * ky + 3].copy_from_slice(&gtv([cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]]));
-    }
-    out
-}
-
-/// `U = G g G^T` of one 3 x 3 filter `g[ky][kx]`, as `u[4 i + j]`.
-fn filter_transform(g: [[f32; 3]; 3]) -> [f32; 16] {
-    let cols: [[f32; 4]; 3] = std::array::from_fn(|kx| gv([g[0][kx], g[1][kx], g[2][kx]]));
-    let mut u = [0.0; 16];
-    for i in 0..4 {
-        let row = gv([cols[0][i], cols[1][i], cols[2][i]]);
-        u[4 * i..4 * i + 4].copy_from_slice(&row);
-    }
-    u
-}
-
-/// `V = B^T d B` of one 4 x 4 patch, as `v[4 i + j]`.
-#[inline(always)]
-pub(super) fn patch_transform<O: Ops>(d: [[O::V; 4]; 4], o: O) -> [O::V; 16] {
-    let cols: [[O::V; 4]; 4] = std::array::from_fn(|j| bt(o, [d[0][j], d[1][j], d[2][j], d[3][j]]));
-    let rows: [[O::V; 4]; 4] = std::array::from_fn(|i| bt(o, [cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
-    std::array::from_fn(|xi| rows[xi / 4][xi % 4])
-}
-
-/// `Y = A^T m A` of one 4 x 4 product tile, as `y[2 i + j]`.
-#[inline(always)]
-pub(super) fn output_transform<O: Ops>(m: [O::V; 16], o: O) -> [O::V; 4] {
-    let cols: [[O::V; 2]; 4] = std::array::from_fn(|j| at(o, [m[j], m[4 + j], m[8 + j], m[12 + j]]));
-    let r0 = at(o, [cols[0][0], cols[1][0], cols[2][0], cols[3][0]]);
-    let r1 = at(o, [cols[0][1], cols[1][1], cols[2][1], cols[3][1]]);
-    [r0[0], r0[1], r1[0], r1[1]]
-}
-
-/// `y = conv3x3(x, w) + b` for a geometry that [`fits`], where `filter(o, c)` is the 3 x 3
-/// filter from input channel `c` to output channel `o`. `y` is fully overwritten.
-fn conv(
+/// `y = conv3x3(x, w) + b` for a geometry that [`fits`], by the algorithm `W`, where `filter(o, c)`
+/// is the 3 x 3 filter from input channel `c` to output channel `o`. `y` is fully overwritten.
+fn conv<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
     g: &Conv2dGeom,
     x: &[f32],
     filter: impl Fn(usize, usize) -> [[f32; 3]; 3] + Sync,
@@ -307,21 +542,22 @@ fn conv(
     debug_assert!(fits(g));
     let (cin, cout, (h, w)) = (g.c_in, g.c_out, (g.h, g.w));
     // Padding 1 and a 3x3 kernel keep the size: the output is h x w.
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let per_image = th * tw;
     // U, staged as [xi][o][c], then packed per xi into the micro-kernel's row panels.
-    let mut staged = vec![0.0f32; 16 * cout * cin];
+    let mut staged = vec![0.0f32; E * cout * cin];
     let sptr = SendPtr(staged.as_mut_ptr());
     (0..cout).into_par_iter().for_each(|o| {
         for c in 0..cin {
-            let u = filter_transform(filter(o, c));
+            let u = W::filter_transform(filter(o, c));
             for (xi, &v) in u.iter().enumerate() {
                 // SAFETY: each o writes only its own [xi][o][..] rows.
                 unsafe { *sptr.ptr().add((xi * cout + o) * cin + c) = v };
             }
         }
     });
-    let packed: Vec<PackedA> = (0..16)
+    let packed: Vec<PackedA> = (0..E)
+        .into_par_iter()
         .map(|xi| {
             let u = &staged[xi * cout * cin..][..cout * cin];
             PackedA::pack_panels(cout, cin, |p, rows, panel| {
@@ -335,23 +571,23 @@ fn conv(
         .collect();
     drop(staged);
     // Blocks of equal size (within one tile), so the tasks balance over the threads.
-    let blocks = per_image.div_ceil(TILES);
+    let blocks = per_image.div_ceil(W::TILES);
     let yptr = SendPtr(y.as_mut_ptr());
     (0..g.n * blocks).into_par_iter().for_each(|u| {
         let (n, b) = (u / blocks, u % blocks);
         let tiles = b * per_image / blocks..(b + 1) * per_image / blocks;
         let xn = &x[n * cin * h * w..][..cin * h * w];
         // SAFETY: each (image, block) unit writes only its own tiles' pixels of image n.
-        unsafe { block(&packed, xn, (h, w), tw, tiles, bias, yptr.ptr().add(n * cout * h * w), cout) };
+        unsafe { block::<M, T, E, W>(&packed, xn, (h, w), tw, tiles, bias, yptr.ptr().add(n * cout * h * w), cout) };
     });
 }
 
-/// One block of tiles of one image: transform its patches, run the 16 GEMMs, transform back into `y`.
+/// One block of tiles of one image: transform its patches, run the `E` GEMMs, transform back into `y`.
 ///
 /// # Safety
 /// `y` must address the image's `c_out` output planes, whose pixels of these tiles nothing else touches.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(
+unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
     packed: &[PackedA],
     x: &[f32],
     (h, w): (usize, usize),
@@ -364,11 +600,11 @@ unsafe fn block(
     let cin = packed[0].k;
     let nt = tiles.len();
     let v_len = slab_len(cin, nt);
-    with_scratch::<f32, _>(16 * v_len + 16 * cout * nt, |buf| {
-        let (v, m) = buf.split_at_mut(16 * v_len);
+    with_scratch::<f32, _>(E * v_len + E * cout * nt, |buf| {
+        let (v, m) = buf.split_at_mut(E * v_len);
         // On AVX-512 CPUs the transforms run on 16 tiles per register (one lane set per slab).
         #[cfg(target_arch = "x86_64")]
-        let lanes: Option<Vec<TileLanes>> = (packed_gemm::kernel() == Kernel::Avx512).then(|| {
+        let lanes: Option<Vec<TileLanes<M, T>>> = (packed_gemm::kernel() == Kernel::Avx512).then(|| {
             (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect()
         });
         #[cfg(not(target_arch = "x86_64"))]
@@ -382,14 +618,14 @@ unsafe fn block(
                 for (l, lane) in lanes.iter().enumerate() {
                     // SAFETY: AVX-512F present (the kernel choice says so); `x` holds the image's
                     // `cin` planes; slab block l of every V_xi is inside `v`.
-                    unsafe { lane.transform_patches(x, h * w, cin, l * NR, v.as_mut_ptr(), v_len) };
+                    unsafe { lane.transform_patches::<E, W>(x, h * w, cin, l * NR, v.as_mut_ptr(), v_len) };
                 }
             }
             _ => {
                 for c in 0..cin {
                     let plane = &x[c * h * w..][..h * w];
                     for (j, t) in tiles.clone().enumerate() {
-                        for (xi, &e) in patch_transform(patch(plane, (h, w), tw, t), Scalar).iter().enumerate() {
+                        for (xi, &e) in W::patch_transform(W::patch(plane, (h, w), tw, t), Scalar).iter().enumerate() {
                             v[xi * v_len + slab_index(cin, c, j)] = e;
                         }
                     }
@@ -400,7 +636,7 @@ unsafe fn block(
             }
         }
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: cin }];
-        for xi in 0..16 {
+        for xi in 0..E {
             let (vx, mx) = (&v[xi * v_len..][..v_len], &mut m[xi * cout * nt..][..cout * nt]);
             packed_gemm::gemm(&packed[xi], &whole, vx, cin, nt, mx, nt, false);
         }
@@ -409,7 +645,7 @@ unsafe fn block(
             Some(lanes) => {
                 for (l, lane) in lanes.iter().enumerate() {
                     // SAFETY: as above; the caller owns these tiles' pixels of the `cout` planes at `y`.
-                    unsafe { lane.transform_outputs(m, cout, nt, l * NR, bias, y, h * w) };
+                    unsafe { lane.transform_outputs::<E, W>(m, cout, nt, l * NR, bias, y, h * w) };
                 }
             }
             _ => {
@@ -417,13 +653,15 @@ unsafe fn block(
                     let b = bias.map_or(0.0, |b| b[o]);
                     let yo = y.add(o * h * w);
                     for (j, t) in tiles.clone().enumerate() {
-                        let mt: [f32; 16] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
-                        let out = output_transform(mt, Scalar);
-                        let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-                        for (q, &val) in out.iter().enumerate() {
-                            let (oy, ox) = (y0 + q / 2, x0 + q % 2);
-                            if oy < h && ox < w {
-                                *yo.add(oy * w + ox) = val + b;
+                        let mt: [f32; E] = std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]);
+                        let out = W::output_transform(mt, Scalar);
+                        let (y0, x0) = ((t / tw) * M, (t % tw) * M);
+                        for (qy, row) in out.iter().enumerate() {
+                            for (qx, &val) in row.iter().enumerate() {
+                                let (oy, ox) = (y0 + qy, x0 + qx);
+                                if oy < h && ox < w {
+                                    *yo.add(oy * w + ox) = val + b;
+                                }
                             }
                         }
                     }
@@ -437,20 +675,56 @@ unsafe fn block(
 mod tests {
     use super::*;
 
-    /// The transforms alone: `A^T [(G g G^T) ⊙ (B^T d B)] A` is the 2 x 2 correlation of `d` with `g`.
+    /// The transforms alone: `A^T [(G g G^T) ⊙ (B^T d B)] A` is the `M x M` correlation of `d` with `g`.
+    fn one_tile<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>() {
+        let g: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| (3 * i + j) as f32 * 0.25 - 1.0));
+        let d: [[f32; T]; T] = std::array::from_fn(|i| std::array::from_fn(|j| ((5 * i + 3 * j) % 7) as f32 - 2.5));
+        let (u, v) = (W::filter_transform(g), W::patch_transform(d, Scalar));
+        let y = W::output_transform(std::array::from_fn(|xi| u[xi] * v[xi]), Scalar);
+        for (oy, row) in y.iter().enumerate() {
+            for (ox, &got) in row.iter().enumerate() {
+                let want: f32 = (0..3)
+                    .flat_map(|ky| (0..3).map(move |kx| (ky, kx)))
+                    .map(|(ky, kx)| g[ky][kx] * d[oy + ky][ox + kx])
+                    .sum();
+                assert!((got - want).abs() < 1e-4, "F({M}x{M}): output ({oy}, {ox}): {got} vs {want}");
+            }
+        }
+    }
+
+    /// The written-out 1-D transforms of `W` are its matrices `B^T`, `A^T` and `G` (in f64).
+    fn transforms_are_the_matrices<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>() {
+        let v: [f32; T] = std::array::from_fn(|i| [0.75, -1.5, 2.25, 0.5, -3.0, 1.25][i]);
+        let product = |rows: &[[f32; T]], v: &[f32; T]| -> Vec<f64> {
+            rows.iter().map(|r| r.iter().zip(v).map(|(&k, &x)| k as f64 * x as f64).sum()).collect()
+        };
+        let close = |got: &[f32], want: &[f64], what: &str| {
+            for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                assert!((g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "F({M}x{M}) {what}[{i}]: {g} vs {w}");
+            }
+        };
+        close(&W::bt(Scalar, v), &product(&W::BT, &v), "B^T v");
+        close(&W::at(Scalar, v), &product(&W::AT, &v), "A^T v");
+        let v3 = [0.75f32, -1.5, 2.25];
+        let want: Vec<f64> = W::G.iter().map(|r| r.iter().zip(&v3).map(|(&k, &x)| k as f64 * x as f64).sum()).collect();
+        close(&W::g(v3), &want, "G v");
+        // A = (A^T)^T and G^T.
+        let vm: [f32; M] = std::array::from_fn(|i| v[i]);
+        let want: Vec<f64> = (0..T).map(|j| (0..M).map(|i| W::AT[i][j] as f64 * vm[i] as f64).sum()).collect();
+        close(&W::a(vm), &want, "A v");
+        let want: Vec<f64> = (0..3).map(|k| (0..T).map(|j| W::G[j][k] as f64 * v[j] as f64).sum()).collect();
+        close(&W::gt(v), &want, "G^T v");
+    }
+
+    #[test]
+    fn the_written_out_transforms_are_the_matrices() {
+        transforms_are_the_matrices::<2, 4, 16, F2>();
+        transforms_are_the_matrices::<4, 6, 36, F4>();
+    }
+
     #[test]
     fn one_tile_equals_the_direct_correlation() {
-        let g: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| (3 * i + j) as f32 * 0.25 - 1.0));
-        let d: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| ((5 * i + 3 * j) % 7) as f32 - 2.5));
-        let (u, v) = (filter_transform(g), patch_transform(d, Scalar));
-        let y = output_transform(std::array::from_fn(|xi| u[xi] * v[xi]), Scalar);
-        for (q, &got) in y.iter().enumerate() {
-            let (oy, ox) = (q / 2, q % 2);
-            let want: f32 = (0..3)
-                .flat_map(|ky| (0..3).map(move |kx| (ky, kx)))
-                .map(|(ky, kx)| g[ky][kx] * d[oy + ky][ox + kx])
-                .sum();
-            assert!((got - want).abs() < 1e-4, "output {q}: {got} vs {want}");
-        }
+        one_tile::<2, 4, 16, F2>();
+        one_tile::<4, 6, 36, F4>();
     }
 }

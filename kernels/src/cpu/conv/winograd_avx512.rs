@@ -10,33 +10,34 @@
 //! the pixels inside the plane.
 
 use super::gather::ChannelLanes;
-use super::winograd::{output_transform, patch_transform};
+use super::winograd::Minimal;
 use crate::cpu::packed_gemm::{lane_mask, slab_index};
 use std::arch::x86_64::*;
 
 /// Up to 16 tiles of one image (lane `l` = tile `t0 + l` of a `tw`-wide grid over an `h x w`
-/// plane): where their 4 x 4 patches and 2 x 2 outputs lie, and which elements are inside.
-pub(super) struct TileLanes {
-    /// Plane offset of each lane's patch element (0, 0): `(2 ty - 1) w + 2 tx - 1` (may be
+/// plane) for F(M x M, 3 x 3): where their `T x T` patches and `M x M` outputs lie, and which
+/// elements are inside.
+pub(super) struct TileLanes<const M: usize, const T: usize> {
+    /// Plane offset of each lane's patch element (0, 0): `(M ty - 1) w + M tx - 1` (may be
     /// negative; those elements are masked off).
     base: [i32; 16],
-    /// Per patch row `i` / column `k`: lanes whose row `2 ty - 1 + i` / column `2 tx - 1 + k` is
+    /// Per patch row `i` / column `k`: lanes whose row `M ty - 1 + i` / column `M tx - 1 + k` is
     /// inside the plane (and that are tiles at all).
-    row_in: [u16; 4],
-    col_in: [u16; 4],
+    row_in: [u16; T],
+    col_in: [u16; T],
     w: i32,
 }
 
-impl TileLanes {
+impl<const M: usize, const T: usize> TileLanes<M, T> {
     /// Tiles `t0 .. t0 + count` (`count <= 16`) of a plane of `h x w` with `tw` tiles per row.
-    pub(super) fn new(t0: usize, count: usize, (h, w): (usize, usize), tw: usize) -> TileLanes {
+    pub(super) fn new(t0: usize, count: usize, (h, w): (usize, usize), tw: usize) -> TileLanes<M, T> {
         debug_assert!(count <= 16 && h * w < i32::MAX as usize);
-        let mut lanes = TileLanes { base: [0; 16], row_in: [0; 4], col_in: [0; 4], w: w as i32 };
+        let mut lanes = TileLanes { base: [0; 16], row_in: [0; T], col_in: [0; T], w: w as i32 };
         for l in 0..count {
             let (ty, tx) = ((t0 + l) / tw, (t0 + l) % tw);
-            let (y0, x0) = (2 * ty as i32 - 1, 2 * tx as i32 - 1);
+            let (y0, x0) = ((M * ty) as i32 - 1, (M * tx) as i32 - 1);
             lanes.base[l] = y0 * w as i32 + x0;
-            for i in 0..4 {
+            for i in 0..T {
                 if (0..h as i32).contains(&(y0 + i as i32)) {
                     lanes.row_in[i] |= 1 << l;
                 }
@@ -51,17 +52,19 @@ impl TileLanes {
     /// `V = B^T d B` of the 16 lanes' patches of `plane` (`h x w` floats), element `xi` of each
     /// lane in lane order; lanes without a tile are zeros.
     #[target_feature(enable = "avx512f")]
-    unsafe fn patch_transform(&self, plane: &[f32]) -> [__m512; 16] {
+    unsafe fn patch_transform<const E: usize, W: Minimal<M, T, E>>(&self, plane: &[f32]) -> [__m512; E] {
         let base = _mm512_loadu_si512(self.base.as_ptr().cast());
-        let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
-            std::array::from_fn(|k| {
+        // Plain loops (not `array::from_fn`, whose closures would not be AVX-512 code).
+        let mut d = [[_mm512_setzero_ps(); T]; T];
+        for (i, row) in d.iter_mut().enumerate() {
+            for (k, e) in row.iter_mut().enumerate() {
                 let idx = _mm512_add_epi32(base, _mm512_set1_epi32(i as i32 * self.w + k as i32));
                 let mask = self.row_in[i] & self.col_in[k];
                 // SAFETY: unmasked lanes index inside the plane (checked when the lanes were made).
-                unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, plane.as_ptr()) }
-            })
-        });
-        patch_transform(d, VecOps)
+                *e = unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, plane.as_ptr()) };
+            }
+        }
+        W::patch_transform(d, VecOps)
     }
 
     /// `V_xi` of these tiles for every channel: row `c` of slab `j0 / 16` of each `V_xi` (`cin x
@@ -71,7 +74,7 @@ impl TileLanes {
     /// AVX-512F present; `x` holds `cin` planes of the `h x w` the lanes were made for; `j0` is a
     /// multiple of 16 and `v` addresses 16 such slab blocks that nothing else touches meanwhile.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_patches(
+    pub(super) unsafe fn transform_patches<const E: usize, W: Minimal<M, T, E>>(
         &self,
         x: &[f32],
         plane: usize,
@@ -81,7 +84,7 @@ impl TileLanes {
         v_len: usize,
     ) {
         for c in 0..cin {
-            let vv = self.patch_transform(&x[c * plane..][..plane]);
+            let vv = self.patch_transform::<E, W>(&x[c * plane..][..plane]);
             let at = slab_index(cin, c, j0);
             for (xi, e) in vv.iter().enumerate() {
                 _mm512_storeu_ps(v.add(xi * v_len + at), *e);
@@ -98,7 +101,7 @@ impl TileLanes {
     /// these tiles nothing else touches meanwhile.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn transform_outputs(
+    pub(super) unsafe fn transform_outputs<const E: usize, W: Minimal<M, T, E>>(
         &self,
         m: &[f32],
         cout: usize,
@@ -110,25 +113,29 @@ impl TileLanes {
     ) {
         let count = (nt - j0).min(16);
         let lanes = lane_mask(count);
-        assert!(m.len() >= 16 * cout * nt, "winograd: M too short");
+        assert!(m.len() >= E * cout * nt, "winograd: M too short");
         let base = _mm512_loadu_si512(self.base.as_ptr().cast());
         for o in 0..cout {
             // SAFETY: lanes < count read columns j0 .. nt of row o of each M_xi.
-            let mv: [__m512; 16] = std::array::from_fn(|xi| unsafe {
-                _mm512_maskz_loadu_ps(lanes, m.as_ptr().add((xi * cout + o) * nt + j0))
-            });
-            let out = output_transform(mv, VecOps);
+            let mut mv = [_mm512_setzero_ps(); E];
+            for (xi, e) in mv.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *e = unsafe { _mm512_maskz_loadu_ps(lanes, m.as_ptr().add((xi * cout + o) * nt + j0)) };
+            }
+            let out = W::output_transform(mv, VecOps);
             let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[o]));
             // Output (qy, qx) of a tile is patch element (qy + 1, qx + 1).
-            for (q, val) in out.iter().enumerate() {
-                let (i, k) = (q / 2 + 1, q % 2 + 1);
-                let idx = _mm512_add_epi32(base, _mm512_set1_epi32(i as i32 * self.w + k as i32));
-                _mm512_mask_i32scatter_ps::<4>(
-                    y.add(o * plane),
-                    self.row_in[i] & self.col_in[k],
-                    idx,
-                    _mm512_add_ps(*val, b),
-                );
+            for (qy, row) in out.iter().enumerate() {
+                for (qx, val) in row.iter().enumerate() {
+                    let (i, k) = (qy + 1, qx + 1);
+                    let idx = _mm512_add_epi32(base, _mm512_set1_epi32(i as i32 * self.w + k as i32));
+                    _mm512_mask_i32scatter_ps::<4>(
+                        y.add(o * plane),
+                        self.row_in[i] & self.col_in[k],
+                        idx,
+                        _mm512_add_ps(*val, b),
+                    );
+                }
             }
         }
     }
@@ -144,7 +151,7 @@ impl TileLanes {
 /// 16 and the written rows belong to the caller alone.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn transform_channel_patches(
+pub(super) unsafe fn transform_channel_patches<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
     x: &[f32],
     (h, w): (usize, usize),
     tw: usize,
@@ -160,20 +167,20 @@ pub(super) unsafe fn transform_channel_patches(
         count <= 16 && c0.is_multiple_of(16) && x.len() >= (c0 + count) * plane && 16 * plane < i32::MAX as usize
     );
     let planes = &x[c0 * plane..];
-    let (y0, x0) = (2 * (t / tw) as isize - 1, 2 * (t % tw) as isize - 1);
+    let (y0, x0) = ((M * (t / tw)) as isize - 1, (M * (t % tw)) as isize - 1);
     let chans = ChannelLanes::new(plane, count);
-    let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
-        std::array::from_fn(|k| {
+    let mut d = [[_mm512_setzero_ps(); T]; T];
+    for (i, row) in d.iter_mut().enumerate() {
+        for (k, e) in row.iter_mut().enumerate() {
             let (iy, ix) = (y0 + i as isize, x0 + k as isize);
-            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                return _mm512_setzero_ps();
+            if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                // SAFETY: the lanes read pixel (iy, ix) of planes c0 .. c0 + count.
+                *e = unsafe { chans.gather(planes.as_ptr(), iy as usize * w + ix as usize) };
             }
-            // SAFETY: the lanes read pixel (iy, ix) of planes c0 .. c0 + count.
-            unsafe { chans.gather(planes.as_ptr(), iy as usize * w + ix as usize) }
-        })
-    });
+        }
+    }
     let at = slab_index(nt, j, c0);
-    for (xi, e) in patch_transform(d, VecOps).iter().enumerate() {
+    for (xi, e) in W::patch_transform(d, VecOps).iter().enumerate() {
         _mm512_storeu_ps(v.add(xi * v_len + at), *e);
     }
 }
@@ -194,11 +201,16 @@ impl super::winograd::Ops for VecOps {
         // SAFETY: as `add`.
         unsafe { _mm512_sub_ps(a, b) }
     }
+    #[inline(always)]
+    fn mul(self, a: __m512, k: f32) -> __m512 {
+        // SAFETY: as `add`.
+        unsafe { _mm512_mul_ps(a, _mm512_set1_ps(k)) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::winograd::{patch, Scalar};
+    use super::super::winograd::{Scalar, F2, F4};
     use super::*;
     use crate::cpu::packed_gemm::{avx512_available, slab_len};
 
@@ -206,72 +218,90 @@ mod tests {
         ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 2.0
     }
 
-    /// The 16-lane transforms against the scalar ones, bit for bit: odd plane sizes (tiles cut by
-    /// the border), groups that wrap to the next tile row, a last group of 5 tiles, 21 channels (a
-    /// partial channel slab).
+    /// The 16-lane patch and output transforms of `W` against the scalar ones, bit for bit, on
+    /// 21 channels of a 13 x 11 plane (tiles cut by the border, groups that wrap to the next tile
+    /// row, a partial last group, a partial channel slab).
+    fn tile_lanes_match<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>() {
+        let ((h, w), cin) = ((13usize, 11usize), 21usize);
+        let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+        let plane = h * w;
+        let x: Vec<f32> = (0..cin * plane).map(|i| val(i + 3)).collect();
+        let t0 = 4;
+        let nt = th * tw - t0;
+        let v_len = slab_len(cin, nt);
+        let mut v = vec![f32::NAN; E * v_len];
+        let lanes: Vec<TileLanes<M, T>> =
+            (0..nt).step_by(16).map(|j0| TileLanes::new(t0 + j0, (nt - j0).min(16), (h, w), tw)).collect();
+        for (l, lane) in lanes.iter().enumerate() {
+            unsafe { lane.transform_patches::<E, W>(&x, plane, cin, l * 16, v.as_mut_ptr(), v_len) };
+        }
+        for c in 0..cin {
+            for j in 0..nt.next_multiple_of(16) {
+                let want = if j < nt {
+                    W::patch_transform(W::patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
+                } else {
+                    [0.0; E]
+                };
+                for (xi, e) in want.iter().enumerate() {
+                    let got = v[xi * v_len + slab_index(cin, c, j)];
+                    assert_eq!(got.to_bits(), e.to_bits(), "F({M}x{M}) V: channel {c}, tile {j}, xi {xi}");
+                }
+            }
+        }
+        // Outputs: M for 3 output channels, written with a bias, the rest of the planes untouched.
+        let cout = 3;
+        let m: Vec<f32> = (0..E * cout * nt).map(|i| val(i + 17)).collect();
+        let bias = [0.5f32, -1.25, 0.0];
+        let mut y = vec![f32::NAN; cout * plane];
+        for (l, lane) in lanes.iter().enumerate() {
+            unsafe { lane.transform_outputs::<E, W>(&m, cout, nt, l * 16, Some(&bias), y.as_mut_ptr(), plane) };
+        }
+        let mut want = vec![f32::NAN; cout * plane];
+        for o in 0..cout {
+            for j in 0..nt {
+                let t = t0 + j;
+                let out = W::output_transform(std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]), Scalar);
+                let (y0, x0) = ((t / tw) * M, (t % tw) * M);
+                for (qy, row) in out.iter().enumerate() {
+                    for (qx, &e) in row.iter().enumerate() {
+                        let (oy, ox) = (y0 + qy, x0 + qx);
+                        if oy < h && ox < w {
+                            want[o * plane + oy * w + ox] = e + bias[o];
+                        }
+                    }
+                }
+            }
+        }
+        for (i, (g, e)) in y.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), e.to_bits(), "F({M}x{M}) Y: element {i}");
+        }
+    }
+
     #[test]
     fn lanes_match_the_scalar_transforms_bit_for_bit() {
         if !avx512_available() {
             eprintln!("skipped: no AVX-512F");
             return;
         }
+        tile_lanes_match::<2, 4, 16, F2>();
+        tile_lanes_match::<4, 6, 36, F4>();
+        channel_lanes_match::<2, 4, 16, F2>();
+        channel_lanes_match::<4, 6, 36, F4>();
+    }
+
+    /// The weight gradient's channel lanes of `W`: tile by tile, 16 channels then the last 5.
+    fn channel_lanes_match<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>() {
         let ((h, w), cin) = ((13usize, 11usize), 21usize);
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tw = w.div_ceil(M);
         let plane = h * w;
         let x: Vec<f32> = (0..cin * plane).map(|i| val(i + 3)).collect();
-        let (t0, nt) = (4, th * tw - 4);
-        let v_len = slab_len(cin, nt);
-        let mut v = vec![f32::NAN; 16 * v_len];
-        let lanes: Vec<TileLanes> =
-            (0..nt).step_by(16).map(|j0| TileLanes::new(t0 + j0, (nt - j0).min(16), (h, w), tw)).collect();
-        for (l, lane) in lanes.iter().enumerate() {
-            unsafe { lane.transform_patches(&x, plane, cin, l * 16, v.as_mut_ptr(), v_len) };
-        }
-        for c in 0..cin {
-            for j in 0..nt.next_multiple_of(16) {
-                let want = if j < nt {
-                    patch_transform(patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
-                } else {
-                    [0.0; 16]
-                };
-                for (xi, e) in want.iter().enumerate() {
-                    let got = v[xi * v_len + slab_index(cin, c, j)];
-                    assert_eq!(got.to_bits(), e.to_bits(), "V: channel {c}, tile {j}, xi {xi}");
-                }
-            }
-        }
-        // Outputs: M for 3 output channels, written with a bias, the rest of the planes untouched.
-        let cout = 3;
-        let m: Vec<f32> = (0..16 * cout * nt).map(|i| val(i + 17)).collect();
-        let bias = [0.5f32, -1.25, 0.0];
-        let mut y = vec![f32::NAN; cout * plane];
-        for (l, lane) in lanes.iter().enumerate() {
-            unsafe { lane.transform_outputs(&m, cout, nt, l * 16, Some(&bias), y.as_mut_ptr(), plane) };
-        }
-        let mut want = vec![f32::NAN; cout * plane];
-        for o in 0..cout {
-            for j in 0..nt {
-                let t = t0 + j;
-                let out = output_transform(std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]), Scalar);
-                let (y0, x0) = ((t / tw) * 2, (t % tw) * 2);
-                for (q, &e) in out.iter().enumerate() {
-                    let (oy, ox) = (y0 + q / 2, x0 + q % 2);
-                    if oy < h && ox < w {
-                        want[o * plane + oy * w + ox] = e + bias[o];
-                    }
-                }
-            }
-        }
-        for (i, (g, e)) in y.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), e.to_bits(), "Y: element {i}");
-        }
-        // The weight gradient's channel lanes: tile by tile, 16 channels then the last 5.
+        let (t0, nt) = (4, h.div_ceil(M) * tw - 4);
         let vt_len = slab_len(nt, cin);
-        let mut vt = vec![f32::NAN; 16 * vt_len];
+        let mut vt = vec![f32::NAN; E * vt_len];
         for j in 0..nt {
             for c0 in (0..cin).step_by(16) {
                 unsafe {
-                    transform_channel_patches(
+                    transform_channel_patches::<M, T, E, W>(
                         &x,
                         (h, w),
                         tw,
@@ -288,13 +318,13 @@ mod tests {
         for j in 0..nt {
             for c in 0..cin.next_multiple_of(16) {
                 let want = if c < cin {
-                    patch_transform(patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
+                    W::patch_transform(W::patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
                 } else {
-                    [0.0; 16]
+                    [0.0; E]
                 };
                 for (xi, e) in want.iter().enumerate() {
                     let got = vt[xi * vt_len + slab_index(nt, j, c)];
-                    assert_eq!(got.to_bits(), e.to_bits(), "V^T: tile {j}, channel {c}, xi {xi}");
+                    assert_eq!(got.to_bits(), e.to_bits(), "F({M}x{M}) V^T: tile {j}, channel {c}, xi {xi}");
                 }
             }
         }
