@@ -5,7 +5,7 @@
 //! source pixel found through an [`Axis`] map". [`GatherConv::run`] plans the tiles, splits the
 //! work over (image, group, tile) units and runs each unit's gather + GEMMs ([`GatherConv::tile`]);
 //! depthwise convs branch off to the direct loop in `depthwise.rs`, and large 3x3 stride-1 f32
-//! convs to Winograd F(2x2, 3x3) in `winograd.rs`.
+//! convs to Winograd (F(4x4, 3x3) or F(2x2, 3x3)) in `winograd.rs`.
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};

@@ -33,8 +33,9 @@
 //! **Special cases.** A 1x1, stride-1, unpadded conv needs no gather: the GEMM reads the source
 //! planes directly. Depthwise convs (one input and one output channel per group) use a direct
 //! loop instead of 1-row GEMMs. On the packed f32 path, 3x3 stride-1 padding-1 convs with many
-//! channels on large maps (the decoder's) compute `y` and `dx` by Winograd F(2x2, 3x3): 16
-//! multiplies per 2 x 2 output tile and channel pair instead of 36. Dilated stride-1 convs on
+//! channels on large maps (the decoder's) compute `y`, `dx` and `dw` by Winograd F(4x4, 3x3) (36
+//! multiplies per 4 x 4 output tile and channel pair instead of 144) or, for `y` and `dx` where
+//! 4 x 4 tiles fit the map poorly, F(2x2, 3x3) (16 per 2 x 2 tile instead of 36). Dilated stride-1 convs on
 //! small maps with many more source channels than outputs (ASPP's forward) run one GEMM per tap
 //! over all its live pixels instead of one per small region.
 //!
@@ -54,7 +55,7 @@
 //! **Files.** `mod.rs` (this file): the geometry, the tuning constants and the public entry points,
 //! which validate the shapes and hand over to `engine.rs` (the gather-conv engine for `y` and `dx`,
 //! and its serial GEMM), `per_tap.rs` (one GEMM per tap for the forward of dilated convs on small
-//! maps), `winograd.rs` (F(2x2, 3x3) for `y`, `dx` and `dw`; its transforms on 16 lanes in
+//! maps), `winograd.rs` (F(4x4, 3x3) and F(2x2, 3x3) for `y`, `dx` and `dw`; its transforms on 16 lanes in
 //! `winograd_avx512.rs`), `weight_grad.rs` (`dw` and `db`), `weight_grad_taps.rs` (the per-tap
 //! `dw`) or, for depthwise convs, `depthwise.rs` (direct loops). Both the engine and `dw` build on
 //! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a

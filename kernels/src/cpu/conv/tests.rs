@@ -91,7 +91,7 @@ fn geom((n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups): Case)
     Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups }
 }
 
-/// A 3x3, stride-1, padding-1 conv (the shape Winograd F(2x2, 3x3) computes).
+/// A 3x3, stride-1, padding-1 conv (the shape Winograd F(m x m, 3x3) computes).
 fn same_3x3(n: usize, c_in: usize, h: usize, w: usize, c_out: usize) -> Conv2dGeom {
     geom((n, c_in, h, w, c_out, 3, 3, [1, 1], [1, 1], [1, 1], 1))
 }

@@ -6,7 +6,7 @@
 //! shapes ([`balanced_bounds`]); each chunk has its own partial sum, and the partials are reduced
 //! in chunk order, so the result does not depend on the thread count. Depthwise convs use the
 //! direct loop in `depthwise.rs`; large 3x3 stride-1 f32 convs (the decoder) take Winograd
-//! F(2x2, 3x3) in `winograd.rs`, and pixel-poor ones the per-tap GEMMs of `weight_grad_taps.rs`.
+//! F(4x4, 3x3) in `winograd.rs`, and pixel-poor ones the per-tap GEMMs of `weight_grad_taps.rs`.
 //! `db` sums each channel over `n`, then pixels in order.
 
 use super::depthwise::depthwise_weight_grad;
