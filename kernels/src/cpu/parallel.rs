@@ -48,16 +48,20 @@ where
     out.par_chunks_mut(c).enumerate().for_each(|(ci, ch)| f(ci * c, ch));
 }
 
-/// `n` zeros, written by the pool's threads in fixed chunks. A serial `vec![0.0; n]` of a large
-/// buffer is a memset (once the allocator reuses freed memory) plus the first-touch page faults, all
-/// on one core while the other waits; the training step allocates its activations and gradients
-/// fresh every step, so that was a tenth of a step on one core. Small buffers stay serial.
+/// `n` zeros, written by the pool's threads in fixed chunks of [`MAP_CHUNK`]. A serial
+/// `vec![0.0; n]` of a large buffer is a memset (once the allocator reuses freed memory) plus the
+/// first-touch page faults, all on one core while the other waits; the training step allocates its
+/// activations and gradients fresh every step, so that was a tenth of a step on one core. Each
+/// chunk is one `fill` (a vectorised memset): 2 x 256 x 65 x 65 zeros in 0.12-0.18 ms against
+/// 0.22-0.28 for a `collect` of 16K-element tasks. Small buffers stay serial.
 pub fn zeros<T: Float>(n: usize) -> Vec<T> {
     if n < 1 << 16 || rayon::current_num_threads() == 1 {
         return vec![T::ZERO; n];
     }
     let mut v = Vec::with_capacity(n);
-    (0..n).into_par_iter().with_min_len(1 << 14).map(|_| T::ZERO).collect_into_vec(&mut v);
+    v.spare_capacity_mut().par_chunks_mut(MAP_CHUNK).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::ZERO)));
+    // SAFETY: the loop above wrote all `n` elements of the capacity.
+    unsafe { v.set_len(n) };
     v
 }
 
@@ -138,6 +142,14 @@ mod tests {
             assert_eq!(y, x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(), "n = {n}");
             let z = zip_map_new(&x, &y, |a: f32, b: f32| a * 2.0 + b);
             assert_eq!(z, x.iter().zip(&y).map(|(a, b)| a * 2.0 + b).collect::<Vec<_>>(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn zeros_are_zeros_at_every_size() {
+        for n in [0, 1, (1 << 16) - 1, 1 << 16, 3 * MAP_CHUNK + 5] {
+            let z = zeros::<f32>(n);
+            assert!(z.len() == n && z.iter().all(|&v| v == 0.0), "n = {n}");
         }
     }
 }
