@@ -47,7 +47,7 @@ use rayon::prelude::*;
 /// (their `k` is `c_in`, against `9 c_in` for the direct conv) to gain from the fewer multiplies
 /// (at 64 and 128 channels they ran 1.2-1.6x slower than the direct conv).
 const MIN_CHANNELS: usize = 256;
-/// Fewest output pixels per image (a 64 x 64 map): fewer leave the GEMMs short in `n` as well.
+/// Fewest output pixels per image (a 32 x 32 map): fewer leave the GEMMs short in `n` as well.
 const MIN_PIXELS: usize = 1024;
 
 /// One minimal filtering algorithm F(M x M, 3 x 3): output tiles of `M x M`, input patches of
@@ -319,9 +319,9 @@ impl Minimal<4, 6, 36> for F4 {
     }
     #[inline(always)]
     fn a(v: [f32; 4]) -> [f32; 6] {
-        let (p02, m13) = (v[0] + v[2], v[1] + v[3]);
+        let (p02, p13) = (v[0] + v[2], v[1] + v[3]);
         let (q02, q13) = (v[0] + 4.0 * v[2], 2.0 * v[1] + 8.0 * v[3]);
-        [v[0], p02 + m13, p02 - m13, q02 + q13, q02 - q13, v[3]]
+        [v[0], p02 + p13, p02 - p13, q02 + q13, q02 - q13, v[3]]
     }
     fn gt(v: [f32; 6]) -> [f32; 3] {
         let (p12, m21, p34, m34) = (v[1] + v[2], v[2] - v[1], v[3] + v[4], v[3] - v[4]);
