@@ -313,9 +313,19 @@ impl Minimal<4, 6, 36> for F4 {
             o.add(o.add(m12, o.mul(m34, 8.0)), v[5]),
         ]
     }
+    // `g` and `gt` run once per channel pair and call: products with the reciprocals (a division
+    // costs several times a product; these took 16 % of a one-thread decoder forward as divisions).
     fn g(v: [f32; 3]) -> [f32; 6] {
-        let (a, b) = (v[0] + v[2], v[0] / 4.0 + v[2]);
-        [v[0] / 4.0, -(a + v[1]) / 6.0, -(a - v[1]) / 6.0, (b + v[1] / 2.0) / 6.0, (b - v[1] / 2.0) / 6.0, v[2]]
+        const SIXTH: f32 = 1.0 / 6.0;
+        let (a, b) = (v[0] + v[2], v[0] * 0.25 + v[2]);
+        [
+            v[0] * 0.25,
+            -(a + v[1]) * SIXTH,
+            -(a - v[1]) * SIXTH,
+            (b + v[1] * 0.5) * SIXTH,
+            (b - v[1] * 0.5) * SIXTH,
+            v[2],
+        ]
     }
     #[inline(always)]
     fn a(v: [f32; 4]) -> [f32; 6] {
@@ -324,8 +334,9 @@ impl Minimal<4, 6, 36> for F4 {
         [v[0], p02 + p13, p02 - p13, q02 + q13, q02 - q13, v[3]]
     }
     fn gt(v: [f32; 6]) -> [f32; 3] {
+        const SIXTH: f32 = 1.0 / 6.0;
         let (p12, m21, p34, m34) = (v[1] + v[2], v[2] - v[1], v[3] + v[4], v[3] - v[4]);
-        [v[0] / 4.0 - p12 / 6.0 + p34 / 24.0, m21 / 6.0 + m34 / 12.0, (p34 - p12) / 6.0 + v[5]]
+        [v[0] * 0.25 - p12 * SIXTH + p34 * (1.0 / 24.0), m21 * SIXTH + m34 * (1.0 / 12.0), (p34 - p12) * SIXTH + v[5]]
     }
 }
 
@@ -546,32 +557,22 @@ fn conv<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
     // Padding 1 and a 3x3 kernel keep the size: the output is h x w.
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let per_image = th * tw;
-    // U, staged as [xi][o][c], then packed per xi into the micro-kernel's row panels.
-    let mut staged = vec![0.0f32; E * cout * cin];
-    let sptr = SendPtr(staged.as_mut_ptr());
-    (0..cout).into_par_iter().for_each(|o| {
+    // U straight into each U_xi's row panels (`A(o, c)` at `(p c_in + c) MR + r` for `o = p MR + r`),
+    // one task per panel of MR output channels: each task's writes to every U_xi are sequential.
+    // (Staging U as [xi][o][c] and repacking it took 22 % of a one-thread decoder forward.)
+    let mut packed: Vec<PackedA> = (0..E).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
+    let uptrs: Vec<SendPtr<f32>> = packed.iter_mut().map(|a| SendPtr(a.panels_mut(cout, cin).as_mut_ptr())).collect();
+    (0..cout.div_ceil(MR)).into_par_iter().for_each(|p| {
         for c in 0..cin {
-            let u = W::filter_transform(filter(o, c));
-            for (xi, &v) in u.iter().enumerate() {
-                // SAFETY: each o writes only its own [xi][o][..] rows.
-                unsafe { *sptr.ptr().add((xi * cout + o) * cin + c) = v };
+            for r in 0..(cout - p * MR).min(MR) {
+                let u = W::filter_transform(filter(p * MR + r, c));
+                for (xi, &v) in u.iter().enumerate() {
+                    // SAFETY: panel p of every U_xi belongs to this task alone.
+                    unsafe { *uptrs[xi].ptr().add((p * cin + c) * MR + r) = v };
+                }
             }
         }
     });
-    let packed: Vec<PackedA> = (0..E)
-        .into_par_iter()
-        .map(|xi| {
-            let u = &staged[xi * cout * cin..][..cout * cin];
-            PackedA::pack_panels(cout, cin, |p, rows, panel| {
-                for r in 0..rows {
-                    for (c, &v) in u[(p * MR + r) * cin..][..cin].iter().enumerate() {
-                        panel[c * MR + r] = v;
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(staged);
     // Blocks of equal size (within one tile), so the tasks balance over the threads.
     let blocks = per_image.div_ceil(W::TILES);
     let yptr = SendPtr(y.as_mut_ptr());
