@@ -213,7 +213,7 @@ fn op_rows(p: &Profile, steps: usize, median_step_s: f64) -> serde_json::Value {
             |r| json!({"op": r.name, "phase": r.phase.name(), "calls": r.calls as f64 / per, "ms": 1e3 * r.secs / per}),
         )
         .collect();
-    let timed: f64 = [Phase::Forward, Phase::Backward, Phase::Other].iter().map(|&ph| p.total(ph)).sum::<f64>() / per;
+    let timed: f64 = p.rows.iter().map(|r| r.secs).sum::<f64>() / per;
     rows.push(json!({"op": "untimed", "phase": "other", "calls": 1.0, "ms": 1e3 * (median_step_s - timed)}));
     json!({
         "forward_ms": 1e3 * p.total(Phase::Forward) / per,

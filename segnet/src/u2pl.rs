@@ -577,7 +577,8 @@ impl U2pl {
         let alpha = alpha_t(self.s.unreliable_percent, step, self.steps);
         let (unreliable, thr) = if self.s.class_balanced_split {
             let (m, per_class) = unreliable_mask_per_class(&entropy, &valid, &pseudo, c_n, alpha);
-            // Logged: the smallest per-class threshold (the class whose kept pixels are the least sure).
+            // Logged: the smallest per-class threshold (the strictest class: its kept pixels have the
+            // lowest entropy cap).
             (m, per_class.into_iter().flatten().reduce(f64::min))
         } else {
             unreliable_mask(&entropy, &valid, alpha)

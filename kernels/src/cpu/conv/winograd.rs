@@ -52,7 +52,7 @@ const MIN_PIXELS: usize = 1024;
 
 /// One minimal filtering algorithm F(M x M, 3 x 3): output tiles of `M x M`, input patches of
 /// `T x T` (`T = M + 2`), `E = T^2` elements in the transform domain.
-pub(super) trait Minimal<const M: usize, const T: usize, const E: usize>: Copy + Send + Sync {
+pub(super) trait Minimal<const M: usize, const T: usize, const E: usize> {
     /// `B^T` (`T x T`): `V = B^T d B`.
     #[cfg_attr(not(test), allow(dead_code))] // the definition: the tests check the written-out transforms
     const BT: [[f32; T]; T];
@@ -222,7 +222,6 @@ pub(super) trait Minimal<const M: usize, const T: usize, const E: usize>: Copy +
 ///       [0 -1  1  0]       [1/2 -1/2  1/2]         [0 1 -1 -1]
 ///       [0  1  0 -1]       [ 0    0    1 ]
 /// ```
-#[derive(Clone, Copy)]
 pub(super) struct F2;
 
 impl Minimal<2, 4, 16> for F2 {
@@ -263,7 +262,6 @@ impl Minimal<2, 4, 16> for F2 {
 ///       [0  2 -1 -2  1  0]       [1/24 -1/12   1/6 ]         [0 1 -1 8 -8 1]
 ///       [0  4  0 -5  0  1]       [  0     0     1  ]
 /// ```
-#[derive(Clone, Copy)]
 pub(super) struct F4;
 
 impl Minimal<4, 6, 36> for F4 {
@@ -484,20 +482,10 @@ pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W
         for vx in v.chunks_mut(v_len) {
             zero_slab_padding(vx, nt, cin);
         }
-        // W_xi (cout x tiles) in the micro-kernel's row panels, one task per panel of MR rows.
-        let wptrs: Vec<SendPtr<f32>> = wt.iter_mut().map(|a| SendPtr(a.panels_mut(cout, nt).as_mut_ptr())).collect();
-        (0..cout.div_ceil(MR)).into_par_iter().for_each(|pi| {
-            for r in 0..(cout - pi * MR).min(MR) {
-                let o = pi * MR + r;
-                for j in 0..nt {
-                    let (n, t) = tile(j);
-                    let e = W::grad_transform(W::grad_tile(&gy[(n * cout + o) * plane..][..plane], (h, w), tw, t));
-                    for (xi, &val) in e.iter().enumerate() {
-                        // SAFETY: panel pi of every W_xi belongs to this task alone.
-                        unsafe { *wptrs[xi].ptr().add((pi * nt + j) * MR + r) = val };
-                    }
-                }
-            }
+        // W_xi (cout x tiles) in the micro-kernel's row panels.
+        pack_transformed(&mut wt, cout, nt, |o, j| {
+            let (n, t) = tile(j);
+            W::grad_transform(W::grad_tile(&gy[(n * cout + o) * plane..][..plane], (h, w), tw, t))
         });
         let whole = [KSeg { a_k0: 0, b_k0: 0, len: nt }];
         p.par_chunks_mut(cout * cin).zip(wt.par_iter()).enumerate().for_each(|(xi, (px, wx))| {
@@ -508,6 +496,30 @@ pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W
         for c in 0..cin {
             let m: [f32; E] = std::array::from_fn(|xi| p[(xi * cout + o) * cin + c]);
             dwo[c * 9..][..9].copy_from_slice(&W::filter_grad_transform(m));
+        }
+    });
+}
+
+/// Pack `E` matrices of `m x k` at once into `packed[xi]`'s row panels, `A_xi(i, l) = value(i, l)[xi]`
+/// (`value` computes one transformed element for all `xi` together): one task per panel of `MR`
+/// rows, whose writes to every matrix are sequential (`A(p MR + r, l)` at `(p k + l) MR + r`).
+fn pack_transformed<const E: usize>(
+    packed: &mut [PackedA],
+    m: usize,
+    k: usize,
+    value: impl Fn(usize, usize) -> [f32; E] + Sync,
+) {
+    assert_eq!(packed.len(), E, "winograd: one packed matrix per transform element");
+    let ptrs: Vec<SendPtr<f32>> = packed.iter_mut().map(|a| SendPtr(a.panels_mut(m, k).as_mut_ptr())).collect();
+    (0..m.div_ceil(MR)).into_par_iter().for_each(|p| {
+        for l in 0..k {
+            for r in 0..(m - p * MR).min(MR) {
+                for (xi, &v) in value(p * MR + r, l).iter().enumerate() {
+                    // SAFETY: panel p of every matrix belongs to this task alone, and `panels_mut`
+                    // sized each for `m x k`.
+                    unsafe { *ptrs[xi].ptr().add((p * k + l) * MR + r) = v };
+                }
+            }
         }
     });
 }
@@ -557,22 +569,10 @@ fn conv<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
     // Padding 1 and a 3x3 kernel keep the size: the output is h x w.
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let per_image = th * tw;
-    // U straight into each U_xi's row panels (`A(o, c)` at `(p c_in + c) MR + r` for `o = p MR + r`),
-    // one task per panel of MR output channels: each task's writes to every U_xi are sequential.
-    // (Staging U as [xi][o][c] and repacking it took 22 % of a one-thread decoder forward.)
+    // U straight into each U_xi's row panels (staging U as [xi][o][c] and repacking it took 22 %
+    // of a one-thread decoder forward).
     let mut packed: Vec<PackedA> = (0..E).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
-    let uptrs: Vec<SendPtr<f32>> = packed.iter_mut().map(|a| SendPtr(a.panels_mut(cout, cin).as_mut_ptr())).collect();
-    (0..cout.div_ceil(MR)).into_par_iter().for_each(|p| {
-        for c in 0..cin {
-            for r in 0..(cout - p * MR).min(MR) {
-                let u = W::filter_transform(filter(p * MR + r, c));
-                for (xi, &v) in u.iter().enumerate() {
-                    // SAFETY: panel p of every U_xi belongs to this task alone.
-                    unsafe { *uptrs[xi].ptr().add((p * cin + c) * MR + r) = v };
-                }
-            }
-        }
-    });
+    pack_transformed(&mut packed, cout, cin, |o, c| W::filter_transform(filter(o, c)));
     // Blocks of equal size (within one tile), so the tasks balance over the threads.
     let blocks = per_image.div_ceil(W::TILES);
     let yptr = SendPtr(y.as_mut_ptr());
