@@ -257,9 +257,9 @@ impl<T: Float> GatherConv<'_, T> {
         // L2 (a 3x3 conv on 512 channels has k = 4608: 4.7 MB of slabs at once would not).
         let b_len = slab_len(k.min(KC), npix);
         let tmp_len = if contiguous { 0 } else { m * npix };
-        let table_len = if direct_b { 0 } else { TapTable::len(pl.ntaps, npix) };
+        let table_len = if direct_b { 0 } else { TapTable::len(pl.ntaps, npix, true) };
         with_scratch::<u32, _>(table_len, |table_buf| {
-            let table = (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl));
+            let table = (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl, true));
             with_scratch::<f32, _>(b_len + tmp_len, |buf| {
                 let (slab_buf, tmp) = buf.split_at_mut(b_len);
                 let (c, ldc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };

@@ -13,7 +13,7 @@ use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
 use super::engine::use_packed;
 use super::gather::{
-    gather_pixels, gather_tile, gather_transposed_column, row_to_transposed_slabs, with_scratch, zero_slab_padding,
+    gather_pixels, gather_tile, gather_transposed_slabs, row_to_transposed_slabs, with_scratch, zero_slab_padding,
     TapTable,
 };
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
@@ -206,9 +206,9 @@ impl<T: Float> DwTile<'_, T> {
         // Each run's columns in blocks of at most DW_COLS, so the slab scratch stays ~0.5 MiB per
         // thread however many taps x channels a run has (4608 for a 3x3 conv on 512 channels).
         let max_cols = (pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig).min(DW_COLS);
-        let table_len = if self.direct { 0 } else { TapTable::len(pl.ntaps, npix) };
+        let table_len = if self.direct { 0 } else { TapTable::len(pl.ntaps, npix, false) };
         with_scratch::<u32, _>(table_len, |table_buf| {
-            let table = (!self.direct).then(|| TapTable::build(table_buf, g.w, yseg, xseg, pl));
+            let table = (!self.direct).then(|| TapTable::build(table_buf, g.w, yseg, xseg, pl, false));
             with_scratch::<f32, _>(slab_len(npix, max_cols), |slab_buf| {
                 self.accumulate_runs(gy_panels, table.as_ref(), x, slab_buf, max_cols, acc);
             })
@@ -240,15 +240,10 @@ impl<T: Float> DwTile<'_, T> {
                     for c in j0..j0 + cols {
                         row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c - j0, slabs);
                     }
+                    zero_slab_padding(slabs, npix, cols);
                 }
-                Some(table) => {
-                    for j in j0..j0 + cols {
-                        let (tap_idx, c) = (r.idx0 + j / cig, j % cig);
-                        gather_transposed_column(&x[c * plane..][..plane], table, tap_idx, j - j0, slabs);
-                    }
-                }
+                Some(table) => gather_transposed_slabs(x, cig, plane, table, r.idx0, j0, cols, slabs),
             }
-            zero_slab_padding(slabs, npix, cols);
             let ldc = taps * cig;
             let c_off = r.tap0 * cig + j0;
             // SAFETY: acc is [cog][taps cig]; the block is cog x cols at column c_off, in bounds.
