@@ -15,7 +15,7 @@
 mod convs;
 
 use crate::cli::{BenchCommand, BenchLossArgs, BenchModelArgs, BenchStepArgs};
-use crate::commands::{check_device, set_threads};
+use crate::commands::{check_device, in_pool, set_threads};
 use crate::config::{Stage, TrainConfig};
 use crate::net;
 use crate::objective;
@@ -32,9 +32,19 @@ use std::time::Instant;
 /// Run a bench subcommand.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Step(a) => step(a),
-        BenchCommand::Loss(a) => loss(a),
-        BenchCommand::Convs(a) => convs::run(&a),
+        // Each on a worker of the pool its `--threads` sets up, as training runs (`in_pool`).
+        BenchCommand::Step(a) => {
+            set_threads(a.threads);
+            in_pool(|| step(a))
+        }
+        BenchCommand::Loss(a) => {
+            set_threads(a.threads);
+            in_pool(|| loss(a))
+        }
+        BenchCommand::Convs(a) => {
+            set_threads(a.threads);
+            in_pool(|| convs::run(&a))
+        }
     }
 }
 
@@ -116,7 +126,6 @@ pub(crate) fn model_config(m: &BenchModelArgs) -> TrainConfig {
 /// The timings of `bench step` as its JSON object.
 fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     let dev = check_device(&a.device)?;
-    set_threads(a.threads);
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -225,7 +234,6 @@ fn op_rows(p: &Profile, steps: usize, median_step_s: f64) -> serde_json::Value {
 
 fn loss(a: BenchLossArgs) -> Result<()> {
     let dev = check_device(&a.device)?;
-    set_threads(a.threads);
     if a.iters == 0 || a.size == 0 || a.dim == 0 || a.batch == 0 {
         bail!("--iters, --size, --dim and --batch must be at least 1");
     }

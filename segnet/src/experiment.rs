@@ -17,7 +17,7 @@
 //! picture from a `results.json` (one of several invocations merged by hand, say).
 
 use crate::cli::{LabelEfficiencyArgs, LabeledCount};
-use crate::commands::{check_device, resolve_config, set_threads};
+use crate::commands::{check_device, in_pool, resolve_config, set_threads};
 use crate::config::{LossGrid, LossMode, Stage, TrainConfig};
 use crate::plot::lines::{lines_png, LineSeries};
 use crate::run_dir::{self, write_atomic};
@@ -228,6 +228,11 @@ pub fn label_efficiency(a: LabelEfficiencyArgs) -> Result<()> {
         _ => {}
     }
     set_threads(base.threads);
+    in_pool(|| run_grid(&a, base))
+}
+
+/// The runs of [`label_efficiency`] once its arguments are checked and the threads set.
+fn run_grid(a: &LabelEfficiencyArgs, base: TrainConfig) -> Result<()> {
     let device = check_device(&a.train.device)?;
     let out = a.train.out.clone().unwrap_or_else(|| run_dir::default_path().with_extension("label-efficiency"));
     // The labeled images there are, to resolve `all` and to refuse counts larger than that.

@@ -38,7 +38,7 @@ use nn::{Ctx, Module, Visitor};
 /// SGD, [`Objective::after_step`]; evaluations score [`Objective::eval_net`]; after the last step
 /// [`Objective::finish`], then the final checkpoint. Every method but `loss` has a default that
 /// leaves the plain stages as they were.
-pub trait Objective {
+pub trait Objective: Send {
     /// The augmentation of the stage's loader (default: the fine-tuning recipe of `cfg`).
     fn augment(&self, cfg: &TrainConfig) -> AugmentConfig {
         train_augment(cfg)

@@ -12,7 +12,6 @@
 
 use super::{median, model_config};
 use crate::cli::BenchConvsArgs;
-use crate::commands::set_threads;
 use crate::net;
 use anyhow::{bail, Result};
 use engine::{DType, Rng, Tensor};
@@ -33,7 +32,6 @@ pub(super) fn run(a: &BenchConvsArgs) -> Result<()> {
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    set_threads(a.threads);
     let convs = model_convs(a)?;
     let mut rows = Vec::new();
     let (mut total_fwd, mut total_bwd) = (0.0, 0.0);
