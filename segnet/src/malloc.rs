@@ -33,6 +33,7 @@ mod glibc {
     // From glibc's malloc.h.
     const M_TRIM_THRESHOLD: c_int = -1;
     const M_MMAP_THRESHOLD: c_int = -3;
+    const M_ARENA_MAX: c_int = -8;
 
     pub fn apply() {
         // SAFETY: mallopt only changes allocator parameters; it returns 0 (ignored) on a value
@@ -40,6 +41,7 @@ mod glibc {
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            mallopt(M_ARENA_MAX, 1);
         }
     }
 }
