@@ -259,7 +259,12 @@ unsafe fn gather_tile_slabs_avx512(
                     }
                 }
                 // SAFETY: only the live lanes load, each at an offset inside `sp`.
-                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), live, _mm512_loadu_si512(idx.as_ptr().cast()), sp.as_ptr())
+                _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    live,
+                    _mm512_loadu_si512(idx.as_ptr().cast()),
+                    sp.as_ptr(),
+                )
             } else {
                 // SAFETY: lane j of part p loads `sp[base[p] + j]` only where `mask[p]` has bit j,
                 // and those are the live offsets of the table, inside `sp`; masked-off lanes do not
@@ -691,7 +696,11 @@ mod tests {
                     // SAFETY: the kernel choice implies AVX-512F.
                     unsafe { gather_tile_slabs_avx512(&src, channels, plane, &table, rows, &mut got) };
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{name}: {hw} x {hw}, k {k}, s {s}, d {d}, tile {pl:?}, dst {dst_len}");
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{name}: {hw} x {hw}, k {k}, s {s}, d {d}, tile {pl:?}, dst {dst_len}"
+                    );
                     // The weight gradient's transposed gather, on an offsets-only table, over
                     // column blocks that start inside a tap and cross taps.
                     let mut buf = vec![0u32; TapTable::len(pl.ntaps, pl.npix, false)];
@@ -703,7 +712,11 @@ mod tests {
                         gather_transposed_slabs_scalar(&src, channels, plane, &table, 0, j0, cols, &mut want);
                         // SAFETY: the kernel choice implies AVX-512F.
                         unsafe { gather_transposed_slabs_avx512(&src, channels, plane, &table, 0, j0, cols, &mut got) };
-                        assert_eq!(bits(&got), bits(&want), "transposed, {name}: {hw} x {hw}, k {k}, s {s}, d {d}, j0 {j0}");
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "transposed, {name}: {hw} x {hw}, k {k}, s {s}, d {d}, j0 {j0}"
+                        );
                     }
                 }
             }
