@@ -12,12 +12,13 @@ use std::path::PathBuf;
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train(a) => train_cmd(a),
+        // Inference on a worker of the (default-sized) pool, as training (`in_pool`).
         Command::Eval(a) => {
             let dev = check_device(&a.device)?;
-            evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, a.plot.as_deref(), dev, &a.infer)
+            in_pool(|| evaluate_cmd(&a.checkpoint, a.data.as_ref(), a.json, a.plot.as_deref(), dev, &a.infer))
         }
-        Command::Predict(a) => predict::run(&a),
-        Command::Embed(a) => embed::run(&a),
+        Command::Predict(a) => in_pool(|| predict::run(&a)),
+        Command::Embed(a) => in_pool(|| embed::run(&a)),
         Command::Data(d) => data_cmd::run(d),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment::label_efficiency(a),
         Command::Experiment(ExperimentCommand::Plot(a)) => {

@@ -59,7 +59,9 @@
 //! `winograd_avx512.rs`), `weight_grad.rs` (`dw` and `db`), `weight_grad_taps.rs` (the per-tap
 //! `dw`) or, for depthwise convs, `depthwise.rs` (direct loops). Both the engine and `dw` build on
 //! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a
-//! per-tile tap offset table, pixel gathers, per-thread scratch).
+//! per-tile tap offset table, on AVX-512 as a few masked shifted loads per slab or one masked
+//! gather per transposed slab row, each next to its scalar reference; pixel gathers, per-thread
+//! scratch).
 
 mod depthwise;
 mod engine;
