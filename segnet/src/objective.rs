@@ -37,7 +37,8 @@ use nn::{Ctx, Module, Visitor};
 /// [`Objective::loss_semi`] when [`Objective::unlabeled`] asks for unlabeled batches), backward,
 /// SGD, [`Objective::after_step`]; evaluations score [`Objective::eval_net`]; after the last step
 /// [`Objective::finish`], then the final checkpoint. Every method but `loss` has a default that
-/// leaves the plain stages as they were.
+/// leaves the plain stages as they were. `Send`: the loop runs on a worker of the thread pool
+/// (`commands::in_pool`).
 pub trait Objective: Send {
     /// The augmentation of the stage's loader (default: the fine-tuning recipe of `cfg`).
     fn augment(&self, cfg: &TrainConfig) -> AugmentConfig {
