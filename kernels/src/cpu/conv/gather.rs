@@ -333,10 +333,12 @@ pub(super) fn gather_transposed_slabs_scalar(
     zero_slab_padding(slabs, npix, cols);
 }
 
-/// [`gather_transposed_slabs`] on 512-bit registers: per slab, lane `i` (column `j`) holds its
-/// tap's row start in the table and its channel's plane start; per pixel one gather reads the 16
-/// columns' offsets from the table (one broadcast when they share a tap) and a second the source
-/// values, the lanes in the padding or past `cols` masked off (zeros). Writing the columns one by
+/// [`gather_transposed_slabs`] on 512-bit registers: where a slab's 16 columns share a tap, runs
+/// of 16 pixels that read consecutive elements are 16 plain loads (one per channel) transposed in
+/// registers; elsewhere, per slab, lane `i` (column `j`) holds its tap's row start in the table
+/// and its channel's plane start, and per pixel one gather reads the 16 columns' offsets from the
+/// table (one broadcast when they share a tap) and a second the source values, the lanes in the
+/// padding or past `cols` masked off (zeros). Writing the columns one by
 /// one (16 strided stores per slab row) took 31 % of a one-thread `dw` of a 3x3 conv on 64
 /// channels of 65 x 65.
 ///
@@ -376,7 +378,27 @@ unsafe fn gather_transposed_slabs_avx512(
         let cols_mask = crate::cpu::packed_gemm::lane_mask(n);
         let first_tap = &table.data[_mm512_cvtsi512_si32(tab) as usize..][..npix];
         let dst = slabs.as_mut_ptr().add(q * npix * NR);
-        for p in 0..npix {
+        // The channels' planes, for the runs loaded as plain vectors (`c < channels`, asserted).
+        let chan_base: [usize; NR] = std::array::from_fn(|i| ((j0 + q * NR + i.min(n - 1)) % channels) * plane);
+        let mut p = 0;
+        while p < npix {
+            // Where the 16 columns share a tap and its next 16 pixels read 16 consecutive
+            // elements (no padding), load the channels' runs and transpose them in registers.
+            if shared_tap && p + NR <= npix && is_run(&first_tap[p..p + NR]) {
+                let off = first_tap[p] as usize;
+                let mut rows = [_mm512_setzero_ps(); NR];
+                for (r, &c0) in rows.iter_mut().zip(&chan_base).take(n) {
+                    // SAFETY: `off .. off + 16` are live offsets of one plane (the run), and the
+                    // channel's plane lies inside `x` (asserted above).
+                    *r = _mm512_loadu_ps(x.as_ptr().add(c0 + off));
+                }
+                for (i, r) in transpose_16x16(rows).iter().enumerate() {
+                    // SAFETY: rows p .. p + 16 of slab q lie inside `slabs` (asserted above).
+                    _mm512_storeu_ps(dst.add((p + i) * NR), *r);
+                }
+                p += NR;
+                continue;
+            }
             // SAFETY (both gathers): the lanes of `cols_mask` read table entries `tap row + p`
             // (p < npix, rows inside the table: asserted), and the live lanes source offsets
             // `c plane + off` with `off` a live offset inside a plane and `c < channels`.
@@ -390,8 +412,15 @@ unsafe fn gather_transposed_slabs_avx512(
             let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), live, _mm512_add_epi32(offs, chan), x.as_ptr());
             // SAFETY: row p of slab q lies inside `slabs` (asserted above).
             _mm512_storeu_ps(dst.add(p * NR), v);
+            p += 1;
         }
     }
+}
+
+/// True when `offs` are `NR` consecutive live offsets (`o, o + 1, ...`).
+#[inline(always)]
+fn is_run(offs: &[u32]) -> bool {
+    offs[0] != DEAD && offs.iter().enumerate().all(|(i, &o)| o == offs[0].wrapping_add(i as u32))
 }
 
 /// The `k x npix` block whose row `l` is `planes[l * plane + pix0 ..][..npix]` (a 1x1 conv reads
@@ -589,6 +618,46 @@ impl ChannelLanes {
     }
 }
 
+/// The 16 x 16 transpose of `rows` (lane `j` of output `i` = lane `i` of input `j`) in four rounds
+/// of two-source permutes: round `s` (1, 2, 4, 8) swaps bit `s` of the row index with bit `s` of the
+/// lane index between rows `i` and `i + s`. For the operands whose slabs run over channels: 16
+/// channels' runs of 16 consecutive pixels, loaded as plain vectors, become 16 slab rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn transpose_16x16(mut rows: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    for (r, s) in [1usize, 2, 4, 8].into_iter().enumerate() {
+        // SAFETY: 16 i32s each.
+        let lo = unsafe { _mm512_loadu_si512(TRANSPOSE_IDX[r][0].as_ptr().cast()) };
+        let hi = unsafe { _mm512_loadu_si512(TRANSPOSE_IDX[r][1].as_ptr().cast()) };
+        for i in (0..16).filter(|i| i & s == 0) {
+            let (a, b) = (rows[i], rows[i + s]);
+            rows[i] = _mm512_permutex2var_ps(a, lo, b);
+            rows[i + s] = _mm512_permutex2var_ps(a, hi, b);
+        }
+    }
+    rows
+}
+
+/// The permutes of [`transpose_16x16`], round `r` (`s = 2^r`): `lo[j]` = `j` where bit `s` of `j`
+/// is clear, else `16 + j - s` (lane `j - s` of the partner row); `hi[j]` = `j + s` where clear,
+/// else `16 + j`.
+#[cfg(target_arch = "x86_64")]
+const TRANSPOSE_IDX: [[[i32; 16]; 2]; 4] = {
+    let mut t = [[[0i32; 16]; 2]; 4];
+    let mut r = 0;
+    while r < 4 {
+        let s = 1 << r;
+        let mut j = 0;
+        while j < 16 {
+            (t[r][0][j], t[r][1][j]) = if j & s == 0 { (j as i32, (j + s) as i32) } else { (16 + j as i32 - s as i32, 16 + j as i32) };
+            j += 1;
+        }
+        r += 1;
+    }
+    t
+};
+
 /// Run `f` on a per-thread scratch buffer of at least `len` elements, reused across calls (its
 /// contents are whatever the last user left; callers overwrite what they read).
 pub(super) fn with_scratch<T: Copy + Default + 'static, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
@@ -625,6 +694,29 @@ pub(super) fn with_scratch<T: Copy + Default + 'static, R>(len: usize, f: impl F
 mod tests {
     use super::super::tiling::{plan_tiles, segments, Axis};
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_16x16_transpose_transposes() {
+        use std::arch::x86_64::*;
+        if !crate::cpu::packed_gemm::avx512_available() {
+            return;
+        }
+        let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        let mut got = [0.0f32; 256];
+        // SAFETY: AVX-512F present; 16 rows of 16 floats in and out.
+        unsafe {
+            let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(m[i * 16..].as_ptr()));
+            for (i, r) in transpose_16x16(rows).iter().enumerate() {
+                _mm512_storeu_ps(got[i * 16..].as_mut_ptr(), *r);
+            }
+        }
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(got[i * 16 + j], m[j * 16 + i], "row {i} lane {j}");
+            }
+        }
+    }
 
     #[test]
     fn slab_sources_split_a_slab_into_one_part_per_source_shift() {
@@ -674,6 +766,9 @@ mod tests {
             (12, 7, 2, 1, 1),
             (5, 3, 1, 1, 4),
             (11, 3, 1, 1, 20),
+            // Slabs of 16 channels of one tap over runs of 16 pixels (the transposed runs).
+            (20, 3, 1, 1, 17),
+            (33, 3, 1, 2, 16),
         ] {
             let p = d * (k - 1) / 2;
             let out = (hw + 2 * p - d * (k - 1) - 1) / s + 1;
