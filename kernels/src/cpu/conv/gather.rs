@@ -466,11 +466,84 @@ fn row_to_slabs(row: &[f32], k: usize, l: usize, slabs: &mut [f32]) {
 }
 
 /// Column `j` of a slab block with `k` rows (`B(l, j) = row[l]`, `l < k`): the transposed layout
-/// `dw` needs, where the im2col rows become the GEMM's columns.
+/// `dw` needs, where the im2col rows become the GEMM's columns (the reference of
+/// [`planes_to_transposed_slabs`] in the tests).
+#[cfg(test)]
 pub(super) fn row_to_transposed_slabs(row: &[f32], k: usize, j: usize, slabs: &mut [f32]) {
     let base = (j / NR) * k * NR + j % NR;
     for (l, &v) in row.iter().enumerate() {
         slabs[base + l * NR] = v;
+    }
+}
+
+/// The `npix x cols` block `B(p, j) = planes[j plane + pix0 + p]` (a 1x1 conv's source planes,
+/// transposed for `dw`) in slabs, the padding columns of the last slab zeroed: with the AVX-512
+/// kernels by 16 x 16 register transposes of the planes' runs, otherwise (and for the last
+/// pixels) column by column ([`row_to_transposed_slabs`]).
+pub(super) fn planes_to_transposed_slabs(
+    planes: &[f32],
+    plane: usize,
+    pix0: usize,
+    npix: usize,
+    cols: usize,
+    slabs: &mut [f32],
+) {
+    assert!(cols == 0 || (cols - 1) * plane + pix0 + npix <= planes.len(), "transposed planes: source too short");
+    assert!(slabs.len() >= slab_len_of(npix, cols), "transposed planes: slabs too short");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512 {
+        done = npix / NR * NR;
+        // SAFETY: the kernel choice implies AVX-512F; bounds asserted above.
+        unsafe { planes_to_transposed_slabs_avx512(planes, plane, pix0, done, npix, cols, slabs) };
+    }
+    for j in 0..cols {
+        let row = &planes[j * plane + pix0..][..npix];
+        let base = (j / NR) * npix * NR + j % NR;
+        for (p, &v) in row.iter().enumerate().skip(done) {
+            slabs[base + p * NR] = v;
+        }
+    }
+    zero_slab_padding(slabs, npix, cols);
+}
+
+fn slab_len_of(rows: usize, cols: usize) -> usize {
+    cols.div_ceil(NR) * rows * NR
+}
+
+/// Pixels `0..done` (a multiple of 16) of [`planes_to_transposed_slabs`]: per slab of 16
+/// channels and run of 16 pixels, 16 plain loads transposed in registers (channels past `cols`
+/// are zero rows).
+///
+/// # Safety
+/// AVX-512F present; the bounds of [`planes_to_transposed_slabs`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn planes_to_transposed_slabs_avx512(
+    planes: &[f32],
+    plane: usize,
+    pix0: usize,
+    done: usize,
+    npix: usize,
+    cols: usize,
+    slabs: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    for q in 0..cols.div_ceil(NR) {
+        let n = (cols - q * NR).min(NR);
+        let src = planes.as_ptr().add(q * NR * plane + pix0);
+        let dst = slabs.as_mut_ptr().add(q * npix * NR);
+        for p in (0..done).step_by(NR) {
+            let mut rows = [_mm512_setzero_ps(); NR];
+            for (i, r) in rows.iter_mut().enumerate().take(n) {
+                // SAFETY: channel q 16 + i < cols, pixels pix0 + p .. + 16 < pix0 + npix.
+                *r = _mm512_loadu_ps(src.add(i * plane + p));
+            }
+            for (i, r) in transpose_16x16(rows).iter().enumerate() {
+                // SAFETY: rows p .. p + 16 of slab q lie inside `slabs`.
+                _mm512_storeu_ps(dst.add((p + i) * NR), *r);
+            }
+        }
     }
 }
 
@@ -650,7 +723,8 @@ const TRANSPOSE_IDX: [[[i32; 16]; 2]; 4] = {
         let s = 1 << r;
         let mut j = 0;
         while j < 16 {
-            (t[r][0][j], t[r][1][j]) = if j & s == 0 { (j as i32, (j + s) as i32) } else { (16 + j as i32 - s as i32, 16 + j as i32) };
+            (t[r][0][j], t[r][1][j]) =
+                if j & s == 0 { (j as i32, (j + s) as i32) } else { (16 + j as i32 - s as i32, 16 + j as i32) };
             j += 1;
         }
         r += 1;
@@ -796,6 +870,18 @@ mod tests {
                         bits(&want),
                         "{name}: {hw} x {hw}, k {k}, s {s}, d {d}, tile {pl:?}, dst {dst_len}"
                     );
+                    // A 1x1 conv's planes transposed for the weight gradient, against the
+                    // column-by-column copy.
+                    for cols in [channels, 1].into_iter().filter(|_| 1 + pl.npix <= plane) {
+                        let len = crate::cpu::packed_gemm::slab_len(pl.npix, cols);
+                        let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                        for c in 0..cols {
+                            row_to_transposed_slabs(&src[c * plane + 1..][..pl.npix], pl.npix, c, &mut want);
+                        }
+                        zero_slab_padding(&mut want, pl.npix, cols);
+                        planes_to_transposed_slabs(&src, plane, 1, pl.npix, cols, &mut got);
+                        assert_eq!(bits(&got), bits(&want), "transposed planes: {hw} x {hw}, {cols} channels");
+                    }
                     // The weight gradient's transposed gather, on an offsets-only table, over
                     // column blocks that start inside a tap and cross taps.
                     let mut buf = vec![0u32; TapTable::len(pl.ntaps, pl.npix, false)];

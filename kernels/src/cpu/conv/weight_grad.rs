@@ -13,8 +13,7 @@ use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
 use super::engine::use_packed;
 use super::gather::{
-    gather_pixels, gather_tile, gather_transposed_slabs, row_to_transposed_slabs, with_scratch, zero_slab_padding,
-    TapTable,
+    gather_pixels, gather_tile, gather_transposed_slabs, planes_to_transposed_slabs, with_scratch, TapTable,
 };
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::weight_grad_taps::{tap_tasks, weight_grad_taps};
@@ -236,12 +235,7 @@ impl<T: Float> DwTile<'_, T> {
             let cols = (r.len * cig - j0).min(DW_COLS);
             let slabs = &mut slab_buf[..slab_len(npix, cols)];
             match table {
-                None => {
-                    for c in j0..j0 + cols {
-                        row_to_transposed_slabs(&x[c * plane + self.pix0..][..npix], npix, c - j0, slabs);
-                    }
-                    zero_slab_padding(slabs, npix, cols);
-                }
+                None => planes_to_transposed_slabs(&x[j0 * plane..], plane, self.pix0, npix, cols, slabs),
                 Some(table) => gather_transposed_slabs(x, cig, plane, table, r.idx0, j0, cols, slabs),
             }
             let ldc = taps * cig;
