@@ -31,21 +31,17 @@ use std::time::Instant;
 
 /// Run a bench subcommand.
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        // Each on a worker of the pool its `--threads` sets up, as training runs (`in_pool`).
-        BenchCommand::Step(a) => {
-            set_threads(a.threads);
-            in_pool(|| step(a))
-        }
-        BenchCommand::Loss(a) => {
-            set_threads(a.threads);
-            in_pool(|| loss(a))
-        }
-        BenchCommand::Convs(a) => {
-            set_threads(a.threads);
-            in_pool(|| convs::run(&a))
-        }
-    }
+    // Each on a worker of the pool its `--threads` sets up, as training runs (`in_pool`).
+    set_threads(match &cmd {
+        BenchCommand::Step(a) => a.threads,
+        BenchCommand::Loss(a) => a.threads,
+        BenchCommand::Convs(a) => a.threads,
+    });
+    in_pool(|| match cmd {
+        BenchCommand::Step(a) => step(a),
+        BenchCommand::Loss(a) => loss(a),
+        BenchCommand::Convs(a) => convs::run(&a),
+    })
 }
 
 /// Peak resident set size of this process in MB (Linux), or 0 where unknown.

@@ -378,24 +378,17 @@ unsafe fn gather_transposed_slabs_avx512(
         let cols_mask = crate::cpu::packed_gemm::lane_mask(n);
         let first_tap = &table.data[_mm512_cvtsi512_si32(tab) as usize..][..npix];
         let dst = slabs.as_mut_ptr().add(q * npix * NR);
-        // The channels' planes, for the runs loaded as plain vectors (`c < channels`, asserted).
-        let chan_base: [usize; NR] = std::array::from_fn(|i| ((j0 + q * NR + i.min(n - 1)) % channels) * plane);
+        // With a shared tap the slab's columns are channels c0 .. c0 + n of it.
+        let c0 = (j0 + q * NR) % channels;
         let mut p = 0;
         while p < npix {
             // Where the 16 columns share a tap and its next 16 pixels read 16 consecutive
             // elements (no padding), load the channels' runs and transpose them in registers.
             if shared_tap && p + NR <= npix && is_run(&first_tap[p..p + NR]) {
+                // SAFETY: `off .. off + 16` are live offsets of one plane (the run), channels
+                // c0 .. c0 + n lie inside `x` (asserted above), rows p .. p + 16 inside `slabs`.
                 let off = first_tap[p] as usize;
-                let mut rows = [_mm512_setzero_ps(); NR];
-                for (r, &c0) in rows.iter_mut().zip(&chan_base).take(n) {
-                    // SAFETY: `off .. off + 16` are live offsets of one plane (the run), and the
-                    // channel's plane lies inside `x` (asserted above).
-                    *r = _mm512_loadu_ps(x.as_ptr().add(c0 + off));
-                }
-                for (i, r) in transpose_16x16(rows).iter().enumerate() {
-                    // SAFETY: rows p .. p + 16 of slab q lie inside `slabs` (asserted above).
-                    _mm512_storeu_ps(dst.add((p + i) * NR), *r);
-                }
+                transposed_run(x.as_ptr().add(c0 * plane + off), plane, n, dst.add(p * NR));
                 p += NR;
                 continue;
             }
@@ -465,21 +458,20 @@ fn row_to_slabs(row: &[f32], k: usize, l: usize, slabs: &mut [f32]) {
     }
 }
 
-/// Column `j` of a slab block with `k` rows (`B(l, j) = row[l]`, `l < k`): the transposed layout
-/// `dw` needs, where the im2col rows become the GEMM's columns (the reference of
-/// [`planes_to_transposed_slabs`] in the tests).
-#[cfg(test)]
-pub(super) fn row_to_transposed_slabs(row: &[f32], k: usize, j: usize, slabs: &mut [f32]) {
+/// Rows `first..` of column `j` of a slab block with `k` rows (`B(l, j) = row[l]`, `l < k`): the
+/// transposed layout `dw` needs, where the im2col rows become the GEMM's columns (the scalar
+/// path and tail of [`planes_to_transposed_slabs`], and its reference in the tests).
+fn row_to_transposed_slabs(row: &[f32], k: usize, j: usize, first: usize, slabs: &mut [f32]) {
     let base = (j / NR) * k * NR + j % NR;
-    for (l, &v) in row.iter().enumerate() {
+    for (l, &v) in row.iter().enumerate().skip(first) {
         slabs[base + l * NR] = v;
     }
 }
 
 /// The `npix x cols` block `B(p, j) = planes[j plane + pix0 + p]` (a 1x1 conv's source planes,
 /// transposed for `dw`) in slabs, the padding columns of the last slab zeroed: with the AVX-512
-/// kernels by 16 x 16 register transposes of the planes' runs, otherwise (and for the last
-/// pixels) column by column ([`row_to_transposed_slabs`]).
+/// kernels by 16 x 16 register transposes of the planes' runs ([`transposed_run`]), otherwise
+/// (and for the last pixels) column by column ([`row_to_transposed_slabs`]).
 pub(super) fn planes_to_transposed_slabs(
     planes: &[f32],
     plane: usize,
@@ -489,7 +481,7 @@ pub(super) fn planes_to_transposed_slabs(
     slabs: &mut [f32],
 ) {
     assert!(cols == 0 || (cols - 1) * plane + pix0 + npix <= planes.len(), "transposed planes: source too short");
-    assert!(slabs.len() >= slab_len_of(npix, cols), "transposed planes: slabs too short");
+    assert!(slabs.len() >= crate::cpu::packed_gemm::slab_len(npix, cols), "transposed planes: slabs too short");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512 {
@@ -498,17 +490,9 @@ pub(super) fn planes_to_transposed_slabs(
         unsafe { planes_to_transposed_slabs_avx512(planes, plane, pix0, done, npix, cols, slabs) };
     }
     for j in 0..cols {
-        let row = &planes[j * plane + pix0..][..npix];
-        let base = (j / NR) * npix * NR + j % NR;
-        for (p, &v) in row.iter().enumerate().skip(done) {
-            slabs[base + p * NR] = v;
-        }
+        row_to_transposed_slabs(&planes[j * plane + pix0..][..npix], npix, j, done, slabs);
     }
     zero_slab_padding(slabs, npix, cols);
-}
-
-fn slab_len_of(rows: usize, cols: usize) -> usize {
-    cols.div_ceil(NR) * rows * NR
 }
 
 /// Pixels `0..done` (a multiple of 16) of [`planes_to_transposed_slabs`]: per slab of 16
@@ -528,21 +512,14 @@ unsafe fn planes_to_transposed_slabs_avx512(
     cols: usize,
     slabs: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     for q in 0..cols.div_ceil(NR) {
         let n = (cols - q * NR).min(NR);
         let src = planes.as_ptr().add(q * NR * plane + pix0);
         let dst = slabs.as_mut_ptr().add(q * npix * NR);
         for p in (0..done).step_by(NR) {
-            let mut rows = [_mm512_setzero_ps(); NR];
-            for (i, r) in rows.iter_mut().enumerate().take(n) {
-                // SAFETY: channel q 16 + i < cols, pixels pix0 + p .. + 16 < pix0 + npix.
-                *r = _mm512_loadu_ps(src.add(i * plane + p));
-            }
-            for (i, r) in transpose_16x16(rows).iter().enumerate() {
-                // SAFETY: rows p .. p + 16 of slab q lie inside `slabs`.
-                _mm512_storeu_ps(dst.add((p + i) * NR), *r);
-            }
+            // SAFETY: channels q 16 .. + n < cols, pixels pix0 + p .. + 16 < pix0 + npix; rows
+            // p .. p + 16 of slab q lie inside `slabs`.
+            transposed_run(src.add(p), plane, n, dst.add(p * NR));
         }
     }
 }
@@ -732,6 +709,29 @@ const TRANSPOSE_IDX: [[[i32; 16]; 2]; 4] = {
     t
 };
 
+/// Slab rows `0..16` at `dst` (16 floats apart) from a run of 16 pixels in `n <= 16` channels:
+/// channel `i`'s run is the 16 floats at `src + i plane`, loaded as one vector; the 16 x 16 block
+/// is transposed in registers ([`transpose_16x16`]) so that each row holds the 16 channels of one
+/// pixel (lanes past `n` zero: the slab padding). The fast path of every transposed operand of
+/// `dw` (the per-tap gather, the tiled gather, the 1x1 planes).
+///
+/// # Safety
+/// AVX-512F present; `src + i plane .. + 16` readable for `i < n`, `dst .. + 16 NR` writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transposed_run(src: *const f32, plane: usize, n: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut rows = [_mm512_setzero_ps(); NR];
+    for (i, r) in rows.iter_mut().enumerate().take(n) {
+        // SAFETY: the caller's bounds.
+        *r = unsafe { _mm512_loadu_ps(src.add(i * plane)) };
+    }
+    for (i, r) in transpose_16x16(rows).iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        unsafe { _mm512_storeu_ps(dst.add(i * NR), *r) };
+    }
+}
+
 /// Run `f` on a per-thread scratch buffer of at least `len` elements, reused across calls (its
 /// contents are whatever the last user left; callers overwrite what they read).
 pub(super) fn with_scratch<T: Copy + Default + 'static, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
@@ -876,7 +876,7 @@ mod tests {
                         let len = crate::cpu::packed_gemm::slab_len(pl.npix, cols);
                         let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
                         for c in 0..cols {
-                            row_to_transposed_slabs(&src[c * plane + 1..][..pl.npix], pl.npix, c, &mut want);
+                            row_to_transposed_slabs(&src[c * plane + 1..][..pl.npix], pl.npix, c, 0, &mut want);
                         }
                         zero_slab_padding(&mut want, pl.npix, cols);
                         planes_to_transposed_slabs(&src, plane, 1, pl.npix, cols, &mut got);

@@ -18,7 +18,7 @@
 //! splitting `dw` by taps and blocks would repeat the packing of `gy` ([`tap_tasks`] decides).
 
 #[cfg(target_arch = "x86_64")]
-use super::gather::{transpose_16x16, ChannelLanes};
+use super::gather::{transposed_run, ChannelLanes};
 use super::gather::{with_scratch, zero_slab_padding};
 use super::Conv2dGeom;
 use crate::cpu::packed_gemm::{self, slab_len, KSeg, PackedA, KC, MR, NR};
@@ -255,7 +255,7 @@ fn gather_columns(x_cols: &[f32], plane: usize, cols: usize, offs: &[(usize, usi
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_columns_avx512(x_cols: &[f32], plane: usize, cols: usize, offs: &[(usize, usize)], slabs: &mut [f32]) {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::_mm512_storeu_ps;
     let kb = offs.len();
     debug_assert!(offs.windows(2).all(|w| w[0].1 < w[1].1), "per-tap dw: offsets in increasing order");
     // Increasing offsets 15 apart over 16 pixels are consecutive.
@@ -269,16 +269,9 @@ unsafe fn gather_columns_avx512(x_cols: &[f32], plane: usize, cols: usize, offs:
         let mut l = 0;
         while l < kb {
             if run_at(l) {
-                let xo = offs[l].1;
-                let mut rows = [_mm512_setzero_ps(); NR];
-                for (i, r) in rows.iter_mut().enumerate().take(nch) {
-                    // SAFETY: channel i < cols, elements xo .. xo + 16 of its plane (the run's
-                    // offsets, inside the plane).
-                    *r = _mm512_loadu_ps(src.add(i * plane + xo));
-                }
-                for (p, r) in transpose_16x16(rows).iter().enumerate() {
-                    _mm512_storeu_ps(dst.add((l + p) * NR), *r);
-                }
+                // SAFETY: channels < cols, elements xo .. xo + 16 of their planes (the run's
+                // offsets, inside the plane); rows l .. l + 16 of the slab inside `slabs`.
+                transposed_run(src.add(offs[l].1), plane, nch, dst.add(l * NR));
                 l += NR;
             } else {
                 _mm512_storeu_ps(dst.add(l * NR), chans.gather(src, offs[l].1));
