@@ -9,10 +9,10 @@
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
-use super::{per_tap, winograd};
+use super::{per_tap, weight_panels, winograd};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
-use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC, MR};
+use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC};
 use crate::cpu::parallel::SendPtr;
 use crate::Float;
 use rayon::prelude::*;
@@ -29,9 +29,16 @@ pub(super) fn forward<T: Float>(g: &Conv2dGeom, x: &[T], w: &[T], bias: Option<&
     let ymap = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // The packed f32 path: per group, A(o, tap cig + c) = w[o][c][tap] in the micro-kernel's panels
-    // (each row o of a panel reads its cig x taps weights in order).
-    let packed = packed_weights(g, w, cog, taps * cig, |wg, p0, data| pack_forward(wg, cig, taps, cog, p0, data));
+    // The packed f32 path: per group, A(o, tap cig + c) = w[o][c][tap] in the micro-kernel's panels.
+    let packed = (use_packed::<T>() && !g.is_depthwise()).then(|| {
+        weight_panels::forward(
+            as_f32(w).expect("packed conv path on f32 only"),
+            g.groups,
+            cig,
+            &live_taps(&ymap, &xmap),
+            cog,
+        )
+    });
     // Otherwise repack w[o][c][tap] -> a[o][tap][c] so that a run of live taps is one contiguous K range.
     let mut a = Vec::new();
     if packed.is_none() {
@@ -73,20 +80,16 @@ pub(super) fn input_grad<T: Float>(g: &Conv2dGeom, w: &[T], gy: &[T], dx: &mut [
     let ymap = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
     let xmap = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // The packed f32 path: per group, A(c, tap cog + o) = w[o][c][tap] (a panel of rows c reads,
-    // for each o, its rows x taps weights in order).
-    let packed = use_packed::<T>().then(|| {
-        let w = as_f32(w).expect("packed conv path on f32 only");
-        let per_group = w.len() / g.groups;
-        (0..g.groups)
-            .map(|gi| {
-                PackedA::pack_with(cig, taps * cog, |data| {
-                    pack_input_grad(&w[gi * per_group..][..per_group], cig, taps, cog, data)
-                })
-            })
-            .collect::<Vec<_>>()
+    // The packed f32 path: per group, A(c, tap cog + o) = w[o][c][tap] (the forward's transpose).
+    let packed = (use_packed::<T>() && !g.is_depthwise()).then(|| {
+        weight_panels::input_grad(
+            as_f32(w).expect("packed conv path on f32 only"),
+            g.groups,
+            cig,
+            &live_taps(&ymap, &xmap),
+            cog,
+        )
     });
-    let packed = packed.filter(|_| !g.is_depthwise());
     // Otherwise a[g][c][tap][o] = w[g cog + o][c][tap]: the transposed weights of each group.
     let mut a = Vec::new();
     if packed.is_none() {
@@ -349,95 +352,14 @@ pub(super) unsafe fn gemm_serial<T: Float>(
     );
 }
 
+/// Per tap (`ky kw + kx`), whether it lands inside the source somewhere: the weights of the others
+/// are never read, so they are not packed (a dilation-18 3x3 on a 17 x 17 map has one live tap).
+fn live_taps(ymap: &Axis, xmap: &Axis) -> Vec<bool> {
+    let (ly, lx) = (ymap.live_taps(), xmap.live_taps());
+    ly.iter().flat_map(|&y| lx.iter().map(move |&x| y && x)).collect()
+}
+
 /// True when convs on `T` take the packed f32 path: `T` is f32 and the CPU has AVX2 + FMA.
 pub(super) fn use_packed<T: Float>() -> bool {
     as_f32::<T>(&[]).is_some() && packed_gemm::available()
-}
-
-/// Panels `p0..` of the forward's `A(o, t cig + c) = w[o][c][t]` (one group's weights `wg`) into
-/// `data`. Per panel the six rows are read side by side and the panel is written in order: written
-/// row by row (stride `MR`) with a bound check per element, this took 15 % of a 1x1 conv's forward
-/// on a 17 x 17 map.
-fn pack_forward(wg: &[f32], cig: usize, taps: usize, cog: usize, p0: usize, data: &mut [f32]) {
-    let k = taps * cig;
-    for (j, panel) in data.chunks_exact_mut(k * MR).enumerate() {
-        let p = p0 + j;
-        let rows = (cog - p * MR).min(MR);
-        let wp = &wg[p * MR * k..][..rows * k];
-        for c in 0..cig {
-            for t in 0..taps {
-                let col = &mut panel[(t * cig + c) * MR..][..rows];
-                for (r, v) in col.iter_mut().enumerate() {
-                    // SAFETY: r < rows, c < cig, t < taps: inside the `rows * k` floats of `wp`.
-                    *v = unsafe { *wp.get_unchecked((r * cig + c) * taps + t) };
-                }
-            }
-        }
-    }
-}
-
-/// The input gradient's `A(c, t cog + o) = w[o][c][t]` for one group's weights `wg`, into the
-/// whole packed buffer `data`: the transpose of the forward's layout. Tasks take blocks of rows
-/// `o` (about 256 KB of weights, read in order and then from L2) and write each panel's part for
-/// them as one contiguous run per tap. Packing panel by panel instead (6 floats of each of `cog`
-/// rows, 2 KB apart for 512 channels: a read pattern the prefetchers do not follow) took 16-25 %
-/// of a 1x1 conv's input gradient on a 17 x 17 map.
-fn pack_input_grad(wg: &[f32], cig: usize, taps: usize, cog: usize, data: &mut [f32]) {
-    let k = taps * cog;
-    let panels = cig.div_ceil(MR);
-    assert!(data.len() >= panels * k * MR && wg.len() >= cog * cig * taps, "conv weight packing: sizes");
-    let block = (PACK_BLOCK_FLOATS / (cig * taps).max(1)).clamp(4, 64);
-    let dp = SendPtr(data.as_mut_ptr());
-    (0..cog.div_ceil(block)).into_par_iter().for_each(|bi| {
-        let (ob, oe) = (bi * block, ((bi + 1) * block).min(cog));
-        for p in 0..panels {
-            let rows = (cig - p * MR).min(MR);
-            for t in 0..taps {
-                // SAFETY: the run of panel p, tap t, rows o in ob..oe lies inside `data` (asserted
-                // above) and belongs to this block's task alone.
-                let run = unsafe {
-                    std::slice::from_raw_parts_mut(dp.ptr().add(p * k * MR + (t * cog + ob) * MR), (oe - ob) * MR)
-                };
-                for (o, col) in (ob..oe).zip(run.chunks_exact_mut(MR)) {
-                    let src = &wg[(o * cig + p * MR) * taps..][..rows * taps];
-                    for (r, v) in col[..rows].iter_mut().enumerate() {
-                        // SAFETY: r < rows and t < taps: inside the `rows * taps` floats of `src`.
-                        *v = unsafe { *src.get_unchecked(r * taps + t) };
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Weights per task block in [`pack_input_grad`] (256 KB).
-const PACK_BLOCK_FLOATS: usize = 64 * 1024;
-
-/// Panels per task when packing the forward's weights.
-const PACK_GROUP: usize = 8;
-
-/// Per group, an `m x k` matrix packed for the micro-kernel by `fill(group weights, first panel,
-/// panels)` ([`PackedA::pack_panel_groups`], [`PACK_GROUP`] panels per task), or `None` when `T`
-/// does not take the packed path (or the conv is depthwise: a direct loop).
-fn packed_weights<T: Float>(
-    g: &Conv2dGeom,
-    w: &[T],
-    m: usize,
-    k: usize,
-    fill: impl Fn(&[f32], usize, &mut [f32]) + Sync,
-) -> Option<Vec<PackedA>> {
-    if !use_packed::<T>() || g.is_depthwise() {
-        return None;
-    }
-    let w = as_f32(w)?;
-    let per_group = w.len() / g.groups;
-    Some(
-        (0..g.groups)
-            .map(|gi| {
-                PackedA::pack_panel_groups(m, k, PACK_GROUP, |p0, data| {
-                    fill(&w[gi * per_group..][..per_group], p0, data)
-                })
-            })
-            .collect(),
-    )
 }

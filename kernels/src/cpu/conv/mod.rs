@@ -70,6 +70,7 @@ mod per_tap;
 mod tiling;
 mod weight_grad;
 mod weight_grad_taps;
+mod weight_panels;
 mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod winograd_avx512;

@@ -51,6 +51,11 @@ impl Axis {
         let hi = (self.src_len as isize - off).clamp(0, self.dst_len as isize) as usize;
         (lo < hi).then_some((lo..hi, off))
     }
+    /// Per tap, whether it lands inside the source for some destination coordinate (a tap that
+    /// never does is in no segment: its weights are never read).
+    pub(super) fn live_taps(&self) -> Vec<bool> {
+        (0..self.off.len()).map(|t| (0..self.dst_len).any(|j| self.src(j, t).is_some())).collect()
+    }
     pub(super) fn is_identity(&self) -> bool {
         self.off == [0] && self.mul == 1 && self.div == 1 && self.src_len == self.dst_len
     }

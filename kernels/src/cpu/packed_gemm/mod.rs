@@ -188,6 +188,11 @@ impl PackedA {
         &mut self.data
     }
 
+    /// Floats the buffer holds without reallocating (for pools of packed operands).
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     /// `A(i, l)` (for tests and references).
     pub fn get(&self, i: usize, l: usize) -> f32 {
         self.data[((i / MR) * self.k + l) * MR + i % MR]
