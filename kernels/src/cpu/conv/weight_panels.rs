@@ -44,27 +44,28 @@ impl Drop for Panels {
     fn drop(&mut self) {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         for pa in self.0.drain(..) {
-            if pool.len() < POOL_BUFFERS {
-                pool.push(pa);
-            }
+            // Keep the largest buffers.
+            pool.push(pa);
+            pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+            pool.truncate(POOL_BUFFERS);
         }
     }
 }
 
-/// Buffers kept for the next call: one forward's and one input gradient's are alive at a time
-/// (convs run one after another), so two are enough; more would only hold memory.
-const POOL_BUFFERS: usize = 2;
+/// Buffers kept for the next call. Convs run one after another and a call's panels are dropped
+/// when it returns, so one buffer is enough: it grows to the model's largest packed weights (ASPP's
+/// 2048 x 9 x 256 on ResNet-50: 19 MB) and serves every call after that.
+const POOL_BUFFERS: usize = 1;
 
 static POOL: Mutex<Vec<PackedA>> = Mutex::new(Vec::new());
 
-/// A buffer from the pool reshaped to `m x k` (the smallest that holds it, else the largest,
-/// which grows; a new one when the pool is empty). Its live entries hold stale values.
+/// A buffer from the pool reshaped to `m x k` (the smallest that holds it; a new one when none
+/// does: growing a pooled one would copy its stale contents). Its live entries hold stale values.
 fn take(m: usize, k: usize) -> PackedA {
     let need = m.div_ceil(MR) * k * MR;
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= need).min_by_key(|&i| pool[i].capacity());
-    let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
-    match pick {
+    match fits {
         Some(i) => pool.swap_remove(i),
         None => PackedA::pack(0, 0, |_, _| 0.0),
     }
