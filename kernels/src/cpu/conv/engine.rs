@@ -162,6 +162,18 @@ impl<T: Float> GatherConv<'_, T> {
         let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);
         let per_image = self.groups * plans.len();
         let optr = SendPtr(out.as_mut_ptr());
+        if let Some(packed) = self.packed.filter(|_| per_image >= IMAGES_PER_UNIT_MIN_UNITS) {
+            // Enough units in one image: each (group, tile) unit runs every image, so its tap table
+            // is built once (the stem's 7x7 on 3 channels spent longer building tables than gathering).
+            (0..per_image).into_par_iter().for_each(|u| {
+                let (g, t) = (u / plans.len(), u % plans.len());
+                let pl = &plans[t];
+                // SAFETY: T is f32 on the packed path; each (g, tile) unit writes only its own tile's
+                // pixels of its own planes, in every image.
+                unsafe { self.tile_packed(&packed[g], 0..self.n, g, pl, &ys[pl.sy], &xs[pl.sx], optr.ptr().cast()) };
+            });
+            return;
+        }
         (0..self.n * per_image).into_par_iter().for_each(|u| {
             let (n, rest) = (u / per_image, u % per_image);
             let (g, t) = (rest / plans.len(), rest % plans.len());
@@ -179,7 +191,7 @@ impl<T: Float> GatherConv<'_, T> {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(&self, n: usize, g: usize, pl: &TilePlan, yseg: &Segment, xseg: &Segment, taps: usize, out: *mut T) {
         if let Some(packed) = self.packed {
-            return self.tile_packed(&packed[g], n, g, pl, yseg, xseg, out.cast());
+            return self.tile_packed(&packed[g], n..n + 1, g, pl, yseg, xseg, out.cast());
         }
         let (m, c_src) = (self.m, self.c_src);
         let (oh, ow) = self.out_hw;
@@ -227,9 +239,10 @@ impl<T: Float> GatherConv<'_, T> {
         });
     }
 
-    /// [`Self::tile`] on the packed f32 path: the tile's im2col block is gathered straight into
-    /// the GEMM's slabs and multiplied by the group's packed weights, one segment per run of live
-    /// taps, all accumulated in registers before `C` is stored.
+    /// [`Self::tile`] on the packed f32 path, for images `images` in turn (one tap table for all):
+    /// the tile's im2col block is gathered straight into the GEMM's slabs and multiplied by the
+    /// group's packed weights, one segment per run of live taps, all accumulated in registers
+    /// before `C` is stored.
     ///
     /// # Safety
     /// As [`Self::tile`]; `T` is f32 (the caller checked, [`use_packed`]).
@@ -237,7 +250,7 @@ impl<T: Float> GatherConv<'_, T> {
     unsafe fn tile_packed(
         &self,
         pa: &PackedA,
-        n: usize,
+        images: std::ops::Range<usize>,
         g: usize,
         pl: &TilePlan,
         yseg: &Segment,
@@ -248,9 +261,7 @@ impl<T: Float> GatherConv<'_, T> {
         let (oh, ow) = self.out_hw;
         let oplane = oh * ow;
         let splane = self.src_hw.0 * self.src_hw.1;
-        let src = as_f32(self.src).expect("packed conv path on f32 only");
-        let src = &src[(n * self.groups + g) * c_src * splane..][..c_src * splane];
-        let out_base = (n * self.groups + g) * m * oplane;
+        let src_all = as_f32(self.src).expect("packed conv path on f32 only");
         let npix = pl.npix;
         let direct_b = self.ymap.is_identity() && self.xmap.is_identity();
         let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
@@ -265,49 +276,54 @@ impl<T: Float> GatherConv<'_, T> {
             let table = (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl, true));
             with_scratch::<f32, _>(b_len + tmp_len, |buf| {
                 let (slab_buf, tmp) = buf.split_at_mut(b_len);
-                let (c, ldc) = if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
-                let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
-                if let Some(b) = bias {
-                    for r in 0..m {
-                        std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
+                for n in images.clone() {
+                    let src = &src_all[(n * self.groups + g) * c_src * splane..][..c_src * splane];
+                    let out_base = (n * self.groups + g) * m * oplane;
+                    let (c, ldc) =
+                        if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
+                    let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
+                    if let Some(b) = bias {
+                        for r in 0..m {
+                            std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
+                        }
                     }
-                }
-                if k == 0 {
-                    // No live tap: C is the bias (or zeros).
-                    packed_gemm::gemm_to(pa, &[], slab_buf, 0, npix, c, ldc, bias.is_some());
-                }
-                for l0 in (0..k).step_by(KC) {
-                    let l1 = (l0 + KC).min(k);
-                    let slabs = &mut slab_buf[..slab_len(l1 - l0, npix)];
-                    if direct_b {
-                        gather_planes_slabs(&src[l0 * splane..], l1 - l0, splane, pix0, npix, slabs);
-                    } else {
-                        gather_tile_slabs(
-                            src,
-                            c_src,
-                            splane,
-                            table.as_ref().expect("built when gathering"),
-                            l0..l1,
-                            slabs,
-                        );
+                    if k == 0 {
+                        // No live tap: C is the bias (or zeros).
+                        packed_gemm::gemm_to(pa, &[], slab_buf, 0, npix, c, ldc, bias.is_some());
                     }
-                    // The runs' parts inside rows l0..l1 of the block (b_k0 relative to l0).
-                    let segs: Vec<KSeg> = pl
-                        .runs
-                        .iter()
-                        .filter_map(|r| {
-                            let (b0, b1) = ((r.idx0 * c_src).max(l0), ((r.idx0 + r.len) * c_src).min(l1));
-                            (b0 < b1).then(|| KSeg {
-                                a_k0: r.tap0 * c_src + b0 - r.idx0 * c_src,
-                                b_k0: b0 - l0,
-                                len: b1 - b0,
+                    for l0 in (0..k).step_by(KC) {
+                        let l1 = (l0 + KC).min(k);
+                        let slabs = &mut slab_buf[..slab_len(l1 - l0, npix)];
+                        if direct_b {
+                            gather_planes_slabs(&src[l0 * splane..], l1 - l0, splane, pix0, npix, slabs);
+                        } else {
+                            gather_tile_slabs(
+                                src,
+                                c_src,
+                                splane,
+                                table.as_ref().expect("built when gathering"),
+                                l0..l1,
+                                slabs,
+                            );
+                        }
+                        // The runs' parts inside rows l0..l1 of the block (b_k0 relative to l0).
+                        let segs: Vec<KSeg> = pl
+                            .runs
+                            .iter()
+                            .filter_map(|r| {
+                                let (b0, b1) = ((r.idx0 * c_src).max(l0), ((r.idx0 + r.len) * c_src).min(l1));
+                                (b0 < b1).then(|| KSeg {
+                                    a_k0: r.tap0 * c_src + b0 - r.idx0 * c_src,
+                                    b_k0: b0 - l0,
+                                    len: b1 - b0,
+                                })
                             })
-                        })
-                        .collect();
-                    packed_gemm::gemm_to(pa, &segs, slabs, l1 - l0, npix, c, ldc, bias.is_some() || l0 > 0);
-                }
-                if !contiguous {
-                    scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
+                            .collect();
+                        packed_gemm::gemm_to(pa, &segs, slabs, l1 - l0, npix, c, ldc, bias.is_some() || l0 > 0);
+                    }
+                    if !contiguous {
+                        scatter_pixels(tmp, out.add(out_base), m, ow, oplane, yseg, xseg, pl);
+                    }
                 }
             })
         });
@@ -351,6 +367,10 @@ pub(super) unsafe fn gemm_serial<T: Float>(
         csc,
     );
 }
+
+/// Fewest (group, tile) units per image for a unit to run every image (with fewer, one image's
+/// units would not keep the threads busy; the late layers' 9 x 9 maps are one tile per image).
+const IMAGES_PER_UNIT_MIN_UNITS: usize = 8;
 
 /// Per tap (`ky kw + kx`), whether it lands inside the source somewhere: the weights of the others
 /// are never read, so they are not packed (a dilation-18 3x3 on a 17 x 17 map has one live tap).

@@ -260,6 +260,8 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         (1, 300, 6, 6, 5, 1, 1, [1, 1], [0, 0], [1, 1], 1),
         (1, 9, 15, 15, 20, 3, 3, [2, 2], [1, 1], [1, 1], 1),
         (1, 3, 70, 70, 5, 1, 1, [1, 1], [0, 0], [1, 1], 1),
+        // The stem's shape, small: tiles that run both images with one tap table.
+        (2, 3, 45, 45, 8, 7, 7, [2, 2], [3, 3], [1, 1], 1),
         // The per-tap dw ([`PER_TAP_CASES`]).
         PER_TAP_CASES[0],
         PER_TAP_CASES[1],
