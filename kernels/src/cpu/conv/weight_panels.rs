@@ -80,51 +80,44 @@ const PACK_BLOCK_FLOATS: usize = 64 * 1024;
 /// The forward's `A` of every group: `w` is `[groups cog][cig][taps]`, `live[t]` says whether tap
 /// `t` is read at all (the columns of the others keep stale values).
 pub(super) fn forward(w: &[f32], groups: usize, cig: usize, live: &[bool], cog: usize) -> Panels {
-    let taps = live.len();
-    let per_group = cog * cig * taps;
-    assert_eq!(w.len(), groups * per_group, "conv weight packing: sizes");
     let vector = avx512_available();
-    Panels(
-        (0..groups)
-            .map(|gi| {
-                let wg = &w[gi * per_group..][..per_group];
-                let mut pa = take(cog, taps * cig);
-                let k = taps * cig;
-                let data = pa.panels_mut(cog, k);
-                if k > 0 {
-                    data.par_chunks_mut(PACK_GROUP * k * MR).enumerate().for_each(|(task, d)| {
-                        for (j, panel) in d.chunks_exact_mut(k * MR).enumerate() {
-                            let p = task * PACK_GROUP + j;
-                            let rows = (cog - p * MR).min(MR);
-                            let wp = &wg[p * MR * k..][..rows * k];
-                            if vector {
-                                // SAFETY: AVX-512F present; sizes as `forward_panel_scalar` reads them.
-                                unsafe { forward_panel_avx512(wp, cig, live, rows, panel) }
-                            } else {
-                                forward_panel_scalar(wp, cig, live, rows, panel);
-                            }
-                        }
-                    });
+    per_group(w, groups, cog, live.len() * cig, |wg, data| {
+        let k = live.len() * cig;
+        data.par_chunks_mut(PACK_GROUP * k * MR).enumerate().for_each(|(task, d)| {
+            for (j, panel) in d.chunks_exact_mut(k * MR).enumerate() {
+                let p = task * PACK_GROUP + j;
+                let rows = (cog - p * MR).min(MR);
+                let wp = &wg[p * MR * k..][..rows * k];
+                if vector {
+                    // SAFETY: AVX-512F present; sizes as `forward_panel_scalar` reads them.
+                    unsafe { forward_panel_avx512(wp, cig, live, rows, panel) }
+                } else {
+                    forward_panel_scalar(wp, cig, live, rows, panel);
                 }
-                pa
-            })
-            .collect(),
-    )
+            }
+        });
+    })
 }
 
 /// The input gradient's `A` of every group, `w` and `live` as in [`forward`].
 pub(super) fn input_grad(w: &[f32], groups: usize, cig: usize, live: &[bool], cog: usize) -> Panels {
-    let taps = live.len();
-    let per_group = cog * cig * taps;
-    assert_eq!(w.len(), groups * per_group, "conv weight packing: sizes");
     let vector = avx512_available();
+    per_group(w, groups, cig, live.len() * cog, |wg, data| input_grad_into(wg, cig, live, cog, data, vector))
+}
+
+/// Per group of `w` (`groups` parts of `m k` weights: both layouts hold each weight once), an
+/// `m x k` buffer from the pool that `fill(group weights, panels)` packs (nothing to do when `k` is 0).
+fn per_group(w: &[f32], groups: usize, m: usize, k: usize, fill: impl Fn(&[f32], &mut [f32])) -> Panels {
+    let per_group = m * k;
+    assert_eq!(w.len(), groups * per_group, "conv weight packing: sizes");
     Panels(
         (0..groups)
             .map(|gi| {
-                let wg = &w[gi * per_group..][..per_group];
-                let mut pa = take(cig, taps * cog);
-                let data = pa.panels_mut(cig, taps * cog);
-                input_grad_into(wg, cig, live, cog, data, vector);
+                let mut pa = take(m, k);
+                let data = pa.panels_mut(m, k);
+                if k > 0 {
+                    fill(&w[gi * per_group..][..per_group], data);
+                }
                 pa
             })
             .collect(),
