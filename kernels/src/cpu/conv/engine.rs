@@ -262,6 +262,7 @@ impl<T: Float> GatherConv<'_, T> {
         let oplane = oh * ow;
         let splane = self.src_hw.0 * self.src_hw.1;
         let src_all = as_f32(self.src).expect("packed conv path on f32 only");
+        let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
         let npix = pl.npix;
         let direct_b = self.ymap.is_identity() && self.xmap.is_identity();
         let contiguous = yseg.step == 1 && xseg.step == 1 && xseg.count == ow;
@@ -281,7 +282,6 @@ impl<T: Float> GatherConv<'_, T> {
                     let out_base = (n * self.groups + g) * m * oplane;
                     let (c, ldc) =
                         if contiguous { (out.add(out_base + pix0), oplane) } else { (tmp.as_mut_ptr(), npix) };
-                    let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
                     if let Some(b) = bias {
                         for r in 0..m {
                             std::slice::from_raw_parts_mut(c.add(r * ldc), npix).fill(b[g * m + r]);
