@@ -43,16 +43,20 @@ const MIN_TASKS: usize = 4;
 /// pixels per channel and ran 10-40 % slower per tap; the 17 x 17 maps of the late layers have 0.3-2).
 const MAX_PIXELS_PER_CHANNEL: usize = 16;
 
-/// One task: rows `rows` x columns `cols` of tap `tap`'s GEMM in group `group`.
+/// One task: rows `rows` x columns `cols` of every tap's GEMM in group `group`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct TapTask {
     group: usize,
-    tap: usize,
     rows: Range<usize>,
     cols: Range<usize>,
-    /// Which (group, tap, row block) it belongs to: the tasks of one can share its packed `gy`.
+    /// Which (group, row block) it belongs to: the tasks of one can share its packed `gy`.
     unit: usize,
 }
+
+/// Most input channels per task of a conv with several taps: the task keeps its block of `dw`
+/// for all taps (`rows x taps x 64` floats, 576 KiB at 256 rows and 9 taps) in L2 until it is
+/// written out.
+const TAP_COLS: usize = 64;
 
 /// The tasks of the per-tap `dw`, or `None` when the tiled path suits the conv better. Depends
 /// only on the shapes.
@@ -62,24 +66,27 @@ pub(super) fn tap_tasks(g: &Conv2dGeom) -> Option<Vec<TapTask>> {
     if cig < MIN_CIG || g.n * oh * ow > MAX_PIXELS_PER_CHANNEL * cig {
         return None;
     }
-    let col_blocks = cig.div_ceil(COLS);
     let row_blocks = (cog / MIN_ROWS).max(1);
-    if g.groups * taps * col_blocks * row_blocks < MIN_TASKS {
+    if g.groups * taps * cig.div_ceil(COLS) * row_blocks < MIN_TASKS {
         return None;
     }
     // Row blocks of whole panels, as even as possible.
     let panels = cog.div_ceil(MR);
     let row_range =
         |b: usize| ((b * panels / row_blocks) * MR).min(cog)..(((b + 1) * panels / row_blocks) * MR).min(cog);
-    let col_range = |b: usize| b * cig / col_blocks..(b + 1) * cig / col_blocks;
+    // One tap: column blocks as even as possible. Several: blocks of TAP_COLS (whole slabs).
+    let cols: Vec<Range<usize>> = if taps == 1 {
+        let blocks = cig.div_ceil(COLS);
+        (0..blocks).map(|b| b * cig / blocks..(b + 1) * cig / blocks).collect()
+    } else {
+        (0..cig).step_by(TAP_COLS).map(|c0| c0..(c0 + TAP_COLS).min(cig)).collect()
+    };
     let mut tasks = Vec::new();
     for group in 0..g.groups {
-        for tap in 0..taps {
-            for rb in 0..row_blocks {
-                let unit = (group * taps + tap) * row_blocks + rb;
-                for cb in 0..col_blocks {
-                    tasks.push(TapTask { group, tap, rows: row_range(rb), cols: col_range(cb), unit });
-                }
+        for rb in 0..row_blocks {
+            let unit = group * row_blocks + rb;
+            for c in &cols {
+                tasks.push(TapTask { group, rows: row_range(rb), cols: c.clone(), unit });
             }
         }
     }
@@ -95,23 +102,29 @@ fn live_range(in_len: usize, out_len: usize, k: usize, s: usize, p: usize, d: us
     lo..hi
 }
 
+/// The output rows and columns where tap `tap` lands inside the input.
+fn live_rect(g: &Conv2dGeom, tap: usize) -> (Range<usize>, Range<usize>) {
+    let (oh, ow) = g.ohw();
+    let (ky, kx) = (tap / g.kw, tap % g.kw);
+    let ys = live_range(g.h, oh, ky, g.stride[0], g.padding[0], g.dilation[0]);
+    let xs = live_range(g.w, ow, kx, g.stride[1], g.padding[1], g.dilation[1]);
+    (ys, xs)
+}
+
 /// `dw` (`[c_out][cig][taps]`, overwritten) from `x` and `gy` by the `tasks` of [`tap_tasks`].
 ///
-/// Where a (group, tap, row block) has several column blocks, it first packs its rows of `gy` at
-/// the tap's live pixels once, as the left operand over all of `K`, and its tasks share it
-/// (packing it per task repeated it 8 times for ASPP and took ~4 % of a step); then every task
-/// gathers its columns of `B` and multiplies.
+/// A task computes its block of `dw` for every tap. With several taps it stages the block as
+/// `[row][tap][column]` (each tap's GEMM writes a plain row-major block) in a per-thread buffer
+/// that stays in cache, and then interleaves it into `dw`: `dw` is written once, by one task per
+/// block. (Staging all of `dw` and transposing it at the end read and wrote the multi-megabyte
+/// `dw` three more times, a fifth of layer 4's `dw`, more inside a step, where nothing is in cache.)
+///
+/// With several taps, or a single tap over several column blocks, each (group, row block) first
+/// packs its rows of `gy` over all pixels once, as the left operand, and every tap multiplies its
+/// live pixels' columns of it (one segment per output row). With one tap and one or two column
+/// blocks, packing each task's `K` blocks just before they are used (L2-resident) was faster
+/// (layer 4's 512 -> 2048 1x1 `dw` 6.1-6.6 ms against 7.4 prepacked).
 pub(super) fn weight_grad_taps(g: &Conv2dGeom, tasks: &[TapTask], x: &[f32], gy: &[f32], dw: &mut [f32]) {
-    let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
-    // Tasks write `[c_out][tap][cig]` (a tap's block is a plain row-major C), which for a 1x1 conv
-    // is `dw` itself; otherwise it is transposed into `dw` at the end.
-    let mut staged = Vec::new();
-    let out: &mut [f32] = if taps == 1 {
-        dw
-    } else {
-        staged = vec![0.0f32; dw.len()];
-        &mut staged
-    };
     let mut firsts: Vec<&TapTask> = Vec::new();
     for t in tasks {
         if firsts.last().is_none_or(|f| f.unit != t.unit) {
@@ -119,37 +132,22 @@ pub(super) fn weight_grad_taps(g: &Conv2dGeom, tasks: &[TapTask], x: &[f32], gy:
         }
     }
     debug_assert!(firsts.iter().enumerate().all(|(i, t)| t.unit == i), "units numbered in task order");
-    // Shared only where a unit has several column blocks: with one or two, packing each task's `K`
-    // blocks just before they are used (L2-resident) was faster (layer 4's 512 -> 2048 1x1 `dw`
-    // 6.1-6.6 ms against 7.4 prepacked; ASPP's d6 `dw`, 8 column blocks, 25 against 21 ms).
-    let share = tasks.len() >= SHARE_MIN_COL_BLOCKS * firsts.len();
+    let share = g.taps() > 1 || tasks.len() >= SHARE_MIN_COL_BLOCKS * firsts.len();
     let packs: Vec<PackedA> = if share { firsts.par_iter().map(|t| pack_gy(g, t, gy)).collect() } else { Vec::new() };
-    let optr = SendPtr(out.as_mut_ptr());
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
     tasks.par_iter().for_each(|t| {
-        let row0 = t.group * cog + t.rows.start;
-        // SAFETY: the tasks' (row, tap, column) blocks are disjoint and inside `out`.
-        let c = unsafe { optr.ptr().add((row0 * taps + t.tap) * cig + t.cols.start) };
-        unsafe { run_task(g, t, x, gy, packs.get(t.unit), c, taps * cig) };
+        // SAFETY: the tasks' (row, column) blocks of `dw` are disjoint and inside it.
+        unsafe { run_task(g, t, x, gy, packs.get(t.unit), dw_ptr.ptr()) };
     });
-    if taps > 1 {
-        dw.par_chunks_mut(cig * taps).zip(staged.par_chunks(taps * cig)).for_each(|(d, s)| {
-            for t in 0..taps {
-                for c in 0..cig {
-                    d[c * taps + t] = s[t * cig + c];
-                }
-            }
-        });
-    }
 }
 
-/// The live pixels `P_t` of task `t`'s tap (images, then rows, then columns), each as its offsets
-/// in `gy`'s and in `x`'s image blocks.
-fn live_pixels(g: &Conv2dGeom, t: &TapTask) -> Vec<(usize, usize)> {
+/// The live pixels of tap `tap` (images, then rows, then columns), each as its offsets in `gy`'s
+/// and in `x`'s image blocks.
+fn live_pixels(g: &Conv2dGeom, tap: usize) -> Vec<(usize, usize)> {
     let (oh, ow) = g.ohw();
     let (plane, oplane) = (g.h * g.w, oh * ow);
-    let (ky, kx) = (t.tap / g.kw, t.tap % g.kw);
-    let ys = live_range(g.h, oh, ky, g.stride[0], g.padding[0], g.dilation[0]);
-    let xs = live_range(g.w, ow, kx, g.stride[1], g.padding[1], g.dilation[1]);
+    let (ky, kx) = (tap / g.kw, tap % g.kw);
+    let (ys, xs) = live_rect(g, tap);
     let mut offs = Vec::with_capacity(g.n * ys.len() * xs.len());
     for n in 0..g.n {
         for oy in ys.clone() {
@@ -163,60 +161,111 @@ fn live_pixels(g: &Conv2dGeom, t: &TapTask) -> Vec<(usize, usize)> {
     offs
 }
 
-/// `A(o, l) = gy[row o of the task's rows, pixel l of P_t]` over all of `P_t`, packed.
-fn pack_gy(g: &Conv2dGeom, t: &TapTask, gy: &[f32]) -> PackedA {
-    let oplane = g.ohw().0 * g.ohw().1;
-    let offs = live_pixels(g, t);
-    let gy_rows = &gy[(t.group * g.cog() + t.rows.start) * oplane..];
-    PackedA::pack(t.rows.len(), offs.len(), |o, l| gy_rows[o * oplane + offs[l].0])
+/// The live pixels of tap `tap` as segments of the columns of [`pack_gy`]'s `A` (all pixels,
+/// images then rows then columns), one per live output row (merged where rows run on), against
+/// consecutive rows of `B` (the order of [`live_pixels`]).
+fn live_segments(g: &Conv2dGeom, tap: usize) -> Vec<KSeg> {
+    let (oh, ow) = g.ohw();
+    let (ys, xs) = live_rect(g, tap);
+    let mut segs: Vec<KSeg> = Vec::new();
+    let mut b_k0 = 0;
+    for n in 0..g.n {
+        for oy in ys.clone() {
+            let a_k0 = (n * oh + oy) * ow + xs.start;
+            match segs.last_mut() {
+                Some(s) if s.a_k0 + s.len == a_k0 => s.len += xs.len(),
+                _ if xs.is_empty() => {}
+                _ => segs.push(KSeg { a_k0, b_k0, len: xs.len() }),
+            }
+            b_k0 += xs.len();
+        }
+    }
+    segs
 }
 
-/// One task's GEMM, `K` in blocks of [`KC`] pixels: gather the tap's sources of those pixels (the
-/// task's columns) transposed into slabs as `B`, multiply by those columns of the unit's packed
-/// `gy` (`shared`, or else those pixels of `gy` packed here), and accumulate into `C` (`rows x
-/// cols`, row stride `ldc`).
+/// `A(o, l) = gy[image l / (oh ow), row o of the task's rows, pixel l % (oh ow)]` over all pixels
+/// of all images, packed.
+fn pack_gy(g: &Conv2dGeom, t: &TapTask, gy: &[f32]) -> PackedA {
+    let oplane = g.ohw().0 * g.ohw().1;
+    let row0 = t.group * g.cog() + t.rows.start;
+    PackedA::pack(t.rows.len(), g.n * oplane, |o, l| gy[((l / oplane) * g.c_out + row0 + o) * oplane + l % oplane])
+}
+
+/// One task: for each tap, gather the tap's sources at its live pixels (the task's columns)
+/// transposed into slabs as `B` and multiply by those pixels' columns of the unit's packed `gy`
+/// (`shared`; or else those pixels of `gy` packed here, [`KC`] at a time), into the task's block
+/// of `dw` (one tap), or into the staging block that is then interleaved into `dw` (several).
 ///
 /// # Safety
-/// `c` must address the task's `rows x cols` block (stride `ldc`) and nothing else may touch it.
-unsafe fn run_task(
-    g: &Conv2dGeom,
-    t: &TapTask,
-    x: &[f32],
-    gy: &[f32],
-    shared: Option<&PackedA>,
-    c: *mut f32,
-    ldc: usize,
-) {
+/// `dw` must address all of `dw`, and nothing else may touch the task's block of it meanwhile.
+unsafe fn run_task(g: &Conv2dGeom, t: &TapTask, x: &[f32], gy: &[f32], shared: Option<&PackedA>, dw: *mut f32) {
+    let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
     let (plane, oplane) = (g.h * g.w, g.ohw().0 * g.ohw().1);
     let (m, cols) = (t.rows.len(), t.cols.len());
-    let offs = live_pixels(g, t);
-    let k = offs.len();
-    debug_assert!(shared.is_none_or(|a| (a.m, a.k) == (m, k)));
-    let gy_rows = &gy[(t.group * g.cog() + t.rows.start) * oplane..];
-    let x_cols = &x[(t.group * g.cig() + t.cols.start) * plane..];
-    if k == 0 {
-        // The tap never lands inside the input: its block of dw is zero.
-        for r in 0..m {
-            std::slice::from_raw_parts_mut(c.add(r * ldc), cols).fill(0.0);
-        }
-        return;
-    }
+    let row0 = t.group * cog + t.rows.start;
+    let gy_rows = &gy[row0 * oplane..];
+    let x_cols = &x[(t.group * cig + t.cols.start) * plane..];
+    // B holds one tap's live pixels: all of them with a shared `A`, else one K block.
+    let bk = if shared.is_some() { g.n * oplane } else { KC };
+    let staged = if taps > 1 { m * taps * cols } else { 0 };
     let mut own = PackedA::pack(0, 0, |_, _| 0.0);
-    with_scratch::<f32, _>(slab_len(KC, cols), |slab_buf| {
-        for l0 in (0..k).step_by(KC) {
-            let kb = (k - l0).min(KC);
-            let slabs = &mut slab_buf[..slab_len(kb, cols)];
-            gather_columns(x_cols, plane, cols, &offs[l0..l0 + kb], slabs);
-            let (a, seg) = match shared {
-                Some(a) => (a, [KSeg { a_k0: l0, b_k0: 0, len: kb }]),
-                None => {
-                    own.repack(m, kb, |o, l| gy_rows[o * oplane + offs[l0 + l].0]);
-                    (&own, [KSeg { a_k0: 0, b_k0: 0, len: kb }])
-                }
+    with_scratch::<f32, _>(slab_len(bk, cols) + staged, |buf| {
+        let (slab_buf, stage) = buf.split_at_mut(slab_len(bk, cols));
+        for tap in 0..taps {
+            // Where this tap's block goes: `dw` itself ([c_out][cig]) for one tap, else the stage.
+            let (c, ldc) = if taps == 1 {
+                (dw.add(row0 * cig + t.cols.start), cig)
+            } else {
+                (stage.as_mut_ptr().add(tap * cols), taps * cols)
             };
-            packed_gemm::gemm_to(a, &seg, slabs, kb, cols, c, ldc, l0 > 0);
+            let offs = live_pixels(g, tap);
+            let k = offs.len();
+            if k == 0 {
+                // The tap never lands inside the input: its block of dw is zero.
+                for r in 0..m {
+                    std::slice::from_raw_parts_mut(c.add(r * ldc), cols).fill(0.0);
+                }
+                continue;
+            }
+            match shared {
+                Some(a) => {
+                    debug_assert_eq!((a.m, a.k), (m, g.n * oplane));
+                    let slabs = &mut slab_buf[..slab_len(k, cols)];
+                    gather_columns(x_cols, plane, cols, &offs, slabs);
+                    packed_gemm::gemm_to(a, &live_segments(g, tap), slabs, k, cols, c, ldc, false);
+                }
+                None => {
+                    for l0 in (0..k).step_by(KC) {
+                        let kb = (k - l0).min(KC);
+                        let slabs = &mut slab_buf[..slab_len(kb, cols)];
+                        gather_columns(x_cols, plane, cols, &offs[l0..l0 + kb], slabs);
+                        own.repack(m, kb, |o, l| gy_rows[o * oplane + offs[l0 + l].0]);
+                        let seg = [KSeg { a_k0: 0, b_k0: 0, len: kb }];
+                        packed_gemm::gemm_to(&own, &seg, slabs, kb, cols, c, ldc, l0 > 0);
+                    }
+                }
+            }
+        }
+        if taps > 1 {
+            interleave_taps(stage, m, taps, cols, dw.add((row0 * cig + t.cols.start) * taps), cig * taps);
         }
     });
+}
+
+/// `dw[r][c][tap] = stage[r][tap][c]` for `r < rows`, `c < cols`: the staged block of every tap
+/// interleaved into `dw`'s rows (`ld` apart; each row's block is `cols x taps` contiguous floats).
+///
+/// # Safety
+/// `dw` must address `rows` rows of stride `ld` with `cols taps` writable floats each.
+unsafe fn interleave_taps(stage: &[f32], rows: usize, taps: usize, cols: usize, dw: *mut f32, ld: usize) {
+    for (r, src) in stage.chunks_exact(taps * cols).take(rows).enumerate() {
+        let dst = std::slice::from_raw_parts_mut(dw.add(r * ld), cols * taps);
+        for (c, out) in dst.chunks_exact_mut(taps).enumerate() {
+            for (tap, v) in out.iter_mut().enumerate() {
+                *v = src[tap * cols + c];
+            }
+        }
+    }
 }
 
 /// `B(l, j) = x_cols[j plane + offs[l].1]` for `l < offs.len()`, `j < cols`, in slabs (the
