@@ -18,10 +18,10 @@
 //! splitting `dw` by taps and blocks would repeat the packing of `gy` ([`tap_tasks`] decides).
 
 #[cfg(target_arch = "x86_64")]
-use super::gather::{transposed_run, ChannelLanes};
+use super::gather::{transpose_16x16, transposed_run, ChannelLanes};
 use super::gather::{with_scratch, zero_slab_padding};
 use super::Conv2dGeom;
-use crate::cpu::packed_gemm::{self, slab_len, KSeg, PackedA, KC, MR, NR};
+use crate::cpu::packed_gemm::{self, lane_mask, slab_len, KSeg, PackedA, KC, MR, NR};
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -254,15 +254,61 @@ unsafe fn run_task(g: &Conv2dGeom, t: &TapTask, x: &[f32], gy: &[f32], shared: O
 
 /// `dw[r][c][tap] = stage[r][tap][c]` for `r < rows`, `c < cols`: the staged block of every tap
 /// interleaved into `dw`'s rows (`ld` apart; each row's block is `cols x taps` contiguous floats).
+/// On AVX-512 with at most 16 taps, [`interleave_taps_avx512`]; this loop is its reference.
 ///
 /// # Safety
-/// `dw` must address `rows` rows of stride `ld` with `cols taps` writable floats each.
+/// `stage` must hold `rows x taps x cols` floats; `dw` must address `rows` rows of stride `ld`
+/// with `cols taps` writable floats each.
 unsafe fn interleave_taps(stage: &[f32], rows: usize, taps: usize, cols: usize, dw: *mut f32, ld: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if taps <= NR && packed_gemm::kernel() == packed_gemm::Kernel::Avx512 {
+        // SAFETY: AVX-512F present (the kernel choice says so); the caller's bounds.
+        return interleave_taps_avx512(stage, rows, taps, cols, dw, ld);
+    }
+    interleave_taps_scalar(stage, rows, taps, cols, dw, ld)
+}
+
+/// [`interleave_taps`] one float at a time.
+///
+/// # Safety
+/// As [`interleave_taps`].
+unsafe fn interleave_taps_scalar(stage: &[f32], rows: usize, taps: usize, cols: usize, dw: *mut f32, ld: usize) {
     for (r, src) in stage.chunks_exact(taps * cols).take(rows).enumerate() {
         let dst = std::slice::from_raw_parts_mut(dw.add(r * ld), cols * taps);
         for (c, out) in dst.chunks_exact_mut(taps).enumerate() {
             for (tap, v) in out.iter_mut().enumerate() {
                 *v = src[tap * cols + c];
+            }
+        }
+    }
+}
+
+/// [`interleave_taps`] 16 channels at a time: the taps' runs of 16 channels are loaded as rows of
+/// a 16 x 16 block (rows past `taps` zero), transposed in registers ([`transpose_16x16`]), and
+/// each channel's `taps` values stored with one masked store. The scalar loop spent a fifth of
+/// layer 4's `dw` here (one float per load and store, 36 bytes apart).
+///
+/// # Safety
+/// AVX-512F present, `taps <= 16`; as [`interleave_taps`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_taps_avx512(stage: &[f32], rows: usize, taps: usize, cols: usize, dw: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(taps <= NR && stage.len() >= rows * taps * cols);
+    let tap_mask = lane_mask(taps);
+    for r in 0..rows {
+        let src = stage.as_ptr().add(r * taps * cols);
+        let dst = dw.add(r * ld);
+        for c0 in (0..cols).step_by(NR) {
+            let nch = (cols - c0).min(NR);
+            let mut block = [_mm512_setzero_ps(); NR];
+            for (tap, v) in block.iter_mut().enumerate().take(taps) {
+                // SAFETY: channels c0 .. c0 + nch of the tap's run, inside the stage.
+                *v = _mm512_maskz_loadu_ps(lane_mask(nch), src.add(tap * cols + c0));
+            }
+            for (i, v) in transpose_16x16(block).iter().enumerate().take(nch) {
+                // SAFETY: channel c0 + i's `taps` floats, inside the row's block.
+                _mm512_mask_storeu_ps(dst.add((c0 + i) * taps), tap_mask, *v);
             }
         }
     }
@@ -326,6 +372,38 @@ unsafe fn gather_columns_avx512(x_cols: &[f32], plane: usize, cols: usize, offs:
                 _mm512_storeu_ps(dst.add(l * NR), chans.gather(src, offs[l].1));
                 l += 1;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 interleave against the scalar loop and the definition, on ragged channel blocks
+    /// (5, 37), one tap and sixteen, rows wider than the block (the floats between must stay).
+    #[test]
+    fn interleave_matches_the_definition() {
+        for (taps, cols) in [(9, 64), (9, 37), (1, 5), (16, 20), (3, 16), (9, 1)] {
+            let rows = 3;
+            let ld = cols * taps + 7;
+            let stage: Vec<f32> = (0..rows * taps * cols).map(|i| i as f32 + 0.5).collect();
+            let mut got = vec![-1.0f32; rows * ld];
+            let mut want = got.clone();
+            // SAFETY: `stage` holds rows x taps x cols; each buffer holds `rows` rows of `ld`.
+            unsafe { interleave_taps(&stage, rows, taps, cols, got.as_mut_ptr(), ld) };
+            for r in 0..rows {
+                for c in 0..cols {
+                    for t in 0..taps {
+                        want[r * ld + c * taps + t] = stage[(r * taps + t) * cols + c];
+                    }
+                }
+            }
+            assert_eq!(got, want, "taps {taps}, cols {cols}");
+            let mut scalar = vec![-1.0f32; rows * ld];
+            // SAFETY: as above.
+            unsafe { interleave_taps_scalar(&stage, rows, taps, cols, scalar.as_mut_ptr(), ld) };
+            assert_eq!(scalar, want, "scalar: taps {taps}, cols {cols}");
         }
     }
 }
