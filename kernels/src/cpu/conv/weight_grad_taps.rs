@@ -134,11 +134,23 @@ pub(super) fn weight_grad_taps(g: &Conv2dGeom, tasks: &[TapTask], x: &[f32], gy:
     debug_assert!(firsts.iter().enumerate().all(|(i, t)| t.unit == i), "units numbered in task order");
     let share = g.taps() > 1 || tasks.len() >= SHARE_MIN_COL_BLOCKS * firsts.len();
     let packs: Vec<PackedA> = if share { firsts.par_iter().map(|t| pack_gy(g, t, gy)).collect() } else { Vec::new() };
+    // Each tap's live pixels (and, with a shared `A`, their segments of it), once for all tasks.
+    let live = LiveTaps {
+        pixels: (0..g.taps()).map(|tap| live_pixels(g, tap)).collect(),
+        segments: if share { (0..g.taps()).map(|tap| live_segments(g, tap)).collect() } else { Vec::new() },
+    };
     let dw_ptr = SendPtr(dw.as_mut_ptr());
     tasks.par_iter().for_each(|t| {
         // SAFETY: the tasks' (row, column) blocks of `dw` are disjoint and inside it.
-        unsafe { run_task(g, t, x, gy, packs.get(t.unit), dw_ptr.ptr()) };
+        unsafe { run_task(g, t, x, gy, packs.get(t.unit), &live, dw_ptr.ptr()) };
     });
+}
+
+/// Per tap: its live pixels ([`live_pixels`]) and, where `gy` is packed whole, their segments of
+/// it ([`live_segments`]; empty otherwise).
+struct LiveTaps {
+    pixels: Vec<Vec<(usize, usize)>>,
+    segments: Vec<Vec<KSeg>>,
 }
 
 /// The live pixels of tap `tap` (images, then rows, then columns), each as its offsets in `gy`'s
@@ -174,7 +186,6 @@ fn live_segments(g: &Conv2dGeom, tap: usize) -> Vec<KSeg> {
             let a_k0 = (n * oh + oy) * ow + xs.start;
             match segs.last_mut() {
                 Some(s) if s.a_k0 + s.len == a_k0 => s.len += xs.len(),
-                _ if xs.is_empty() => {}
                 _ => segs.push(KSeg { a_k0, b_k0, len: xs.len() }),
             }
             b_k0 += xs.len();
@@ -198,7 +209,15 @@ fn pack_gy(g: &Conv2dGeom, t: &TapTask, gy: &[f32]) -> PackedA {
 ///
 /// # Safety
 /// `dw` must address all of `dw`, and nothing else may touch the task's block of it meanwhile.
-unsafe fn run_task(g: &Conv2dGeom, t: &TapTask, x: &[f32], gy: &[f32], shared: Option<&PackedA>, dw: *mut f32) {
+unsafe fn run_task(
+    g: &Conv2dGeom,
+    t: &TapTask,
+    x: &[f32],
+    gy: &[f32],
+    shared: Option<&PackedA>,
+    live: &LiveTaps,
+    dw: *mut f32,
+) {
     let (cig, cog, taps) = (g.cig(), g.cog(), g.taps());
     let (plane, oplane) = (g.h * g.w, g.ohw().0 * g.ohw().1);
     let (m, cols) = (t.rows.len(), t.cols.len());
@@ -218,7 +237,7 @@ unsafe fn run_task(g: &Conv2dGeom, t: &TapTask, x: &[f32], gy: &[f32], shared: O
             } else {
                 (stage.as_mut_ptr().add(tap * cols), taps * cols)
             };
-            let offs = live_pixels(g, tap);
+            let offs = &live.pixels[tap];
             let k = offs.len();
             if k == 0 {
                 // The tap never lands inside the input: its block of dw is zero.
@@ -231,8 +250,8 @@ unsafe fn run_task(g: &Conv2dGeom, t: &TapTask, x: &[f32], gy: &[f32], shared: O
                 Some(a) => {
                     debug_assert_eq!((a.m, a.k), (m, g.n * oplane));
                     let slabs = &mut slab_buf[..slab_len(k, cols)];
-                    gather_columns(x_cols, plane, cols, &offs, slabs);
-                    packed_gemm::gemm_to(a, &live_segments(g, tap), slabs, k, cols, c, ldc, false);
+                    gather_columns(x_cols, plane, cols, offs, slabs);
+                    packed_gemm::gemm_to(a, &live.segments[tap], slabs, k, cols, c, ldc, false);
                 }
                 None => {
                     for l0 in (0..k).step_by(KC) {
