@@ -130,6 +130,24 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// Sum of a slice in index order (a fixed order, so the result is reproducible).
+pub(crate) fn sum_in_order<T: Float>(v: &[T]) -> T {
+    // Four interleaved accumulators: still a fixed order, but the adds pipeline.
+    let mut acc = [T::ZERO; 4];
+    let mut it = v.chunks_exact(4);
+    for c in &mut it {
+        acc[0] += c[0];
+        acc[1] += c[1];
+        acc[2] += c[2];
+        acc[3] += c[3];
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for &r in it.remainder() {
+        s += r;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,22 +170,4 @@ mod tests {
             assert!(z.len() == n && z.iter().all(|&v| v == 0.0), "n = {n}");
         }
     }
-}
-
-/// Sum of a slice in index order (a fixed order, so the result is reproducible).
-pub(crate) fn sum_in_order<T: Float>(v: &[T]) -> T {
-    // Four interleaved accumulators: still a fixed order, but the adds pipeline.
-    let mut acc = [T::ZERO; 4];
-    let mut it = v.chunks_exact(4);
-    for c in &mut it {
-        acc[0] += c[0];
-        acc[1] += c[1];
-        acc[2] += c[2];
-        acc[3] += c[3];
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for &r in it.remainder() {
-        s += r;
-    }
-    s
 }

@@ -9,7 +9,7 @@
 
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
-use super::{per_tap, weight_panels, winograd};
+use super::{direct, per_tap, weight_panels, winograd};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC};
@@ -157,6 +157,11 @@ impl<T: Float> GatherConv<'_, T> {
             if per_tap::applies(&self.ymap, &self.xmap, &ys, &xs, self.n * oh * ow, self.c_src, self.m) {
                 // SAFETY: T is f32 on the packed path; `out` is the whole destination.
                 return unsafe { self.run_per_tap(packed, out.as_mut_ptr().cast()) };
+            }
+            if direct::applies(&self.ymap, &self.xmap, self.src_hw, self.out_hw, self.c_src, self.groups) {
+                // SAFETY: T is f32 on the packed path, the CPU has AVX-512F (`applies`); `out` is
+                // the whole destination.
+                return unsafe { self.run_direct(&packed[0], out.as_mut_ptr().cast()) };
             }
         }
         let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);

@@ -37,7 +37,9 @@
 //! multiplies per 4 x 4 output tile and channel pair instead of 144) or, for `y` and `dx` where
 //! 4 x 4 tiles fit the map poorly, F(2x2, 3x3) (16 per 2 x 2 tile instead of 36). Dilated stride-1 convs on
 //! small maps with many more source channels than outputs (ASPP's forward) run one GEMM per tap
-//! over all its live pixels instead of one per small region.
+//! over all its live pixels instead of one per small region. Stride-1 convs with few source
+//! channels (ResNet's layers 1-2) compute `y` and `dx` on AVX-512 directly from a zero-padded copy of
+//! the source, the micro-kernel reading each tap's shifted run in place (no im2col gather).
 //!
 //! **dw** runs the forward tiling and accumulates `gy_tile (rows x pix) col_tile^T` into a
 //! per-chunk partial sum (on the packed path `gy_tile` is packed as the left operand and each run's
@@ -55,7 +57,7 @@
 //! **Files.** `mod.rs` (this file): the geometry, the tuning constants and the public entry points,
 //! which validate the shapes and hand over to `engine.rs` (the gather-conv engine for `y` and `dx`,
 //! and its serial GEMM), `per_tap.rs` (one GEMM per tap for the forward of dilated convs on small
-//! maps), `winograd.rs` (F(4x4, 3x3) and F(2x2, 3x3) for `y`, `dx` and `dw`; its transforms on 16 lanes in
+//! maps), `direct.rs` (`y` and `dx` read in place from a padded source), `winograd.rs` (F(4x4, 3x3) and F(2x2, 3x3) for `y`, `dx` and `dw`; its transforms on 16 lanes in
 //! `winograd_avx512.rs`), `weight_grad.rs` (`dw` and `db`), `weight_grad_taps.rs` (the per-tap
 //! `dw`) or, for depthwise convs, `depthwise.rs` (direct loops). Both the engine and `dw` build on
 //! `tiling.rs` (live-tap segments and tile plans) and `gather.rs` (im2col as a gather through a
@@ -64,6 +66,7 @@
 //! scratch).
 
 mod depthwise;
+mod direct;
 mod engine;
 mod gather;
 mod per_tap;

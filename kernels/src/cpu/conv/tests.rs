@@ -120,6 +120,50 @@ const PER_TAP_YDX_CASES: [Case; 4] = [
     (1, 512, 8, 8, 1040, 3, 3, [1, 1], [3, 3], [3, 3], 2),
 ];
 
+/// Convs whose `y` and `dx` take the direct path (`direct.rs`) on AVX-512: destination rows not a
+/// multiple of 6 or 12 and wide rows not a multiple of 16 (14 rows, 13-wide rows), several units of
+/// columns and of rows (100 rows on a 30 x 30 map), a 3 x 5 kernel with more padding than it
+/// reaches. (The per-tap cases with few channels take it too: dilation 2, one live tap.)
+const DIRECT_CASES: [Case; 3] = [
+    (2, 20, 13, 11, 14, 3, 3, [1, 1], [1, 1], [1, 1], 1),
+    (1, 70, 30, 30, 100, 3, 3, [1, 1], [1, 1], [1, 1], 1),
+    (2, 8, 9, 16, 7, 3, 5, [1, 1], [2, 2], [1, 1], 1),
+];
+
+/// Whether the `y` (or `dx`) of `g` takes the direct path.
+fn takes_direct(g: &Conv2dGeom, dx: bool) -> bool {
+    use tiling::Axis;
+    let (oh, ow) = g.out_hw().unwrap();
+    let (s, p, d) = (g.stride, g.padding, g.dilation);
+    if dx {
+        let ym = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
+        let xm = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
+        direct::applies(&ym, &xm, (oh, ow), (g.h, g.w), g.c_out / g.groups, g.groups)
+    } else {
+        let ym = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
+        let xm = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
+        direct::applies(&ym, &xm, (g.h, g.w), (oh, ow), g.c_in / g.groups, g.groups)
+    }
+}
+
+#[test]
+fn direct_y_and_dx_are_taken_where_the_tests_expect_it() {
+    let on = crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512;
+    for g in DIRECT_CASES.map(geom).iter().chain([geom(PER_TAP_CASES[0]), geom(PER_TAP_CASES[5])].iter()) {
+        assert_eq!(takes_direct(g, false), on, "{g:?}");
+        assert_eq!(takes_direct(g, true), on, "{g:?}");
+    }
+    // ResNet-18's layers 1 and 2 at crop 129 take it; more channels, strides, groups, 1x1 convs and
+    // rows padded by more than a quarter keep the other paths.
+    assert_eq!(takes_direct(&same_3x3(2, 64, 33, 33, 64), false), on);
+    assert_eq!(takes_direct(&same_3x3(2, 128, 17, 17, 128), true), on);
+    assert!(!takes_direct(&same_3x3(2, 256, 17, 17, 256), false));
+    assert!(!takes_direct(&geom((2, 64, 33, 33, 128, 3, 3, [2, 2], [1, 1], [1, 1], 1)), false));
+    assert!(!takes_direct(&geom((2, 64, 33, 33, 64, 3, 3, [1, 1], [1, 1], [1, 1], 2)), false));
+    assert!(!takes_direct(&geom((2, 64, 33, 33, 64, 1, 1, [1, 1], [0, 0], [1, 1], 1)), false));
+    assert!(!takes_direct(&geom((2, 64, 9, 9, 64, 3, 3, [1, 1], [2, 2], [2, 2], 1)), false));
+}
+
 #[test]
 fn per_tap_y_and_dx_are_taken_where_the_tests_expect_it() {
     use tiling::{segments, Axis};
@@ -274,6 +318,10 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         PER_TAP_YDX_CASES[1],
         PER_TAP_YDX_CASES[2],
         PER_TAP_YDX_CASES[3],
+        // The direct `y` and `dx` ([`DIRECT_CASES`]).
+        DIRECT_CASES[0],
+        DIRECT_CASES[1],
+        DIRECT_CASES[2],
     ];
     let close = |a: f32, e: f64, k: usize| ((a as f64) - e).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + e.abs());
     for &(n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) in &cases {
@@ -284,7 +332,7 @@ fn f32_forward_input_and_weight_grads_match_naive() {
         let b = vals(c_out, 3);
         let gy = vals(n * c_out * oh * ow, 4);
         let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
-        let mut y = vec![0.0f32; n * c_out * oh * ow];
+        let mut y = vec![7.0f32; n * c_out * oh * ow];
         conv2d_forward(&g, &f(&x), &f(&wt), Some(&f(&b)), &mut y);
         let k = (c_in / groups) * kh * kw;
         for (a, e) in y.iter().zip(&naive(&g, &x, &wt, Some(&b))) {

@@ -114,6 +114,11 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// The panels: `A(p MR + r, l)` at `[(p k + l) MR + r]` (for kernels that walk them themselves).
+    pub fn panels(&self) -> &[f32] {
+        &self.data
+    }
+
     /// Pack `A(i, l) = at(i, l)`.
     pub fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedA {
         let mut a = PackedA { data: Vec::new(), m: 0, k: 0 };

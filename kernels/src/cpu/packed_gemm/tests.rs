@@ -120,7 +120,7 @@ fn speed_on_conv_tile_shapes() {
     let time = crate::cpu::best_time;
     for &(m, k, n) in &[(256, 2304, 256), (64, 576, 256), (512, 4608, 256), (256, 256, 256), (48, 2304, 256)] {
         let a = PackedA::pack(m, k, |i, l| val(i * 977 + l * 3 + 1));
-        let arm: Vec<f32> = (0..m * k).map(|i| val(i)).collect();
+        let arm: Vec<f32> = (0..m * k).map(val).collect();
         let b = slabs(k, n);
         let brm: Vec<f32> = (0..k * n).map(|i| val(i + 3)).collect();
         let segs = [KSeg { a_k0: 0, b_k0: 0, len: k }];
