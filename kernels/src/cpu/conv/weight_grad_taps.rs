@@ -79,7 +79,9 @@ pub(super) fn tap_tasks(g: &Conv2dGeom) -> Option<Vec<TapTask>> {
         let blocks = cig.div_ceil(COLS);
         (0..blocks).map(|b| b * cig / blocks..(b + 1) * cig / blocks).collect()
     } else {
-        (0..cig).step_by(TAP_COLS).map(|c0| c0..(c0 + TAP_COLS).min(cig)).collect()
+        // Narrower blocks (whole slabs) where TAP_COLS would leave fewer than MIN_TASKS.
+        let width = TAP_COLS.min((cig.div_ceil(MIN_TASKS * g.groups * row_blocks)).next_multiple_of(NR));
+        (0..cig).step_by(width).map(|c0| c0..(c0 + width).min(cig)).collect()
     };
     let mut tasks = Vec::new();
     for group in 0..g.groups {

@@ -40,7 +40,7 @@ use super::gather::{with_scratch, zero_slab_padding};
 use super::winograd_avx512::{transform_channel_patches, TileLanes};
 use super::Conv2dGeom;
 use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, Kernel, PackedA, MR, NR};
-use crate::cpu::parallel::SendPtr;
+use crate::cpu::parallel::{zeros, SendPtr};
 use rayon::prelude::*;
 
 /// Fewest input and output channels for this path: with fewer, the per-`xi` GEMMs are too short
@@ -431,11 +431,12 @@ pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W
     let per_image = th * tw;
     let total = g.n * per_image;
     let plane = h * w;
-    // P, as [xi][o][c].
-    let mut p = vec![0.0f32; E * cout * cin];
+    // P, as [xi][o][c], and the blocks' V: megabytes each, so zeroed by the pool's threads (a
+    // serial fill idled a core for a tenth of the call).
+    let mut p = zeros::<f32>(E * cout * cin);
     let blocks = total.div_ceil(W::DW_TILES);
     let mut wt: Vec<PackedA> = (0..E).map(|_| PackedA::pack(0, 0, |_, _| 0.0)).collect();
-    let mut v: Vec<f32> = Vec::new();
+    let mut v: Vec<f32> = zeros(E * slab_len(total.div_ceil(blocks), cin));
     for b in 0..blocks {
         let (t0, t1) = (b * total / blocks, (b + 1) * total / blocks);
         let nt = t1 - t0;
