@@ -16,7 +16,7 @@
 //! 64 destination rows (ResNet's layer 1) the gather took a third as long as the GEMM itself
 //! (29 % of a one-thread 64 -> 64 3x3 on 33 x 33 against 57 % in the micro-kernel). Here the
 //! padded copy is one pass over the source per conv; the cost is the dropped columns (6 % on a
-//! 33-wide map, 18 % on a 9-wide one), which [`applies`] bounds.
+//! 33-wide map, 18 % on a 9-wide one), which [`plan`] bounds.
 //!
 //! Each destination element is one chain of fused multiply-adds, from zero: live taps in order,
 //! channels in order; then the bias is added. A fixed order, whatever the thread count (not the
@@ -25,6 +25,7 @@
 use super::engine::GatherConv;
 use super::gather::with_scratch;
 use super::tiling::Axis;
+use crate::cpu::packed_gemm::avx512::{micro_runs, BLayout, Run};
 use crate::cpu::packed_gemm::{self, as_f32, Kernel, PackedA, MR, NR};
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
@@ -38,7 +39,7 @@ const UNIT_COLS: usize = 8 * 2 * NR;
 const UNIT_ROWS: usize = 16 * MR;
 
 /// The padding and the shifted offsets of the live taps, for a pair of shift axes.
-struct Padded {
+pub(super) struct Padded {
     top: usize,
     left: usize,
     hp: usize,
@@ -71,19 +72,20 @@ impl Padded {
     }
 }
 
-/// True when `y` or `dx` takes this path: f32 on the AVX-512 micro-kernel, one group, stride 1
-/// (every tap a shift), more than one tap, at most [`MAX_CHANNELS`] source channels, and the
-/// padded row at most a quarter wider than the destination's (the dropped columns' share).
-pub(super) fn applies(
+/// The padded layout when `y` or `dx` takes this path (`None` otherwise): f32 on the AVX-512
+/// micro-kernel, one group, stride 1 (every tap a shift), more than one tap, at most
+/// [`MAX_CHANNELS`] source channels, and the padded row at most a quarter wider than the
+/// destination's (the dropped columns' share).
+pub(super) fn plan(
     ymap: &Axis,
     xmap: &Axis,
     src_hw: (usize, usize),
     out_hw: (usize, usize),
     c_src: usize,
     groups: usize,
-) -> bool {
+) -> Option<Padded> {
     if !(packed_gemm::kernel() == Kernel::Avx512 && packed_gemm::avx512_available()) {
-        return false;
+        return None;
     }
     if groups != 1
         || !ymap.is_shift()
@@ -91,26 +93,25 @@ pub(super) fn applies(
         || ymap.off.len() * xmap.off.len() < 2
         || c_src > MAX_CHANNELS
     {
-        return false;
+        return None;
     }
     let p = Padded::new(ymap, xmap, src_hw, out_hw);
-    !p.taps.is_empty() && 4 * p.wp <= 5 * out_hw.1
+    (!p.taps.is_empty() && 4 * p.wp <= 5 * out_hw.1).then_some(p)
 }
 
 impl<T: crate::Float> GatherConv<'_, T> {
-    /// Overwrite `out` by the direct products (`pa`: the packed weights of the one group, all
-    /// taps, `A(r, tap c_src + c)`).
+    /// Overwrite `out` by the direct products (`p`: the layout from [`plan`]; `pa`: the packed
+    /// weights of the one group, all taps, `A(r, tap c_src + c)`).
     ///
     /// # Safety
-    /// `T` is f32, the CPU has AVX-512F ([`applies`]); `out` addresses the whole destination and
-    /// nothing else touches it meanwhile.
-    pub(super) unsafe fn run_direct(&self, pa: &PackedA, out: *mut f32) {
+    /// `T` is f32, the CPU has AVX-512F ([`plan`] gave `p`); `out` addresses the whole destination
+    /// and nothing else touches it meanwhile.
+    pub(super) unsafe fn run_direct(&self, p: &Padded, pa: &PackedA, out: *mut f32) {
         let (m, c_src, n) = (self.m, self.c_src, self.n);
         let (oh, ow) = self.out_hw;
         let (sh, sw) = self.src_hw;
         let src = as_f32(self.src).expect("packed conv path on f32 only");
         let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
-        let p = Padded::new(&self.ymap, &self.xmap, self.src_hw, self.out_hw);
         let pitch = p.hp * p.wp;
         // Wide columns per image, and the farthest any micro-kernel load reaches past a plane's start.
         let wide = (oh - 1) * p.wp + ow;
@@ -147,17 +148,24 @@ impl<T: crate::Float> GatherConv<'_, T> {
                             // SAFETY: AVX-512F (the caller's contract); the panels of rows r.. exist
                             // (rows past m are the last panel's zero padding); every load lies in
                             // `xp` (`len` covers `reach`); the block of `tmp` is inside it.
-                            micro(
-                                &p.taps,
-                                c_src,
-                                pitch,
+                            // Tap t of channel c: panel column t c_src + c, B row c at offset
+                            // `off` of the padded planes, one run per live tap.
+                            let b = xi.add(q);
+                            let runs = p.taps.iter().map(|&(t, off)| Run {
+                                a_col: t * c_src,
+                                b: b.wrapping_add(off),
+                                len: c_src,
+                            });
+                            micro_runs(
+                                runs,
                                 pa.panels().as_ptr().add(r * pa.k),
                                 pa.k * MR,
-                                xi.add(q),
+                                BLayout { row_step: pitch, half_step: NR },
                                 tmp.as_mut_ptr().add((r - r0) * cols + (q - j0)),
                                 cols,
                                 rows,
                                 w,
+                                false,
                             );
                         }
                     }
@@ -181,82 +189,5 @@ impl<T: crate::Float> GatherConv<'_, T> {
                 });
             });
         });
-    }
-}
-
-/// `C[0..rows, 0..w] = sum over taps (t, off), channels c of A_panel[:, t c_src + c] xp[c pitch +
-/// off + 0..32]`: a `12 x 32` (or smaller) block of the wide destination in 24 registers.
-///
-/// # Safety
-/// AVX-512F present; the panel (and the next, when `rows > 6`) holds columns `t c_src + c` of every
-/// tap; `b + c pitch + off + 0..32` readable for every tap and channel; `c` writable for `rows` rows
-/// of stride `ldc`, `w` columns.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn micro(
-    taps: &[(usize, usize)],
-    c_src: usize,
-    pitch: usize,
-    panel: *const f32,
-    panel_stride: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    w: usize,
-) {
-    match (rows > MR, w > NR) {
-        (true, true) => block::<2, 2>(taps, c_src, pitch, panel, panel_stride, b, c, ldc, rows, w),
-        (true, false) => block::<2, 1>(taps, c_src, pitch, panel, panel_stride, b, c, ldc, rows, w),
-        (false, true) => block::<1, 2>(taps, c_src, pitch, panel, panel_stride, b, c, ldc, rows, w),
-        (false, false) => block::<1, 1>(taps, c_src, pitch, panel, panel_stride, b, c, ldc, rows, w),
-    }
-}
-
-/// [`micro`] on `P` panels (6 P rows) and `S` 16-column halves: `6 P x S` accumulators.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn block<const P: usize, const S: usize>(
-    taps: &[(usize, usize)],
-    c_src: usize,
-    pitch: usize,
-    panel: *const f32,
-    panel_stride: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    w: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); S]; 12];
-    for &(t, off) in taps {
-        let mut ap = panel.add(t * c_src * MR);
-        let mut bp = b.add(off);
-        for _ in 0..c_src {
-            let mut bv = [_mm512_setzero_ps(); S];
-            for (j, v) in bv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(bp.add(j * NR));
-            }
-            for pi in 0..P {
-                for r in 0..MR {
-                    let av = _mm512_set1_ps(*ap.add(pi * panel_stride + r));
-                    for j in 0..S {
-                        acc[pi * MR + r][j] = _mm512_fmadd_ps(av, bv[j], acc[pi * MR + r][j]);
-                    }
-                }
-            }
-            ap = ap.add(MR);
-            bp = bp.add(pitch);
-        }
-    }
-    let masks: [__mmask16; S] = std::array::from_fn(|j| packed_gemm::lane_mask(w.saturating_sub(j * NR)));
-    for (r, row) in acc.iter().enumerate().take(rows.min(P * MR)) {
-        for j in 0..S {
-            if masks[j] != 0 {
-                _mm512_mask_storeu_ps(c.add(r * ldc + j * NR), masks[j], row[j]);
-            }
-        }
     }
 }

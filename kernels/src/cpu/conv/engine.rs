@@ -7,9 +7,11 @@
 //! depthwise convs branch off to the direct loop in `depthwise.rs`, and large 3x3 stride-1 f32
 //! convs to Winograd (F(4x4, 3x3) or F(2x2, 3x3)) in `winograd.rs`.
 
+#[cfg(target_arch = "x86_64")]
+use super::direct;
 use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
-use super::{direct, per_tap, weight_panels, winograd};
+use super::{per_tap, weight_panels, winograd};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
 use crate::cpu::gemm::Mat;
 use crate::cpu::packed_gemm::{self, as_f32, as_f32_mut, slab_len, KSeg, PackedA, KC};
@@ -158,10 +160,11 @@ impl<T: Float> GatherConv<'_, T> {
                 // SAFETY: T is f32 on the packed path; `out` is the whole destination.
                 return unsafe { self.run_per_tap(packed, out.as_mut_ptr().cast()) };
             }
-            if direct::applies(&self.ymap, &self.xmap, self.src_hw, self.out_hw, self.c_src, self.groups) {
-                // SAFETY: T is f32 on the packed path, the CPU has AVX-512F (`applies`); `out` is
-                // the whole destination.
-                return unsafe { self.run_direct(&packed[0], out.as_mut_ptr().cast()) };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(p) = direct::plan(&self.ymap, &self.xmap, self.src_hw, self.out_hw, self.c_src, self.groups) {
+                // SAFETY: T is f32 on the packed path, the CPU has AVX-512F (`plan` gave `p`); `out`
+                // is the whole destination.
+                return unsafe { self.run_direct(&p, &packed[0], out.as_mut_ptr().cast()) };
             }
         }
         let plans = plan_tiles(&ys, &xs, kw, TILE_PIX);

@@ -66,6 +66,7 @@
 //! scratch).
 
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
 mod direct;
 mod engine;
 mod gather;

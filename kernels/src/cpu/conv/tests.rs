@@ -131,6 +131,7 @@ const DIRECT_CASES: [Case; 3] = [
 ];
 
 /// Whether the `y` (or `dx`) of `g` takes the direct path.
+#[cfg(target_arch = "x86_64")]
 fn takes_direct(g: &Conv2dGeom, dx: bool) -> bool {
     use tiling::Axis;
     let (oh, ow) = g.out_hw().unwrap();
@@ -138,14 +139,15 @@ fn takes_direct(g: &Conv2dGeom, dx: bool) -> bool {
     if dx {
         let ym = Axis::input_grad(g.h, oh, g.kh, s[0], p[0], d[0]);
         let xm = Axis::input_grad(g.w, ow, g.kw, s[1], p[1], d[1]);
-        direct::applies(&ym, &xm, (oh, ow), (g.h, g.w), g.c_out / g.groups, g.groups)
+        direct::plan(&ym, &xm, (oh, ow), (g.h, g.w), g.c_out / g.groups, g.groups).is_some()
     } else {
         let ym = Axis::forward(g.h, oh, g.kh, s[0], p[0], d[0]);
         let xm = Axis::forward(g.w, ow, g.kw, s[1], p[1], d[1]);
-        direct::applies(&ym, &xm, (g.h, g.w), (oh, ow), g.c_in / g.groups, g.groups)
+        direct::plan(&ym, &xm, (g.h, g.w), (oh, ow), g.c_in / g.groups, g.groups).is_some()
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn direct_y_and_dx_are_taken_where_the_tests_expect_it() {
     let on = crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512;

@@ -36,25 +36,68 @@ pub(super) unsafe fn micro(
     w: usize,
     accumulate: bool,
 ) {
+    let runs = segs.iter().map(|s| Run { a_col: s.a_k0, b: slab.wrapping_add(s.b_k0 * NR), len: s.len });
+    let b = BLayout { row_step: NR, half_step: slab_stride };
+    micro_runs(runs, panel, panel_stride, b, c, ldc, rows, w, accumulate)
+}
+
+/// One run of the product: panel columns `a_col .. a_col + len` times `len` rows of `B`, the first
+/// at `b`.
+#[derive(Clone, Copy)]
+pub(crate) struct Run {
+    pub a_col: usize,
+    pub b: *const f32,
+    pub len: usize,
+}
+
+/// Where `B`'s elements lie relative to a run's `b`: row `l`, column `16 h + j` at
+/// `b + l row_step + h half_step + j`. Packed slabs: `row_step` 16, `half_step` the slab stride; a
+/// conv source read in place (`conv/direct.rs`): `row_step` the channel plane, `half_step` 16.
+#[derive(Clone, Copy)]
+pub(crate) struct BLayout {
+    pub row_step: usize,
+    pub half_step: usize,
+}
+
+/// [`micro`] over any runs and `B` layout: `C[0..rows, 0..w] = [C +] sum over runs of
+/// A_panel[:, a_col..] B_run`, the same chain of fused multiply-adds per element (runs in order,
+/// rows of a run in order, from zero; then `C` added once).
+///
+/// # Safety
+/// AVX-512F present; `panel + (a_col + l) MR + r` (and `+ panel_stride` when `rows > 6`) readable for
+/// every run, `l < len`, `r < 6`; `b + l row_step + j` for `j < 16` (and `+ half_step` when
+/// `w > 16`); `C` as in [`micro`].
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_runs(
+    runs: impl Iterator<Item = Run>,
+    panel: *const f32,
+    panel_stride: usize,
+    b: BLayout,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    w: usize,
+    accumulate: bool,
+) {
     debug_assert!(w <= 2 * NR && rows <= 2 * MR);
     match (rows > MR, w > NR) {
-        (true, true) => block::<2, 2>(segs, panel, panel_stride, slab, slab_stride, c, ldc, rows, w, accumulate),
-        (true, false) => block::<2, 1>(segs, panel, panel_stride, slab, slab_stride, c, ldc, rows, w, accumulate),
-        (false, true) => block::<1, 2>(segs, panel, panel_stride, slab, slab_stride, c, ldc, rows, w, accumulate),
-        (false, false) => block::<1, 1>(segs, panel, panel_stride, slab, slab_stride, c, ldc, rows, w, accumulate),
+        (true, true) => block::<2, 2>(runs, panel, panel_stride, b, c, ldc, rows, w, accumulate),
+        (true, false) => block::<2, 1>(runs, panel, panel_stride, b, c, ldc, rows, w, accumulate),
+        (false, true) => block::<1, 2>(runs, panel, panel_stride, b, c, ldc, rows, w, accumulate),
+        (false, false) => block::<1, 1>(runs, panel, panel_stride, b, c, ldc, rows, w, accumulate),
     }
 }
 
-/// [`micro`] on `P` panels (6 P rows) and `S` slabs (16 S columns): `6 P x S` accumulators.
+/// [`micro_runs`] on `P` panels (6 P rows) and `S` 16-column halves: `6 P x S` accumulators.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn block<const P: usize, const S: usize>(
-    segs: &[KSeg],
+    runs: impl Iterator<Item = Run>,
     panel: *const f32,
     panel_stride: usize,
-    slab: *const f32,
-    slab_stride: usize,
+    bl: BLayout,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -62,13 +105,13 @@ unsafe fn block<const P: usize, const S: usize>(
     accumulate: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); S]; 12];
-    for s in segs {
-        let mut ap = panel.add(s.a_k0 * MR);
-        let mut bp = slab.add(s.b_k0 * NR);
-        for _ in 0..s.len {
+    for run in runs {
+        let mut ap = panel.add(run.a_col * MR);
+        let mut bp = run.b;
+        for _ in 0..run.len {
             let mut b = [_mm512_setzero_ps(); S];
             for (j, bj) in b.iter_mut().enumerate() {
-                *bj = _mm512_loadu_ps(bp.add(j * slab_stride));
+                *bj = _mm512_loadu_ps(bp.add(j * bl.half_step));
             }
             for pi in 0..P {
                 for r in 0..MR {
@@ -79,7 +122,7 @@ unsafe fn block<const P: usize, const S: usize>(
                 }
             }
             ap = ap.add(MR);
-            bp = bp.add(NR);
+            bp = bp.add(bl.row_step);
         }
     }
     let masks: [__mmask16; S] = std::array::from_fn(|j| lane_mask(w.saturating_sub(j * NR)));
