@@ -234,31 +234,67 @@ fn update_on_device(
 const PAR_MIN: usize = 1 << 14;
 
 /// The update of one tensor, element by element in `T` arithmetic (as PyTorch's CPU loop).
+///
+/// Each task runs a tight loop over one chunk of slices, with the first-step and Nesterov choices
+/// made once per chunk ([`momentum_chunk`]), so the loop vectorises: per element it is the same
+/// arithmetic as the formulas above, and splitting over threads changes nothing but the time.
+/// (Item by item through zipped parallel iterators the update ran scalar, at half the memory
+/// bandwidth: 16.8 ms for ResNet-18 DeepLabV3+'s 16.6 M parameters.)
 fn sgd_kernel<T: Element>(p: &mut Tensor, g: &Tensor, buf: Option<(&mut Tensor, bool)>, h: &Hyper) -> Result<()> {
     let g = g.cpu_slice::<T>("sgd")?;
-    let (lr, wd, m) = (T::from_f64(h.lr), T::from_f64(h.wd), T::from_f64(h.momentum));
-    let one_minus_damp = T::from_f64(1.0 - h.dampening);
+    let k = Coeffs {
+        lr: T::from_f64(h.lr),
+        wd: T::from_f64(h.wd),
+        m: T::from_f64(h.momentum),
+        one_minus_damp: T::from_f64(1.0 - h.dampening),
+    };
     let mut inner = Ok(());
     match buf {
-        // Element by element, so splitting over threads changes nothing but the time.
         None => p.update_cpu::<T>(|ps| {
-            ps.par_iter_mut().zip(g.par_iter()).with_min_len(PAR_MIN).for_each(|(pv, &gv)| {
-                let d = gv + wd * *pv;
-                *pv -= lr * d;
+            ps.par_chunks_mut(PAR_MIN).zip(g.par_chunks(PAR_MIN)).for_each(|(ps, gs)| {
+                for (pv, &gv) in ps.iter_mut().zip(gs) {
+                    let d = gv + k.wd * *pv;
+                    *pv -= k.lr * d;
+                }
             });
         })?,
         Some((buf, first)) => buf.update_cpu::<T>(|bs| {
             inner = p.update_cpu::<T>(|ps| {
-                ps.par_iter_mut().zip(g.par_iter()).zip(bs.par_iter_mut()).with_min_len(PAR_MIN).for_each(
-                    |((pv, &gv), bv)| {
-                        let d = gv + wd * *pv;
-                        *bv = if first { d } else { m * *bv + one_minus_damp * d };
-                        let d = if h.nesterov { d + m * *bv } else { *bv };
-                        *pv -= lr * d;
+                ps.par_chunks_mut(PAR_MIN).zip(g.par_chunks(PAR_MIN)).zip(bs.par_chunks_mut(PAR_MIN)).for_each(
+                    |((ps, gs), bs)| match (first, h.nesterov) {
+                        (false, false) => momentum_chunk::<T, false, false>(ps, gs, bs, &k),
+                        (false, true) => momentum_chunk::<T, false, true>(ps, gs, bs, &k),
+                        (true, false) => momentum_chunk::<T, true, false>(ps, gs, bs, &k),
+                        (true, true) => momentum_chunk::<T, true, true>(ps, gs, bs, &k),
                     },
                 );
             });
         })?,
     }
     Ok(inner?)
+}
+
+/// The update's numbers in `T`.
+#[derive(Clone, Copy)]
+struct Coeffs<T> {
+    lr: T,
+    wd: T,
+    m: T,
+    one_minus_damp: T,
+}
+
+/// The momentum update on one chunk: parameters `ps`, gradients `gs`, buffers `bs`.
+#[inline]
+fn momentum_chunk<T: Element, const FIRST: bool, const NESTEROV: bool>(
+    ps: &mut [T],
+    gs: &[T],
+    bs: &mut [T],
+    k: &Coeffs<T>,
+) {
+    for ((pv, &gv), bv) in ps.iter_mut().zip(gs).zip(bs.iter_mut()) {
+        let d = gv + k.wd * *pv;
+        *bv = if FIRST { d } else { k.m * *bv + k.one_minus_damp * d };
+        let d = if NESTEROV { d + k.m * *bv } else { *bv };
+        *pv -= k.lr * d;
+    }
 }
