@@ -788,7 +788,7 @@ fn batch_norm_train_eval_and_backward() {
     let (w, b, g) = (randv(d.c, &mut rng), randv(d.c, &mut rng), randv(total, &mut rng));
     let eps = 1e-5f32;
     let mut y = vec![0.0; total];
-    let stats = cpu::batchnorm::bn_train_forward(&x, d, Some(&w), Some(&b), eps, &mut y);
+    let stats = cpu::batchnorm::bn_train_forward(&x, d, Some(&w), Some(&b), eps, cpu::batchnorm::Then::Nothing, &mut y);
     let (xd, wd, bd, gd) = (up(dev, &x), up(dev, &w), up(dev, &b), up(dev, &g));
     let c4 = d.c * 4;
     let (mut mean, mut var) = (dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap());
@@ -813,7 +813,7 @@ fn batch_norm_train_eval_and_backward() {
     let mean_h: Vec<f32> = stats.iter().map(|s| s.0).collect();
     for mode in [cpu::batchnorm::BnMode::Train, cpu::batchnorm::BnMode::Eval] {
         let mut dx = vec![0.0; total];
-        let sums = cpu::batchnorm::bn_backward(&g, &x, d, &mean_h, &inv_h, Some(&w), mode, Some(&mut dx));
+        let sums = cpu::batchnorm::bn_backward(&g, &x, d, &mean_h, &inv_h, Some(&w), mode, None, Some(&mut dx));
         let (mut sg, mut sgx, mut dxd) =
             (dev.alloc(c4).unwrap(), dev.alloc(c4).unwrap(), dev.alloc(total * 4).unwrap());
         kc::batchnorm::bn_backward(&gd, &xd, d, &mean, &inv, Some(&wd), mode, &mut sg, &mut sgx, Some(&mut dxd))

@@ -1,7 +1,7 @@
 //! Gradient checks (f64, central differences, seeded quickcheck) for batch norm, bilinear resize,
 //! L2 normalisation, log-softmax, cross-entropy and dropout, plus their argument validation.
 
-use engine::{ops, DType, LabelMap, Rng, Tensor};
+use engine::{ops, DType, LabelMap, Rng, Tape, Tensor};
 use segnet_tests::{arbitrary_via_rng, gc, property, rand_dims, rand_t, shrink_dims, Case};
 
 /// A random `[N, C, H, W]` shape plus a seed for everything else the property draws.
@@ -39,6 +39,11 @@ impl Case for Channels {
 arbitrary_via_rng!(Channels);
 
 fn bn_case(c: &Nchw, training: bool) -> Result<(), String> {
+    bn_case_then(c, training, false)
+}
+
+/// [`bn_case`], with the ReLU fused (`batch_norm2d_relu`) when `relu`.
+fn bn_case_then(c: &Nchw, training: bool, relu: bool) -> Result<(), String> {
     let mut rng = Rng::new(c.seed);
     let ch = c.d[1];
     // Spread the values so each channel's batch variance is well away from 0.
@@ -54,10 +59,14 @@ fn bn_case(c: &Nchw, training: bool) -> Result<(), String> {
     let f = |xs: &[Tensor]| {
         let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
         let (w, b) = if affine { (Some(&xs[1]), Some(&xs[2])) } else { (None, None) };
-        ops::batch_norm2d(&xs[0], w, b, &mut rm, &mut rv, training, momentum, eps)
+        if relu {
+            ops::batch_norm2d_relu(&xs[0], w, b, &mut rm, &mut rv, training, momentum, eps)
+        } else {
+            ops::batch_norm2d(&xs[0], w, b, &mut rm, &mut rv, training, momentum, eps)
+        }
     };
     let inputs = if affine { vec![x, w, b] } else { vec![x] };
-    gc(f, &inputs).map_err(|e| format!("training={training} affine={affine} eps={eps}: {e}"))
+    gc(f, &inputs).map_err(|e| format!("training={training} affine={affine} eps={eps} relu={relu}: {e}"))
 }
 
 #[test]
@@ -69,6 +78,55 @@ fn grad_batch_norm2d() {
         bn_case(c, true)
     });
     property("grad_batch_norm2d_eval", 30, |c: &Nchw| bn_case(c, false));
+}
+
+#[test]
+fn grad_batch_norm2d_relu() {
+    property("grad_batch_norm2d_relu_train", 40, |c: &Nchw| {
+        if c.d[0] * c.d[2] * c.d[3] < 2 {
+            return Ok(()); // training needs two values per channel
+        }
+        bn_case_then(c, true, true)
+    });
+    property("grad_batch_norm2d_relu_eval", 30, |c: &Nchw| bn_case_then(c, false, true));
+}
+
+/// The fused op gives bit for bit what `relu(batch_norm2d(x))` gives: output, running statistics
+/// and the gradients of `x`, weight and bias, in f32, in both modes, on maps large enough for
+/// several rayon tasks and the kernels' 8-lane loops with a remainder.
+#[test]
+fn batch_norm2d_relu_is_bit_identical_to_batch_norm_then_relu() {
+    let mut rng = Rng::new(11);
+    let dims = [3, 5, 7, 9];
+    let x = rand_t(&dims, &mut rng).to_dtype(DType::F32).unwrap();
+    let w = ops::affine(&rand_t(&[5], &mut rng), 1.0, 0.2).unwrap().to_dtype(DType::F32).unwrap();
+    let b = ops::affine(&rand_t(&[5], &mut rng), 0.5, 0.1).unwrap().to_dtype(DType::F32).unwrap();
+    let g = rand_t(&dims, &mut rng).to_dtype(DType::F32).unwrap();
+    for training in [true, false] {
+        let run = |fused: bool| {
+            let (mut rm, mut rv) = (Tensor::zeros([5], DType::F32), Tensor::ones([5], DType::F32));
+            let tape = Tape::new();
+            let (xw, ww, bw) = (tape.watch(&x), tape.watch(&w), tape.watch(&b));
+            let y = if fused {
+                ops::batch_norm2d_relu(&xw, Some(&ww), Some(&bw), &mut rm, &mut rv, training, 0.1, 1e-5)
+            } else {
+                ops::batch_norm2d(&xw, Some(&ww), Some(&bw), &mut rm, &mut rv, training, 0.1, 1e-5)
+                    .and_then(|t| ops::relu(&t))
+            }
+            .unwrap();
+            let loss = ops::sum(&ops::mul(&y, &g).unwrap(), &[0, 1, 2, 3], false).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            let bits = |t: &Tensor| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            let grad = |t: &Tensor| bits(grads.get(t).expect("a gradient"));
+            [bits(&y), bits(&rm), bits(&rv), grad(&xw), grad(&ww), grad(&bw)]
+        };
+        let (fused, twice) = (run(true), run(false));
+        let zeros = fused[0].iter().filter(|&&v| v == 0).count();
+        assert!(zeros > 0 && zeros < fused[0].len(), "the ReLU must cut some values and keep others");
+        for (k, what) in ["y", "running_mean", "running_var", "dx", "dw", "db"].iter().enumerate() {
+            assert_eq!(fused[k], twice[k], "training={training}: {what} differs");
+        }
+    }
 }
 
 #[test]

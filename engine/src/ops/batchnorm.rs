@@ -18,6 +18,13 @@
 //! new `N C H W` buffer, while `x` is usually alive anyway. The kernels run one task per channel
 //! (see `kernels::cpu::batchnorm`), so results are deterministic for any thread count.
 //!
+//! **batch_norm2d_relu**: `relu(batch_norm2d(x))` in one op, bit for bit the same values and
+//! gradients. The forward writes `y = max(x scale + shift, 0)` in the batch norm's output pass, and
+//! the backward masks `g` by `x scale + shift > 0`, recomputed from the saved `x` and the per-channel
+//! `scale`, `shift` (saved, `2 C` values): `g' = g [x scale + shift > 0]`, then the batch-norm
+//! backward above with `g'`. That saves the ReLU's own pass over the activation in each direction
+//! (and its output buffer). On CUDA it is the two ops in turn.
+//!
 //! On `Device::Cuda` (feature `cuda`, f32; `x`, the `[C]` vectors and the running statistics all
 //! on the device) the forward runs `kernels::cuda::batchnorm`: training
 //! `bn_stats -> bn_scale_shift -> bn_apply`, then `bn_running_update` writes the running
@@ -27,9 +34,10 @@
 
 use crate::tape::record;
 use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
-use kernels::cpu::batchnorm::{bn_backward, bn_train_forward, channel_affine, BnDims, BnMode};
+use kernels::cpu::batchnorm::{bn_backward, bn_train_forward, channel_affine, scale_shift, BnDims, BnMode, Then};
 
 const OP: &str = "batch_norm2d";
+const OP_RELU: &str = "batch_norm2d_relu";
 
 fn check_channel_vector(what: &str, t: &Tensor, x: &Tensor) -> Result<()> {
     let c = x.dim(1);
@@ -64,10 +72,60 @@ pub fn batch_norm2d(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
+    let d = validate(x, weight, bias, running_mean, running_var, training, momentum, eps)?;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        return on_cuda::forward(x, weight, bias, running_mean, running_var, training, momentum, eps, d);
+    }
+    with_dtype!(
+        x.dtype(),
+        T,
+        forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d, Then::Nothing)
+    )
+}
+
+/// `relu(batch_norm2d(x, ...))` as one op (see the module docs): the same arguments, errors,
+/// values and gradients as the two ops in turn, with one pass over the activation fewer in each
+/// direction on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_relu(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = x.device() {
+        return super::relu(&batch_norm2d(x, weight, bias, running_mean, running_var, training, momentum, eps)?);
+    }
+    let d = validate(x, weight, bias, running_mean, running_var, training, momentum, eps)?;
+    with_dtype!(
+        x.dtype(),
+        T,
+        forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d, Then::Relu)
+    )
+}
+
+/// The checks of [`batch_norm2d`]; the layout of `x` when they pass.
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> Result<BnDims> {
     if x.rank() != 4 {
         return Err(Error::shape(OP, format!("expected a 4-D [N, C, H, W] input, got {}", x.shape())));
     }
-    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", Some(&*running_mean))] {
+    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", Some(running_mean))] {
         if let Some(t) = t {
             check_channel_vector(what, t, x)?;
         }
@@ -86,11 +144,7 @@ pub fn batch_norm2d(
             format!("training needs more than one value per channel, input {} has {}", x.shape(), d.per_channel()),
         ));
     }
-    #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(_) = x.device() {
-        return on_cuda::forward(x, weight, bias, running_mean, running_var, training, momentum, eps, d);
-    }
-    with_dtype!(x.dtype(), T, forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d))
+    Ok(d)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -104,6 +158,7 @@ fn forward<T: Element>(
     momentum: f64,
     eps: f64,
     d: BnDims,
+    then: Then,
 ) -> Result<Tensor> {
     let xs = x.cpu_slice::<T>(OP)?;
     let ws = weight.map(|w| w.cpu_slice::<T>(OP)).transpose()?;
@@ -111,7 +166,7 @@ fn forward<T: Element>(
     let eps_t = T::from_f64(eps);
     let mut y = kernels::cpu::parallel::zeros::<T>(xs.len());
     let (mean, invstd, mode) = if training {
-        let stats = bn_train_forward(xs, d, ws, bs, eps_t, &mut y);
+        let stats = bn_train_forward(xs, d, ws, bs, eps_t, then, &mut y);
         let mean: Vec<T> = stats.iter().map(|s| s.0).collect();
         // The same expression as inside the kernel, so backward uses exactly the forward's invstd.
         let invstd: Vec<T> = stats.iter().map(|s| T::ONE / (s.1 + eps_t).sqrt()).collect();
@@ -131,17 +186,25 @@ fn forward<T: Element>(
     } else {
         let mean = running_mean.cpu_slice::<T>(OP)?.to_vec();
         let invstd: Vec<T> = running_var.cpu_slice::<T>(OP)?.iter().map(|&v| T::ONE / (v + eps_t).sqrt()).collect();
-        let scale: Vec<T> = (0..d.c).map(|c| ws.map_or(T::ONE, |w| w[c]) * invstd[c]).collect();
-        let shift: Vec<T> = (0..d.c).map(|c| bs.map_or(T::ZERO, |b| b[c]) - mean[c] * scale[c]).collect();
-        channel_affine(xs, d, &scale, &shift, &mut y);
+        let (scale, shift): (Vec<T>, Vec<T>) =
+            (0..d.c).map(|c| scale_shift(ws.map(|w| w[c]), bs.map(|b| b[c]), mean[c], invstd[c])).unzip();
+        channel_affine(xs, d, &scale, &shift, then, &mut y);
         (mean, invstd, BnMode::Eval)
     };
+    // The fused ReLU's mask in the backward: each channel's map, the expression the kernels used.
+    let relu = (then == Then::Relu).then(|| {
+        let (scale, shift): (Vec<T>, Vec<T>) =
+            (0..d.c).map(|c| scale_shift(ws.map(|w| w[c]), bs.map(|b| b[c]), mean[c], invstd[c])).unzip();
+        let cshape = Shape(vec![d.c]);
+        (Tensor::from_cpu(T::wrap(scale), cshape.clone()), Tensor::from_cpu(T::wrap(shift), cshape))
+    });
     let out = Tensor::from_cpu(T::wrap(y), x.shape().clone());
     let mut inputs = vec![x];
     inputs.extend(weight);
     inputs.extend(bias);
     let cshape = Shape(vec![d.c]);
-    record(OP, &inputs, out, || {
+    let name = if relu.is_some() { OP_RELU } else { OP };
+    record(name, &inputs, out, || {
         Box::new(BatchNormBackward {
             x: x.detach(),
             weight: weight.map(Tensor::detach),
@@ -150,11 +213,13 @@ fn forward<T: Element>(
             invstd: Tensor::from_cpu(T::wrap(invstd), cshape),
             mode,
             d,
+            relu,
         })
     })
 }
 
-/// Saves `x` (shared), the weight (shared) and the per-channel mean and invstd.
+/// Saves `x` (shared), the weight (shared) and the per-channel mean and invstd; with the ReLU
+/// fused also the per-channel `(scale, shift)` of the forward, whose sign test on `x` is its mask.
 struct BatchNormBackward {
     x: Tensor,
     weight: Option<Tensor>,
@@ -163,14 +228,20 @@ struct BatchNormBackward {
     invstd: Tensor,
     mode: BnMode,
     d: BnDims,
+    relu: Option<(Tensor, Tensor)>,
 }
 
 impl Backward for BatchNormBackward {
     fn name(&self) -> &'static str {
-        OP
+        if self.relu.is_some() {
+            OP_RELU
+        } else {
+            OP
+        }
     }
     fn saved_bytes(&self) -> usize {
-        self.x.nbytes() + self.weight.as_ref().map_or(0, Tensor::nbytes) + self.mean.nbytes() + self.invstd.nbytes()
+        let relu = self.relu.as_ref().map_or(0, |(a, b)| a.nbytes() + b.nbytes());
+        self.x.nbytes() + self.weight.as_ref().map_or(0, Tensor::nbytes) + self.mean.nbytes() + self.invstd.nbytes() + relu
     }
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if g.dims() != self.x.dims() {
@@ -183,6 +254,10 @@ impl Backward for BatchNormBackward {
         let cshape = Shape(vec![self.d.c]);
         with_dtype!(g.dtype(), T, {
             let ws = self.weight.as_ref().map(|w| w.cpu_slice::<T>(OP)).transpose()?;
+            let relu = match &self.relu {
+                Some((sc, sh)) => Some((sc.cpu_slice::<T>(OP)?, sh.cpu_slice::<T>(OP)?)),
+                None => None,
+            };
             let mut dx = needs[0].then(|| kernels::cpu::parallel::zeros::<T>(self.x.numel()));
             let sums = bn_backward(
                 g.cpu_slice::<T>(OP)?,
@@ -192,6 +267,7 @@ impl Backward for BatchNormBackward {
                 self.invstd.cpu_slice::<T>(OP)?,
                 ws,
                 self.mode,
+                relu,
                 dx.as_deref_mut(),
             );
             let mut grads = vec![dx.map(|v| Tensor::from_cpu(T::wrap(v), self.x.shape().clone()))];
@@ -271,6 +347,7 @@ mod on_cuda {
                 invstd: wrap(invstd, vec![c]),
                 mode,
                 d,
+                relu: None,
             })
         })
     }

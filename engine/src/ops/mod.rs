@@ -22,7 +22,7 @@ pub mod resize;
 pub mod shape_ops;
 pub mod softmax;
 
-pub use batchnorm::batch_norm2d;
+pub use batchnorm::{batch_norm2d, batch_norm2d_relu};
 pub use contrastive::{
     pixel_contrastive_loss, pixel_contrastive_loss_pair, ContrastiveConfig, ContrastiveForm, ContrastiveMode,
 };
@@ -65,6 +65,7 @@ pub const ALL: &[&str] = &[
     "max_pool2d",
     "global_avg_pool2d",
     "batch_norm2d",
+    "batch_norm2d_relu",
     "dropout",
     "resize_bilinear",
     "l2_normalize",

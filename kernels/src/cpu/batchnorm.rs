@@ -1,5 +1,11 @@
 //! Batch-norm kernels over `[N, C, HW]` data: per-channel statistics, the normalised output and
-//! the fused backward.
+//! the fused backward, each optionally with a ReLU after the normalisation ([`Then::Relu`]).
+//!
+//! With the ReLU fused, the forward writes `y = max(x scale + shift, 0)` in its one output pass
+//! (no second buffer for the ReLU to read and write), and the backward recomputes the ReLU's mask
+//! `x scale + shift > 0` from the `x` it reads anyway, so `g` is masked on the fly: the separate
+//! ReLU backward pass (read `g` and `y`, write the masked `g`) is gone. Both give bit for bit what
+//! the batch norm followed by the ReLU op gives (tested), since every value is the same expression.
 //!
 //! Work is split by channel: one rayon task per channel owns that channel's `N` planes of the
 //! output, so every per-channel sum is a serial, fixed-order reduction (8 interleaved lanes per
@@ -75,19 +81,22 @@ fn sum_sq_dev<T: Float>(x: &[T], c: T) -> T {
     fold(acc) + tail
 }
 
-/// `(sum_i g_i, sum_i g_i (x_i - c))` in one pass.
+/// `(sum_i g_i, sum_i g_i (x_i - c))` in one pass, each `g_i` seen through `grad(g_i, x_i)`
+/// (the identity, or the fused ReLU's mask).
 #[inline]
-fn sum_g_and_gxc<T: Float>(g: &[T], x: &[T], c: T) -> (T, T) {
+fn sum_g_and_gxc<T: Float>(g: &[T], x: &[T], c: T, grad: impl Fn(T, T) -> T) -> (T, T) {
     let (mut sg, mut sgx) = ([T::ZERO; LANES], [T::ZERO; LANES]);
     let (mut gi, mut xi) = (g.chunks_exact(LANES), x.chunks_exact(LANES));
     for (gc, xc) in (&mut gi).zip(&mut xi) {
         for k in 0..LANES {
-            sg[k] += gc[k];
-            sgx[k] += gc[k] * (xc[k] - c);
+            let gv = grad(gc[k], xc[k]);
+            sg[k] += gv;
+            sgx[k] += gv * (xc[k] - c);
         }
     }
     let (mut tg, mut tgx) = (T::ZERO, T::ZERO);
     for (&gv, &xv) in gi.remainder().iter().zip(xi.remainder()) {
+        let gv = grad(gv, xv);
         tg += gv;
         tgx += gv * (xv - c);
     }
@@ -115,18 +124,54 @@ where
     per.into_par_iter().enumerate().map(|(ch, mut planes)| task(ch, &mut planes)).collect()
 }
 
+/// What the kernels apply after the normalisation, in the same pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// `y = x scale + shift`.
+    Nothing,
+    /// `y = max(x scale + shift, 0)` (as the ReLU op: NaN gives 0).
+    Relu,
+}
+
+/// A channel's affine map `(scale, shift) = (w invstd, b - mean scale)` (`w`/`b` 1/0 when absent):
+/// the one expression the forward kernels and the fused backward's ReLU mask both use.
+#[inline]
+pub fn scale_shift<T: Float>(weight: Option<T>, bias: Option<T>, mean: T, invstd: T) -> (T, T) {
+    let scale = weight.unwrap_or(T::ONE) * invstd;
+    (scale, bias.unwrap_or(T::ZERO) - mean * scale)
+}
+
+/// `y[i] = then(x[i] scale + shift)` over one plane.
+#[inline]
+fn apply<T: Float>(x: &[T], scale: T, shift: T, then: Then, y: &mut [T]) {
+    match then {
+        Then::Nothing => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * scale + shift;
+            }
+        }
+        Then::Relu => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = (v * scale + shift).max(T::ZERO);
+            }
+        }
+    }
+}
+
 /// Training forward. For each channel: `mean = sum x / m`, biased `var = sum (x - mean)^2 / m`
 /// (two passes, the second over cached data, so no cancellation), then
-/// `y = (x - mean) * invstd * w + b` written as `y = x * scale + shift`
-/// (`scale = w invstd`, `shift = b - mean scale`, `invstd = 1 / sqrt(var + eps)`).
+/// `y = then((x - mean) * invstd * w + b)` written as `y = then(x * scale + shift)`
+/// ([`scale_shift`], `invstd = 1 / sqrt(var + eps)`).
 /// `weight`/`bias` default to 1/0. Returns `(mean, biased var)` per channel.
 /// Requires `m = n * hw >= 1`.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_train_forward<T: Float>(
     x: &[T],
     d: BnDims,
     weight: Option<&[T]>,
     bias: Option<&[T]>,
     eps: T,
+    then: Then,
     y: &mut [T],
 ) -> Vec<(T, T)> {
     assert_eq!(x.len(), d.n * d.c * d.hw);
@@ -144,27 +189,21 @@ pub fn bn_train_forward<T: Float>(
         }
         let var = ss / m;
         let invstd = T::ONE / (var + eps).sqrt();
-        let scale = weight.map_or(T::ONE, |w| w[ch]) * invstd;
-        let shift = bias.map_or(T::ZERO, |b| b[ch]) - mean * scale;
+        let (scale, shift) = scale_shift(weight.map(|w| w[ch]), bias.map(|b| b[ch]), mean, invstd);
         for (img, out) in planes.iter_mut().enumerate() {
-            for (o, &v) in out.iter_mut().zip(d.plane(x, img, ch)) {
-                *o = v * scale + shift;
-            }
+            apply(d.plane(x, img, ch), scale, shift, then, out);
         }
         (mean, var)
     })
 }
 
-/// Per-channel affine map `y = x * scale[c] + shift[c]` (eval-mode forward).
-pub fn channel_affine<T: Float>(x: &[T], d: BnDims, scale: &[T], shift: &[T], y: &mut [T]) {
+/// Per-channel affine map `y = then(x * scale[c] + shift[c])` (eval-mode forward).
+pub fn channel_affine<T: Float>(x: &[T], d: BnDims, scale: &[T], shift: &[T], then: Then, y: &mut [T]) {
     assert_eq!(x.len(), d.n * d.c * d.hw);
     assert_eq!(y.len(), x.len());
     for_each_channel(Some(y), d, |ch, planes| {
-        let (a, b) = (scale[ch], shift[ch]);
         for (img, out) in planes.iter_mut().enumerate() {
-            for (o, &v) in out.iter_mut().zip(d.plane(x, img, ch)) {
-                *o = v * a + b;
-            }
+            apply(d.plane(x, img, ch), scale[ch], shift[ch], then, out);
         }
     });
 }
@@ -185,6 +224,10 @@ pub enum BnMode {
 /// * train: `dx = (w invstd / m) (m g - sum g - xhat sum(g xhat))`;
 /// * eval: `dx = w invstd g`.
 ///
+/// With `relu = Some((scale, shift))` (the forward's per-channel [`scale_shift`]) the forward was
+/// [`Then::Relu`], and `g` is first masked by the ReLU's derivative: `g = 0` where
+/// `x scale + shift <= 0` (the gradient reaching the batch norm through the ReLU).
+///
 /// `dx` is written only when given. `mean`/`invstd` are the batch statistics (train) or the
 /// running mean and `1 / sqrt(running_var + eps)` (eval).
 #[allow(clippy::too_many_arguments)]
@@ -196,6 +239,7 @@ pub fn bn_backward<T: Float>(
     invstd: &[T],
     weight: Option<&[T]>,
     mode: BnMode,
+    relu: Option<(&[T], &[T])>,
     dx: Option<&mut [T]>,
 ) -> Vec<(T, T)> {
     assert_eq!(x.len(), d.n * d.c * d.hw);
@@ -203,9 +247,14 @@ pub fn bn_backward<T: Float>(
     let m = T::from_usize(d.per_channel());
     for_each_channel(dx, d, |ch, planes| {
         let (mu, inv) = (mean[ch], invstd[ch]);
+        let mask = relu.map(|(sc, sh)| (sc[ch], sh[ch]));
         let (mut sg, mut sgxc) = (T::ZERO, T::ZERO);
         for img in 0..d.n {
-            let (a, b) = sum_g_and_gxc(d.plane(g, img, ch), d.plane(x, img, ch), mu);
+            let (gp, xp) = (d.plane(g, img, ch), d.plane(x, img, ch));
+            let (a, b) = match mask {
+                None => sum_g_and_gxc(gp, xp, mu, |gv, _| gv),
+                Some((sc, sh)) => sum_g_and_gxc(gp, xp, mu, |gv, xv| relu_masked(gv, xv, sc, sh)),
+            };
             sg += a;
             sgxc += b;
         }
@@ -222,13 +271,33 @@ pub fn bn_backward<T: Float>(
             };
             for (img, out) in planes.iter_mut().enumerate() {
                 let (gp, xp) = (d.plane(g, img, ch), d.plane(x, img, ch));
-                for ((o, &gv), &xv) in out.iter_mut().zip(gp).zip(xp) {
-                    *o = a * gv + b * xv + c;
+                match mask {
+                    None => write_dx(out, gp, xp, (a, b, c), |gv, _| gv),
+                    Some((sc, sh)) => write_dx(out, gp, xp, (a, b, c), |gv, xv| relu_masked(gv, xv, sc, sh)),
                 }
             }
         }
         (sg, sgxhat)
     })
+}
+
+/// `g` where the forward's ReLU passed its input `x scale + shift` (the same expression as
+/// [`apply`], so the same mask), else 0.
+#[inline(always)]
+fn relu_masked<T: Float>(gv: T, xv: T, scale: T, shift: T) -> T {
+    if xv * scale + shift > T::ZERO {
+        gv
+    } else {
+        T::ZERO
+    }
+}
+
+/// `dx = a g + b x + c` over one plane, `g` seen through `grad(g, x)`.
+#[inline]
+fn write_dx<T: Float>(out: &mut [T], g: &[T], x: &[T], (a, b, c): (T, T, T), grad: impl Fn(T, T) -> T) {
+    for ((o, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
+        *o = a * grad(gv, xv) + b * xv + c;
+    }
 }
 
 #[cfg(test)]
@@ -240,7 +309,7 @@ mod tests {
         let d = BnDims { n: 2, c: 3, hw: 5 };
         let x: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64 + i as f64 * 0.1).collect();
         let mut y = vec![0.0; 30];
-        let st = bn_train_forward(&x, d, None, None, 0.0, &mut y);
+        let st = bn_train_forward(&x, d, None, None, 0.0, Then::Nothing, &mut y);
         for (ch, st) in st.iter().enumerate() {
             let v: Vec<f64> = (0..2).flat_map(|i| d.plane(&y, i, ch).to_vec()).collect();
             let mean = v.iter().sum::<f64>() / 10.0;

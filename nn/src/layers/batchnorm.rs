@@ -53,11 +53,19 @@ impl Module for BatchNorm2d {
     }
 }
 
-impl Layer for BatchNorm2d {
-    fn forward(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+impl BatchNorm2d {
+    /// `relu(self.forward(x))` as one op ([`engine::ops::batch_norm2d_relu`]): the same values
+    /// and gradients, one pass over the activation fewer each way.
+    pub fn forward_relu(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.run(x, ctx, engine::ops::batch_norm2d_relu)
+    }
+
+    /// Run `op` (the batch norm, with or without the fused ReLU) with this layer's parameters and
+    /// statistics, counting the batch in training mode.
+    fn run(&mut self, x: &Tensor, ctx: &mut Ctx, op: BnOp) -> Result<Tensor> {
         let w = ctx.param(&self.weight);
         let b = ctx.param(&self.bias);
-        let y = engine::ops::batch_norm2d(
+        let y = op(
             x,
             Some(&w),
             Some(&b),
@@ -71,5 +79,23 @@ impl Layer for BatchNorm2d {
             self.num_batches_tracked += 1;
         }
         Ok(y)
+    }
+}
+
+/// The signature of [`engine::ops::batch_norm2d`] and [`engine::ops::batch_norm2d_relu`].
+type BnOp = fn(
+    &Tensor,
+    Option<&Tensor>,
+    Option<&Tensor>,
+    &mut Tensor,
+    &mut Tensor,
+    bool,
+    f64,
+    f64,
+) -> engine::Result<Tensor>;
+
+impl Layer for BatchNorm2d {
+    fn forward(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.run(x, ctx, engine::ops::batch_norm2d)
     }
 }

@@ -35,7 +35,8 @@ impl ConvBn {
 
     /// `relu(bn(conv(x)))`.
     pub fn forward_relu(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        Ok(self.forward(x, ctx)?.relu()?)
+        let y = self.conv.forward(x, ctx)?;
+        self.bn.forward_relu(&y, ctx)
     }
 }
 

@@ -101,10 +101,9 @@ impl Layer for ResidualBlock {
         let last = self.convs.len() - 1;
         let mut h = x.clone();
         for (i, (conv, bn)) in self.convs.iter_mut().zip(&mut self.bns).enumerate() {
-            h = bn.forward(&conv.forward(&h, ctx)?, ctx)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            let y = conv.forward(&h, ctx)?;
+            // The ReLUs inside the chain run fused with their batch norm.
+            h = if i < last { bn.forward_relu(&y, ctx)? } else { bn.forward(&y, ctx)? };
         }
         let shortcut = match &mut self.downsample {
             Some(ds) => ds.forward(x, ctx)?,
@@ -194,7 +193,7 @@ impl ResNet {
 
     /// Run the backbone on `[N, 3, H, W]`; `layer1` (stride 4) and `layer4` (output stride) features.
     pub fn forward_features(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<BackboneFeatures> {
-        let h = self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?.relu()?;
+        let h = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         let h = self.maxpool.forward(&h, ctx)?;
         let low_level = self.layers[0].forward(&h, ctx)?;
         let mut out = low_level.clone();
