@@ -199,7 +199,7 @@ impl Tape {
                     grads[*p] = Some(match grads[*p].take() {
                         None => gp,
                         Some(acc) => profile::timed("grad accumulate", Phase::Backward, || {
-                            crate::ops::elementwise::add_untracked(&acc, &gp)
+                            crate::ops::elementwise::accumulate_grad(acc, &gp)
                         })?,
                     });
                 }

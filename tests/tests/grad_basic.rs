@@ -229,3 +229,30 @@ fn grad_matmul() {
         gc(|x| ops::matmul(&x[0], &x[1]), &[rand_t(&ad, &mut rng), rand_t(&bd, &mut rng)])
     });
 }
+
+/// Gradients summed over several uses of one tensor (added in place when the running sum is not
+/// shared): `loss = sum((x + w) c) + sum(x d) + sum(relu(x) e)`. `add`'s backward hands the same
+/// gradient buffer to `x` and `w`, so summing into `x`'s must not change `w`'s.
+#[test]
+fn gradients_of_a_reused_tensor_sum_without_touching_shared_buffers() {
+    let mut rng = Rng::new(5);
+    let dims = [3, 4, 50, 70]; // several in-place tasks
+    let (x, w) = (rand_t(&dims, &mut rng), rand_t(&dims, &mut rng));
+    let (c, d, e) = (rand_t(&dims, &mut rng), rand_t(&dims, &mut rng), rand_t(&dims, &mut rng));
+    let tape = engine::Tape::new();
+    let (xt, wt) = (tape.watch(&x), tape.watch(&w));
+    let all = [0, 1, 2, 3];
+    let a = ops::sum(&ops::mul(&ops::add(&xt, &wt).unwrap(), &c).unwrap(), &all, false).unwrap();
+    let b = ops::sum(&ops::mul(&xt, &d).unwrap(), &all, false).unwrap();
+    let r = ops::sum(&ops::mul(&ops::relu(&xt).unwrap(), &e).unwrap(), &all, false).unwrap();
+    let loss = ops::add(&ops::add(&a, &b).unwrap(), &r).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let gx = grads.get(&xt).unwrap().to_vec_f64().unwrap();
+    let gw = grads.get(&wt).unwrap().to_vec_f64().unwrap();
+    let (xv, cv, dv, ev) = (x.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), d.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
+    for i in 0..xv.len() {
+        let want_x = cv[i] + dv[i] + if xv[i] > 0.0 { ev[i] } else { 0.0 };
+        assert!((gx[i] - want_x).abs() < 1e-12, "dx[{i}] {} vs {want_x}", gx[i]);
+        assert_eq!(gw[i], cv[i], "dw[{i}] changed by the sum into dx");
+    }
+}

@@ -25,7 +25,7 @@
 use crate::ops::reduce::sum_to_shape;
 use crate::shape::strides;
 use crate::tape::record;
-use crate::{with_dtype, Backward, Element, Error, Result, Shape, Tensor};
+use crate::{with_dtype, Backward, Device, Element, Error, Result, Shape, Tensor};
 use kernels::cpu::parallel::{for_chunks_mut, map_new, zip_map_new};
 use rayon::prelude::*;
 
@@ -206,6 +206,32 @@ where
 pub(crate) fn add_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary_fn("add", BinFn::Add, a, b)
 }
+
+/// `acc + g` for a sum of gradients: in place in `acc` when it is a CPU tensor of `g`'s shape and
+/// dtype whose buffer no other tensor shares (a gradient fresh from an op's backward, usually),
+/// else a new tensor as [`add_untracked`]. The same sums either way; in place saves a new
+/// activation-sized buffer and the write to it (the sums of a residual network's shortcuts).
+pub(crate) fn accumulate_grad(mut acc: Tensor, g: &Tensor) -> Result<Tensor> {
+    let same = acc.dims() == g.dims() && acc.dtype() == g.dtype() && g.device() == Device::Cpu;
+    if same && acc.device() == Device::Cpu && std::sync::Arc::get_mut(&mut acc.storage).is_some() {
+        with_dtype!(g.dtype(), T, {
+            let gs = g.cpu_slice::<T>("grad accumulate")?;
+            // Unique (checked above), so this updates in place without a copy.
+            acc.update_cpu::<T>(|a| {
+                a.par_chunks_mut(ACCUMULATE_CHUNK).zip(gs.par_chunks(ACCUMULATE_CHUNK)).for_each(|(a, g)| {
+                    for (av, &gv) in a.iter_mut().zip(g) {
+                        *av = *av + gv;
+                    }
+                });
+            })?;
+        });
+        return Ok(acc);
+    }
+    add_untracked(&acc, g)
+}
+
+/// Elements per task of [`accumulate_grad`]'s in-place sum (128 KiB of f32).
+const ACCUMULATE_CHUNK: usize = 1 << 15;
 fn mul_untracked(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary_fn("mul", BinFn::Mul, a, b)
 }
