@@ -81,22 +81,44 @@ fn sum_sq_dev<T: Float>(x: &[T], c: T) -> T {
     fold(acc) + tail
 }
 
-/// `(sum_i g_i, sum_i g_i (x_i - c))` in one pass, each `g_i` seen through `grad(g_i, x_i)`
-/// (the identity, or the fused ReLU's mask).
+/// `(sum_i g_i, sum_i g_i (x_i - c))` in one pass.
 #[inline]
-fn sum_g_and_gxc<T: Float>(g: &[T], x: &[T], c: T, grad: impl Fn(T, T) -> T) -> (T, T) {
+fn sum_g_and_gxc<T: Float>(g: &[T], x: &[T], c: T) -> (T, T) {
     let (mut sg, mut sgx) = ([T::ZERO; LANES], [T::ZERO; LANES]);
     let (mut gi, mut xi) = (g.chunks_exact(LANES), x.chunks_exact(LANES));
     for (gc, xc) in (&mut gi).zip(&mut xi) {
         for k in 0..LANES {
-            let gv = grad(gc[k], xc[k]);
+            sg[k] += gc[k];
+            sgx[k] += gc[k] * (xc[k] - c);
+        }
+    }
+    let (mut tg, mut tgx) = (T::ZERO, T::ZERO);
+    for (&gv, &xv) in gi.remainder().iter().zip(xi.remainder()) {
+        tg += gv;
+        tgx += gv * (xv - c);
+    }
+    (fold(sg) + tg, fold(sgx) + tgx)
+}
+
+/// [`sum_g_and_gxc`] of the ReLU-masked `g` ([`relu_masked`] with the channel's `(scale,
+/// shift)`), writing the masked values to `out` in the same pass (the same sums, in the same
+/// order, as summing `out` afterwards).
+#[inline]
+fn mask_and_sum<T: Float>(out: &mut [T], g: &[T], x: &[T], c: T, (scale, shift): (T, T)) -> (T, T) {
+    let (mut sg, mut sgx) = ([T::ZERO; LANES], [T::ZERO; LANES]);
+    let (mut oi, mut gi, mut xi) = (out.chunks_exact_mut(LANES), g.chunks_exact(LANES), x.chunks_exact(LANES));
+    for ((oc, gc), xc) in (&mut oi).zip(&mut gi).zip(&mut xi) {
+        for k in 0..LANES {
+            let gv = relu_masked(gc[k], xc[k], scale, shift);
+            oc[k] = gv;
             sg[k] += gv;
             sgx[k] += gv * (xc[k] - c);
         }
     }
     let (mut tg, mut tgx) = (T::ZERO, T::ZERO);
-    for (&gv, &xv) in gi.remainder().iter().zip(xi.remainder()) {
-        let gv = grad(gv, xv);
+    for ((o, &gv), &xv) in oi.into_remainder().iter_mut().zip(gi.remainder()).zip(xi.remainder()) {
+        let gv = relu_masked(gv, xv, scale, shift);
+        *o = gv;
         tg += gv;
         tgx += gv * (xv - c);
     }
@@ -248,12 +270,19 @@ pub fn bn_backward<T: Float>(
     for_each_channel(dx, d, |ch, planes| {
         let (mu, inv) = (mean[ch], invstd[ch]);
         let mask = relu.map(|(sc, sh)| (sc[ch], sh[ch]));
+        // With the ReLU fused and `dx` wanted, the masked `g` is written into `dx` first (each
+        // plane is then summed and rewritten from L1), so the mask is computed once per value.
+        let staged = mask.is_some() && !planes.is_empty();
         let (mut sg, mut sgxc) = (T::ZERO, T::ZERO);
         for img in 0..d.n {
             let (gp, xp) = (d.plane(g, img, ch), d.plane(x, img, ch));
             let (a, b) = match mask {
-                None => sum_g_and_gxc(gp, xp, mu, |gv, _| gv),
-                Some((sc, sh)) => sum_g_and_gxc(gp, xp, mu, |gv, xv| relu_masked(gv, xv, sc, sh)),
+                None => sum_g_and_gxc(gp, xp, mu),
+                Some((sc, sh)) if staged => mask_and_sum(&mut planes[img], gp, xp, mu, (sc, sh)),
+                Some((sc, sh)) => {
+                    let masked: Vec<T> = gp.iter().zip(xp).map(|(&gv, &xv)| relu_masked(gv, xv, sc, sh)).collect();
+                    sum_g_and_gxc(&masked, xp, mu)
+                }
             };
             sg += a;
             sgxc += b;
@@ -270,10 +299,16 @@ pub fn bn_backward<T: Float>(
                 BnMode::Eval => (T::ZERO, T::ZERO),
             };
             for (img, out) in planes.iter_mut().enumerate() {
-                let (gp, xp) = (d.plane(g, img, ch), d.plane(x, img, ch));
-                match mask {
-                    None => write_dx(out, gp, xp, (a, b, c), |gv, _| gv),
-                    Some((sc, sh)) => write_dx(out, gp, xp, (a, b, c), |gv, xv| relu_masked(gv, xv, sc, sh)),
+                let xp = d.plane(x, img, ch);
+                if staged {
+                    // `out` holds the masked `g`.
+                    for (o, &xv) in out.iter_mut().zip(xp) {
+                        *o = a * *o + b * xv + c;
+                    }
+                } else {
+                    for ((o, &gv), &xv) in out.iter_mut().zip(d.plane(g, img, ch)).zip(xp) {
+                        *o = a * gv + b * xv + c;
+                    }
                 }
             }
         }
@@ -289,14 +324,6 @@ fn relu_masked<T: Float>(gv: T, xv: T, scale: T, shift: T) -> T {
         gv
     } else {
         T::ZERO
-    }
-}
-
-/// `dx = a g + b x + c` over one plane, `g` seen through `grad(g, x)`.
-#[inline]
-fn write_dx<T: Float>(out: &mut [T], g: &[T], x: &[T], (a, b, c): (T, T, T), grad: impl Fn(T, T) -> T) {
-    for ((o, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
-        *o = a * grad(gv, xv) + b * xv + c;
     }
 }
 
