@@ -46,80 +46,8 @@ impl Pool2dGeom {
 }
 
 /// Max pool forward: writes `y` and, for each output, the index (`iy * W + ix` within its plane)
-/// of the first maximum in row-major window order. NaN wins (the first NaN), as in PyTorch.
-///
-/// In two passes per output row, so that the `kh` rows of a window are combined by a loop over
-/// contiguous input rows that vectorises (a scan of every 3x3 window was ~2 ms for the ResNet
-/// stem's 2 x 64 x 129 x 129 on two threads):
-///
-/// ```text
-/// vertical:   (v[ix], r[ix]) = first max over the window's rows iy of x[iy, ix], and its row
-/// horizontal: y[ox] = v[ix*] for the window's column ix* that is best by (value, then smaller
-///             row r, then smaller column): the first maximum in row-major order
-/// ```
-/// The row-major first maximum `(r*, c*)` (smallest row holding the maximum, then smallest column
-/// in it) is column `c*`'s vertical winner with `r[c*] = r*`, and every other column holding the
-/// maximum has a larger row or, in row `r*`, a larger column, so the tie-break finds it; NaN
-/// ranks above every number with the same tie-break. [`max_pool2d_forward_reference`] is the
-/// plain window scan, which a test compares this with.
+/// of the first maximum in row-major window order. NaN wins (as in PyTorch).
 pub fn max_pool2d_forward<T: Float>(g: &Pool2dGeom, x: &[T], y: &mut [T], argmax: &mut [u32]) {
-    let (oh, ow) = g.out_hw().expect("max_pool2d kernel called with an invalid geometry");
-    let (plane, oplane) = (g.h * g.w, oh * ow);
-    assert_eq!(x.len(), g.planes * plane, "max_pool2d: x length");
-    assert_eq!(y.len(), g.planes * oplane, "max_pool2d: y length");
-    assert_eq!(argmax.len(), y.len(), "max_pool2d: argmax length");
-    assert!(plane <= u32::MAX as usize, "max_pool2d: plane too large for u32 indices");
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
-    let [ph, pw] = g.padding;
-    let w = g.w;
-    y.par_chunks_mut(oplane).zip(argmax.par_chunks_mut(oplane)).enumerate().for_each(|(p, (yp, ap))| {
-        let xp = &x[p * plane..][..plane];
-        let (mut best, mut row) = (vec![T::ZERO; w], vec![0u32; w]);
-        for oy in 0..oh {
-            // Window rows clipped to the input: -inf padding never wins (a window always holds
-            // at least one real element when padding <= kernel / 2).
-            let y0 = (oy * sh).saturating_sub(ph);
-            let y1 = (oy * sh + kh).saturating_sub(ph).min(g.h);
-            best.copy_from_slice(&xp[y0 * w..][..w]);
-            row.fill(y0 as u32);
-            for iy in y0 + 1..y1 {
-                let iy32 = iy as u32;
-                for ((b, r), &v) in best.iter_mut().zip(row.iter_mut()).zip(&xp[iy * w..][..w]) {
-                    // A later row wins only when strictly greater, or NaN over a number.
-                    #[allow(clippy::eq_op)]
-                    let take = v > *b || (v != v && *b == *b);
-                    *b = if take { v } else { *b };
-                    *r = if take { iy32 } else { *r };
-                }
-            }
-            for ox in 0..ow {
-                let x0 = (ox * sw).saturating_sub(pw);
-                let x1 = (ox * sw + kw).saturating_sub(pw).min(w);
-                let (mut bv, mut br, mut bc) = (best[x0], row[x0], x0);
-                for ix in x0 + 1..x1 {
-                    let (v, r) = (best[ix], row[ix]);
-                    #[allow(clippy::eq_op)]
-                    let better = match (bv != bv, v != v) {
-                        (true, true) => r < br,
-                        (true, false) => false,
-                        (false, true) => true,
-                        (false, false) => v > bv || (v == bv && r < br),
-                    };
-                    if better {
-                        (bv, br, bc) = (v, r, ix);
-                    }
-                }
-                yp[oy * ow + ox] = bv;
-                ap[oy * ow + ox] = br * w as u32 + bc as u32;
-            }
-        }
-    });
-}
-
-/// [`max_pool2d_forward`] as the plain scan of each window in row-major order: the reference the
-/// tests compare it with (values and indices bit for bit).
-pub fn max_pool2d_forward_reference<T: Float>(g: &Pool2dGeom, x: &[T], y: &mut [T], argmax: &mut [u32]) {
     let (oh, ow) = g.out_hw().expect("max_pool2d kernel called with an invalid geometry");
     let (plane, oplane) = (g.h * g.w, oh * ow);
     assert_eq!(x.len(), g.planes * plane, "max_pool2d: x length");
@@ -201,49 +129,6 @@ pub fn global_avg_pool_backward<T: Float>(hw: usize, gy: &[T], dx: &mut [T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The two-pass kernel against the window scan, bit for bit (values and indices), over many
-    /// geometries and data with many ties (small integers), `-inf` and NaN.
-    #[test]
-    fn two_pass_forward_matches_the_window_scan() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut cases = 0;
-        for _ in 0..400 {
-            let (kh, kw) = (1 + next() as usize % 4, 1 + next() as usize % 4);
-            let g = Pool2dGeom {
-                planes: 1 + next() as usize % 3,
-                h: 1 + next() as usize % 11,
-                w: 1 + next() as usize % 11,
-                kernel: [kh, kw],
-                stride: [1 + next() as usize % 3, 1 + next() as usize % 3],
-                padding: [next() as usize % (kh / 2 + 1), next() as usize % (kw / 2 + 1)],
-            };
-            let Some((oh, ow)) = g.out_hw() else { continue };
-            let x: Vec<f32> = (0..g.planes * g.h * g.w)
-                .map(|_| match next() % 20 {
-                    0 => f32::NAN,
-                    1 => f32::NEG_INFINITY,
-                    2 => -0.0,
-                    r => (r % 5) as f32 - 2.0,
-                })
-                .collect();
-            let n = g.planes * oh * ow;
-            let (mut y, mut a, mut y_ref, mut a_ref) = (vec![0.0; n], vec![0u32; n], vec![0.0; n], vec![0u32; n]);
-            max_pool2d_forward(&g, &x, &mut y, &mut a);
-            max_pool2d_forward_reference(&g, &x, &mut y_ref, &mut a_ref);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(a, a_ref, "argmax, {g:?}");
-            assert_eq!(bits(&y), bits(&y_ref), "values, {g:?}");
-            cases += 1;
-        }
-        assert!(cases > 200, "too few valid geometries: {cases}");
-    }
 
     #[test]
     fn max_pool_picks_first_max_and_routes_gradient_there() {
