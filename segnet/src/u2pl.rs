@@ -455,6 +455,10 @@ pub fn ema(dst: &mut Net, src: &mut Net, d: f64) -> Result<()> {
         let blend = |mine: &mut Tensor, theirs: &Tensor| -> Result<()> {
             if d == 0.0 {
                 mine.assign(theirs)?;
+            } else if mine.device() == Device::Cpu && theirs.device() == Device::Cpu && mine.dtype() == theirs.dtype()
+                && mine.dims() == theirs.dims()
+            {
+                blend_in_place(mine, theirs, d)?;
             } else {
                 let v = ops::add(&ops::affine(mine, d, 0.0)?, &ops::affine(theirs, 1.0 - d, 0.0)?)?;
                 mine.assign(&v)?;
@@ -473,6 +477,25 @@ pub fn ema(dst: &mut Net, src: &mut Net, d: f64) -> Result<()> {
     });
     result?;
     ensure!(i == vals.len(), "ema: the student has more state than the teacher");
+    Ok(())
+}
+
+/// `mine = (d mine + 0) + ((1 - d) theirs + 0)` in place on the CPU: the values of
+/// `add(affine(mine, d, 0), affine(theirs, 1 - d, 0))` (the device path), bit for bit, without
+/// its three new tensors per state tensor.
+fn blend_in_place(mine: &mut Tensor, theirs: &Tensor, d: f64) -> Result<()> {
+    use rayon::prelude::*;
+    engine::with_dtype!(mine.dtype(), T, {
+        let ts = theirs.cpu_slice::<T>("ema")?;
+        let (a, b, zero) = (T::from_f64(d), T::from_f64(1.0 - d), T::from_f64(0.0));
+        mine.update_cpu::<T>(|ms| {
+            ms.par_chunks_mut(1 << 14).zip(ts.par_chunks(1 << 14)).for_each(|(ms, ts)| {
+                for (m, &t) in ms.iter_mut().zip(ts) {
+                    *m = (a * *m + zero) + (b * t + zero);
+                }
+            });
+        })?;
+    });
     Ok(())
 }
 
