@@ -220,7 +220,7 @@ pub(crate) fn accumulate_grad(mut acc: Tensor, g: &Tensor) -> Result<Tensor> {
             acc.update_cpu::<T>(|a| {
                 a.par_chunks_mut(ACCUMULATE_CHUNK).zip(gs.par_chunks(ACCUMULATE_CHUNK)).for_each(|(a, g)| {
                     for (av, &gv) in a.iter_mut().zip(g) {
-                        *av = *av + gv;
+                        *av += gv;
                     }
                 });
             })?;

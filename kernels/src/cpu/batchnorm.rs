@@ -274,11 +274,13 @@ pub fn bn_backward<T: Float>(
         // plane is then summed and rewritten from L1), so the mask is computed once per value.
         let staged = mask.is_some() && !planes.is_empty();
         let (mut sg, mut sgxc) = (T::ZERO, T::ZERO);
+        // By index: `planes` is empty when `dx` is not wanted.
+        #[allow(clippy::needless_range_loop)]
         for img in 0..d.n {
             let (gp, xp) = (d.plane(g, img, ch), d.plane(x, img, ch));
             let (a, b) = match mask {
                 None => sum_g_and_gxc(gp, xp, mu),
-                Some((sc, sh)) if staged => mask_and_sum(&mut planes[img], gp, xp, mu, (sc, sh)),
+                Some((sc, sh)) if staged => mask_and_sum(planes[img], gp, xp, mu, (sc, sh)),
                 Some((sc, sh)) => {
                     let masked: Vec<T> = gp.iter().zip(xp).map(|(&gv, &xv)| relu_masked(gv, xv, sc, sh)).collect();
                     sum_g_and_gxc(&masked, xp, mu)
