@@ -455,7 +455,9 @@ pub fn ema(dst: &mut Net, src: &mut Net, d: f64) -> Result<()> {
         let blend = |mine: &mut Tensor, theirs: &Tensor| -> Result<()> {
             if d == 0.0 {
                 mine.assign(theirs)?;
-            } else if mine.device() == Device::Cpu && theirs.device() == Device::Cpu && mine.dtype() == theirs.dtype()
+            } else if mine.device() == Device::Cpu
+                && theirs.device() == Device::Cpu
+                && mine.dtype() == theirs.dtype()
                 && mine.dims() == theirs.dims()
             {
                 blend_in_place(mine, theirs, d)?;

@@ -249,7 +249,8 @@ fn gradients_of_a_reused_tensor_sum_without_touching_shared_buffers() {
     let grads = tape.backward(&loss).unwrap();
     let gx = grads.get(&xt).unwrap().to_vec_f64().unwrap();
     let gw = grads.get(&wt).unwrap().to_vec_f64().unwrap();
-    let (xv, cv, dv, ev) = (x.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), d.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
+    let (xv, cv, dv, ev) =
+        (x.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), d.to_vec_f64().unwrap(), e.to_vec_f64().unwrap());
     for i in 0..xv.len() {
         let want_x = cv[i] + dv[i] + if xv[i] > 0.0 { ev[i] } else { 0.0 };
         assert!((gx[i] - want_x).abs() < 1e-12, "dx[{i}] {} vs {want_x}", gx[i]);

@@ -151,7 +151,8 @@ fn info_nce_matches_the_plain_loop() {
     let (av, kv) = (a.to_vec_f64().unwrap(), keys.to_vec_f64().unwrap());
     let (mut want, mut wa, mut wk) = (0.0, vec![0.0; m * d], vec![0.0; m * k * d]);
     for r in 0..m {
-        let l: Vec<f64> = (0..k).map(|j| (0..d).map(|t| av[r * d + t] * kv[(r * k + j) * d + t]).sum::<f64>() / tau).collect();
+        let l: Vec<f64> =
+            (0..k).map(|j| (0..d).map(|t| av[r * d + t] * kv[(r * k + j) * d + t]).sum::<f64>() / tau).collect();
         let lse = l.iter().map(|v| v.exp()).sum::<f64>().ln();
         want += (lse - l[0]) / m as f64;
         for j in 0..k {

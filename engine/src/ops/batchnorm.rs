@@ -72,16 +72,7 @@ pub fn batch_norm2d(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
-    let d = validate(x, weight, bias, running_mean, running_var, training, momentum, eps)?;
-    #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(_) = x.device() {
-        return on_cuda::forward(x, weight, bias, running_mean, running_var, training, momentum, eps, d);
-    }
-    with_dtype!(
-        x.dtype(),
-        T,
-        forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d, Then::Nothing)
-    )
+    batch_norm2d_then(x, weight, bias, running_mean, running_var, training, momentum, eps, Then::Nothing)
 }
 
 /// `relu(batch_norm2d(x, ...))` as one op (see the module docs): the same arguments, errors,
@@ -98,15 +89,35 @@ pub fn batch_norm2d_relu(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
+    batch_norm2d_then(x, weight, bias, running_mean, running_var, training, momentum, eps, Then::Relu)
+}
+
+/// Both ops: validate, then the device's path (on CUDA the ReLU is the separate op).
+#[allow(clippy::too_many_arguments)]
+fn batch_norm2d_then(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+    then: Then,
+) -> Result<Tensor> {
+    let d = validate(x, weight, bias, running_mean, running_var, training, momentum, eps)?;
     #[cfg(feature = "cuda")]
     if let crate::Device::Cuda(_) = x.device() {
-        return super::relu(&batch_norm2d(x, weight, bias, running_mean, running_var, training, momentum, eps)?);
+        let y = on_cuda::forward(x, weight, bias, running_mean, running_var, training, momentum, eps, d)?;
+        return match then {
+            Then::Nothing => Ok(y),
+            Then::Relu => super::relu(&y),
+        };
     }
-    let d = validate(x, weight, bias, running_mean, running_var, training, momentum, eps)?;
     with_dtype!(
         x.dtype(),
         T,
-        forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d, Then::Relu)
+        forward::<T>(x, weight, bias, running_mean, running_var, training, momentum, eps, d, then)
     )
 }
 
@@ -165,7 +176,11 @@ fn forward<T: Element>(
     let bs = bias.map(|b| b.cpu_slice::<T>(OP)).transpose()?;
     let eps_t = T::from_f64(eps);
     let mut y = kernels::cpu::parallel::zeros::<T>(xs.len());
-    let (mean, invstd, mode) = if training {
+    // Each channel's map `(scale, shift)`, the expression the kernels use.
+    let maps = |mean: &[T], invstd: &[T]| -> (Vec<T>, Vec<T>) {
+        (0..d.c).map(|c| scale_shift(ws.map(|w| w[c]), bs.map(|b| b[c]), mean[c], invstd[c])).unzip()
+    };
+    let (mean, invstd, mode, eval_maps) = if training {
         let stats = bn_train_forward(xs, d, ws, bs, eps_t, then, &mut y);
         let mean: Vec<T> = stats.iter().map(|s| s.0).collect();
         // The same expression as inside the kernel, so backward uses exactly the forward's invstd.
@@ -182,19 +197,17 @@ fn forward<T: Element>(
                 *r = keep * *r + mom * (s.1 * bessel);
             }
         })?;
-        (mean, invstd, BnMode::Train)
+        (mean, invstd, BnMode::Train, None)
     } else {
         let mean = running_mean.cpu_slice::<T>(OP)?.to_vec();
         let invstd: Vec<T> = running_var.cpu_slice::<T>(OP)?.iter().map(|&v| T::ONE / (v + eps_t).sqrt()).collect();
-        let (scale, shift): (Vec<T>, Vec<T>) =
-            (0..d.c).map(|c| scale_shift(ws.map(|w| w[c]), bs.map(|b| b[c]), mean[c], invstd[c])).unzip();
+        let (scale, shift) = maps(&mean, &invstd);
         channel_affine(xs, d, &scale, &shift, then, &mut y);
-        (mean, invstd, BnMode::Eval)
+        (mean, invstd, BnMode::Eval, Some((scale, shift)))
     };
-    // The fused ReLU's mask in the backward: each channel's map, the expression the kernels used.
+    // The fused ReLU's mask in the backward: the forward's per-channel maps.
     let relu = (then == Then::Relu).then(|| {
-        let (scale, shift): (Vec<T>, Vec<T>) =
-            (0..d.c).map(|c| scale_shift(ws.map(|w| w[c]), bs.map(|b| b[c]), mean[c], invstd[c])).unzip();
+        let (scale, shift) = eval_maps.unwrap_or_else(|| maps(&mean, &invstd));
         let cshape = Shape(vec![d.c]);
         (Tensor::from_cpu(T::wrap(scale), cshape.clone()), Tensor::from_cpu(T::wrap(shift), cshape))
     });
@@ -241,7 +254,11 @@ impl Backward for BatchNormBackward {
     }
     fn saved_bytes(&self) -> usize {
         let relu = self.relu.as_ref().map_or(0, |(a, b)| a.nbytes() + b.nbytes());
-        self.x.nbytes() + self.weight.as_ref().map_or(0, Tensor::nbytes) + self.mean.nbytes() + self.invstd.nbytes() + relu
+        self.x.nbytes()
+            + self.weight.as_ref().map_or(0, Tensor::nbytes)
+            + self.mean.nbytes()
+            + self.invstd.nbytes()
+            + relu
     }
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if g.dims() != self.x.dims() {

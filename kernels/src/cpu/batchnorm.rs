@@ -3,8 +3,9 @@
 //!
 //! With the ReLU fused, the forward writes `y = max(x scale + shift, 0)` in its one output pass
 //! (no second buffer for the ReLU to read and write), and the backward recomputes the ReLU's mask
-//! `x scale + shift > 0` from the `x` it reads anyway, so `g` is masked on the fly: the separate
-//! ReLU backward pass (read `g` and `y`, write the masked `g`) is gone. Both give bit for bit what
+//! `x scale + shift > 0` from the `x` it reads anyway, writing the masked `g` into `dx` while it
+//! sums it and finishing `dx` in place: the separate ReLU backward pass (read `g` and `y`, write
+//! the masked `g`) is gone. Both give bit for bit what
 //! the batch norm followed by the ReLU op gives (tested), since every value is the same expression.
 //!
 //! Work is split by channel: one rayon task per channel owns that channel's `N` planes of the

@@ -83,16 +83,8 @@ impl BatchNorm2d {
 }
 
 /// The signature of [`engine::ops::batch_norm2d`] and [`engine::ops::batch_norm2d_relu`].
-type BnOp = fn(
-    &Tensor,
-    Option<&Tensor>,
-    Option<&Tensor>,
-    &mut Tensor,
-    &mut Tensor,
-    bool,
-    f64,
-    f64,
-) -> engine::Result<Tensor>;
+type BnOp =
+    fn(&Tensor, Option<&Tensor>, Option<&Tensor>, &mut Tensor, &mut Tensor, bool, f64, f64) -> engine::Result<Tensor>;
 
 impl Layer for BatchNorm2d {
     fn forward(&mut self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
