@@ -9,7 +9,9 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::direct;
-use super::gather::{gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable};
+use super::gather::{
+    gather_planes_slabs, gather_tile, gather_tile_slabs, scatter_pixels, with_scratch, TapTable, TileTables,
+};
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::{per_tap, weight_panels, winograd};
 use super::{Conv2dGeom, MIN_SPAN_X, MIN_SPAN_Y, TILE_PIX};
@@ -178,28 +180,46 @@ impl<T: Float> GatherConv<'_, T> {
                 let pl = &plans[t];
                 // SAFETY: T is f32 on the packed path; each (g, tile) unit writes only its own tile's
                 // pixels of its own planes, in every image.
-                unsafe { self.tile_packed(&packed[g], 0..self.n, g, pl, &ys[pl.sy], &xs[pl.sx], optr.ptr().cast()) };
+                unsafe {
+                    self.tile_packed(&packed[g], 0..self.n, g, pl, &ys[pl.sy], &xs[pl.sx], None, optr.ptr().cast())
+                };
             });
             return;
         }
+        // One unit per image: the packed path's tap tables are built once, for all images.
+        let direct_b = self.ymap.is_identity() && self.xmap.is_identity();
+        let tables =
+            (self.packed.is_some() && !direct_b).then(|| TileTables::build(&plans, self.src_hw.1, &ys, &xs, true));
         (0..self.n * per_image).into_par_iter().for_each(|u| {
             let (n, rest) = (u / per_image, u % per_image);
             let (g, t) = (rest / plans.len(), rest % plans.len());
             let pl = &plans[t];
+            let table = tables.as_ref().map(|tt| tt.get(t));
             // SAFETY: each (n, g, tile) unit writes only its own tile's pixels of its own planes.
-            unsafe { self.tile(n, g, pl, &ys[pl.sy], &xs[pl.sx], kh * kw, optr.ptr()) };
+            unsafe { self.tile(n, g, pl, &ys[pl.sy], &xs[pl.sx], kh * kw, table, optr.ptr()) };
         });
     }
 
-    /// Gather + GEMMs of one unit, written into `out`'s planes of image `n`, group `g`, tile `pl`.
+    /// Gather + GEMMs of one unit, written into `out`'s planes of image `n`, group `g`, tile `pl`
+    /// (`table`: the tile's tap table on the packed path, when the caller built it).
     ///
     /// # Safety
     /// `out` must point to the whole output buffer (`n groups m` planes of `out_hw`), and no other
     /// thread may access this unit's elements meanwhile.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(&self, n: usize, g: usize, pl: &TilePlan, yseg: &Segment, xseg: &Segment, taps: usize, out: *mut T) {
+    unsafe fn tile(
+        &self,
+        n: usize,
+        g: usize,
+        pl: &TilePlan,
+        yseg: &Segment,
+        xseg: &Segment,
+        taps: usize,
+        table: Option<TapTable<'_>>,
+        out: *mut T,
+    ) {
         if let Some(packed) = self.packed {
-            return self.tile_packed(&packed[g], n..n + 1, g, pl, yseg, xseg, out.cast());
+            return self.tile_packed(&packed[g], n..n + 1, g, pl, yseg, xseg, table, out.cast());
         }
         let (m, c_src) = (self.m, self.c_src);
         let (oh, ow) = self.out_hw;
@@ -247,7 +267,8 @@ impl<T: Float> GatherConv<'_, T> {
         });
     }
 
-    /// [`Self::tile`] on the packed f32 path, for images `images` in turn (one tap table for all):
+    /// [`Self::tile`] on the packed f32 path, for images `images` in turn (one tap table for all,
+    /// `shared` or built here):
     /// the tile's im2col block is gathered straight into the GEMM's slabs and multiplied by the
     /// group's packed weights, one segment per run of live taps, all accumulated in registers
     /// before `C` is stored.
@@ -263,6 +284,7 @@ impl<T: Float> GatherConv<'_, T> {
         pl: &TilePlan,
         yseg: &Segment,
         xseg: &Segment,
+        shared: Option<TapTable<'_>>,
         out: *mut f32,
     ) {
         let (m, c_src) = (self.m, self.c_src);
@@ -280,9 +302,10 @@ impl<T: Float> GatherConv<'_, T> {
         // L2 (a 3x3 conv on 512 channels has k = 4608: 4.7 MB of slabs at once would not).
         let b_len = slab_len(k.min(KC), npix);
         let tmp_len = if contiguous { 0 } else { m * npix };
-        let table_len = if direct_b { 0 } else { TapTable::len(pl.ntaps, npix, true) };
+        let table_len = if direct_b || shared.is_some() { 0 } else { TapTable::len(pl.ntaps, npix, true) };
         with_scratch::<u32, _>(table_len, |table_buf| {
-            let table = (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl, true));
+            let table =
+                shared.or_else(|| (!direct_b).then(|| TapTable::build(table_buf, self.src_hw.1, yseg, xseg, pl, true)));
             with_scratch::<f32, _>(b_len + tmp_len, |buf| {
                 let (slab_buf, tmp) = buf.split_at_mut(b_len);
                 for n in images.clone() {

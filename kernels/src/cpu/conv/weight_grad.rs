@@ -13,7 +13,7 @@ use super::depthwise::depthwise_weight_grad;
 use super::engine::gemm_serial;
 use super::engine::use_packed;
 use super::gather::{
-    gather_pixels, gather_tile, gather_transposed_slabs, planes_to_transposed_slabs, with_scratch, TapTable,
+    gather_pixels, gather_tile, gather_transposed_slabs, planes_to_transposed_slabs, with_scratch, TapTable, TileTables,
 };
 use super::tiling::{plan_tiles, segments, Axis, Segment, TilePlan};
 use super::weight_grad_taps::{tap_tasks, weight_grad_taps};
@@ -62,6 +62,8 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
         (0..g.groups).flat_map(|gi| bounds.windows(2).map(move |b| (gi, b[0], b[1]))).collect();
 
     let packed = use_packed::<T>();
+    // A tile's tap table serves every image: built once per call, not once per (image, tile).
+    let tables = (packed && !direct).then(|| TileTables::build(&plans, g.w, &ys, &xs, false));
     let partials: Vec<Vec<T>> = tasks
         .par_iter()
         .map(|&(gi, u0, u1)| {
@@ -82,7 +84,7 @@ pub(super) fn weight_grad<T: Float>(g: &Conv2dGeom, x: &[T], gy: &[T], dw: &mut 
                 if packed {
                     let tile = DwTile { g, x_ng, g_ng, yseg, xseg, pl, direct, contiguous, pix0 };
                     let acc32 = as_f32_mut(&mut acc).expect("packed conv path on f32 only");
-                    tile.accumulate_packed(&mut gy_panels, acc32);
+                    tile.accumulate_packed(&mut gy_panels, tables.as_ref().map(|tt| tt.get(t)), acc32);
                     continue;
                 }
                 let col_len = if direct { 0 } else { pl.ntaps * cig * npix };
@@ -187,8 +189,9 @@ impl<T: Float> DwTile<'_, T> {
     /// `acc ([cog][taps cig]) += gy_tile col_tile^T` with the packed GEMM: the tile's output
     /// gradient is `A` (`cog x npix`, packed into `gy_panels`, a buffer kept across tiles), and
     /// each run of live taps gives `B` = its rows of the im2col block, transposed into slabs
-    /// (`npix x run channels`), gathered straight from the source.
-    fn accumulate_packed(&self, gy_panels: &mut PackedA, acc: &mut [f32]) {
+    /// (`npix x run channels`), gathered straight from the source through the tile's `table`
+    /// (none when the conv reads its source directly).
+    fn accumulate_packed(&self, gy_panels: &mut PackedA, table: Option<TapTable<'_>>, acc: &mut [f32]) {
         let (g, pl, yseg, xseg) = (self.g, self.pl, self.yseg, self.xseg);
         let (cig, cog) = (g.cig(), g.cog());
         let (oh, ow) = g.ohw();
@@ -205,13 +208,10 @@ impl<T: Float> DwTile<'_, T> {
         // Each run's columns in blocks of at most DW_COLS, so the slab scratch stays ~0.5 MiB per
         // thread however many taps x channels a run has (4608 for a 3x3 conv on 512 channels).
         let max_cols = (pl.runs.iter().map(|r| r.len).max().unwrap_or(0) * cig).min(DW_COLS);
-        let table_len = if self.direct { 0 } else { TapTable::len(pl.ntaps, npix, false) };
-        with_scratch::<u32, _>(table_len, |table_buf| {
-            let table = (!self.direct).then(|| TapTable::build(table_buf, g.w, yseg, xseg, pl, false));
-            with_scratch::<f32, _>(slab_len(npix, max_cols), |slab_buf| {
-                self.accumulate_runs(gy_panels, table.as_ref(), x, slab_buf, max_cols, acc);
-            })
-        });
+        debug_assert_eq!(table.is_none(), self.direct);
+        with_scratch::<f32, _>(slab_len(npix, max_cols), |slab_buf| {
+            self.accumulate_runs(gy_panels, table.as_ref(), x, slab_buf, max_cols, acc);
+        })
     }
 
     /// The GEMMs of [`Self::accumulate_packed`], run by run, in column blocks of [`DW_COLS`]
