@@ -45,8 +45,9 @@ pub fn set_threads(n: usize) {
 /// thread outside the pool, every loop is injected into the pool while the calling thread blocks
 /// and is woken again: a few thousand sleeps and wake-ups per step (`perf stat` on `bench step
 /// --backbone resnet18 --crop 129`, 22 steps: 41 k context switches outside the pool, 6 k inside).
+/// The other workers are kept awake meanwhile ([`crate::keep_awake`]).
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    crate::keep_awake::run(f)
 }
 
 /// The config of a `train` invocation: defaults, then the TOML file, then flags (`labeled` is

@@ -14,6 +14,7 @@ pub mod evaluate;
 pub mod experiment;
 pub mod infer;
 pub mod init_backbone;
+pub mod keep_awake;
 pub mod malloc;
 pub mod metrics;
 pub mod model;
