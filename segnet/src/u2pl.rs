@@ -68,6 +68,7 @@ use anyhow::{bail, ensure, Context, Result};
 use datasets::{AugmentConfig, Batch};
 use engine::{ops, DType, Device, LabelMap, Rng, Tensor};
 use nn::{visit_all, Ctx, Module, Slot, Visitor};
+use rayon::prelude::*;
 use serde_json::json;
 
 /// The ignore label.
@@ -340,6 +341,20 @@ pub fn select(g: &Grid<'_>, (low, high): (usize, usize), threshold: f64) -> Sele
     sel
 }
 
+/// `[images][dim][cells]` values as `[images cells][dim]`: each cell's channels contiguous.
+fn cells_major(v: &[f32], images: usize, dim: usize, cells: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for b in 0..images {
+        let (src, dst) = (&v[b * dim * cells..][..dim * cells], &mut out[b * cells * dim..][..cells * dim]);
+        for (k, plane) in src.chunks_exact(cells).enumerate() {
+            for (q, &x) in plane.iter().enumerate() {
+                dst[q * dim + k] = x;
+            }
+        }
+    }
+    out
+}
+
 /// One FIFO queue of negative keys per class, of fixed capacity (allocated once).
 pub struct Queues {
     /// Key length.
@@ -397,7 +412,12 @@ impl Queues {
     /// The `i`-th held key of class `c` (`i < len(c)`; the order is the storage order).
     pub fn key(&self, c: usize, i: usize) -> Result<&[f32]> {
         ensure!(i < self.len(c), "queue {c}: key {i} of {}", self.len(c));
-        Ok(&self.keys[c].cpu_slice::<f32>("queue")?[i * self.dim..(i + 1) * self.dim])
+        Ok(&self.held(c)?[i * self.dim..(i + 1) * self.dim])
+    }
+
+    /// Every held key of class `c`, `len(c) x dim` values in storage order.
+    pub fn held(&self, c: usize) -> Result<&[f32]> {
+        Ok(&self.keys[c].cpu_slice::<f32>("queue")?[..self.len(c) * self.dim])
     }
 }
 
@@ -486,7 +506,6 @@ pub fn ema(dst: &mut Net, src: &mut Net, d: f64) -> Result<()> {
 /// `add(affine(mine, d, 0), affine(theirs, 1 - d, 0))` (the device path), bit for bit, without
 /// its three new tensors per state tensor.
 fn blend_in_place(mine: &mut Tensor, theirs: &Tensor, d: f64) -> Result<()> {
-    use rayon::prelude::*;
     engine::with_dtype!(mine.dtype(), T, {
         let ts = theirs.cpu_slice::<T>("ema")?;
         let (a, b, zero) = (T::from_f64(d), T::from_f64(1.0 - d), T::from_f64(0.0));
@@ -632,38 +651,53 @@ impl U2pl {
             probs: &p4,
         };
         let sel = select(&grid, self.s.rank_range(c_n), self.s.anchor_threshold);
-        let feature = |cell: usize| -> Vec<f32> {
-            let (b, q) = (cell / gs, cell % gs);
-            (0..dim).map(|k| zt[(b * dim + k) * gs + q]).collect()
-        };
+        // The teacher features cell by cell (row `b gs + q`: the `dim` channels of cell `q` of
+        // image `b`), so that each cell's feature is one contiguous slice.
+        let zt_cells = cells_major(&zt, n_l + n_u, dim, gs);
+        let feature = |cell: usize| &zt_cells[cell * dim..][..dim];
         for c in 0..c_n {
-            let rows: Vec<f32> = sel.negatives[c].iter().flat_map(|&cell| feature(cell)).collect();
+            let mut rows = Vec::with_capacity(sel.negatives[c].len() * dim);
+            for &cell in &sel.negatives[c] {
+                rows.extend_from_slice(feature(cell));
+            }
             st.queues.push(c, &rows)?;
         }
-        let (mut anchor_idx, mut keys, mut used) = (Vec::new(), Vec::new(), 0usize);
+        // Per class with anchors and keys: its prototype and, per anchor, the queue keys drawn;
+        // the draws in the order of one anchor after another, its negatives after it.
+        let negatives = self.s.negatives;
+        let (mut anchor_idx, mut rows, mut protos) = (Vec::new(), Vec::new(), Vec::new());
+        let mut drawn: Vec<u32> = Vec::new();
         for c in 0..c_n {
             if sel.anchors[c].is_empty() || st.queues.is_empty(c) {
                 continue;
             }
-            used += 1;
             let mut proto = vec![0f64; dim];
             for &cell in &sel.members[c] {
-                for (k, v) in feature(cell).into_iter().enumerate() {
-                    proto[k] += v as f64;
+                for (p, &v) in proto.iter_mut().zip(feature(cell)) {
+                    *p += v as f64;
                 }
             }
             let norm = proto.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-            let proto: Vec<f32> = proto.iter().map(|v| (v / norm) as f32).collect();
+            protos.push((c, proto.iter().map(|v| (v / norm) as f32).collect::<Vec<f32>>()));
             for _ in 0..self.s.anchors {
                 anchor_idx.push(sel.anchors[c][rng.below(sel.anchors[c].len())]);
-                keys.extend_from_slice(&proto);
-                for _ in 0..self.s.negatives {
-                    keys.extend_from_slice(st.queues.key(c, rng.below(st.queues.len(c)))?);
-                }
+                rows.push(protos.len() - 1);
+                drawn.extend((0..negatives).map(|_| rng.below(st.queues.len(c)) as u32));
             }
         }
+        let used = protos.len();
         let m = anchor_idx.len();
-        let keys = Tensor::from_vec(keys, vec![m, 1 + self.s.negatives, dim])?;
+        // Each anchor's keys (its prototype, then its negatives), written rows in parallel.
+        let held: Vec<&[f32]> = (0..c_n).map(|c| st.queues.held(c)).collect::<Result<_>>()?;
+        let mut keys = vec![0f32; m * (1 + negatives) * dim];
+        keys.par_chunks_mut((1 + negatives) * dim).enumerate().for_each(|(a, out)| {
+            let (c, proto) = &protos[rows[a]];
+            out[..dim].copy_from_slice(proto);
+            for (o, &i) in out[dim..].chunks_exact_mut(dim).zip(&drawn[a * negatives..(a + 1) * negatives]) {
+                o.copy_from_slice(&held[*c][i as usize * dim..][..dim]);
+            }
+        });
+        let keys = Tensor::from_vec(keys, vec![m, 1 + negatives, dim])?;
         let l_c = ops::info_nce(&ops::gather_pixels(&zs, &anchor_idx)?, &keys, self.s.tau)?;
         self.metrics = json!({
             "l_sup": l_s.item()?, "l_unsup": l_u.item()?, "l_contra": l_c.item()?, "alpha": alpha,
