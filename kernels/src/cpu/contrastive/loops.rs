@@ -1,8 +1,11 @@
 //! The elementwise loops of the contrastive loss: over one anchor's row of scores, or over a tile.
 //!
-//! Every loop is a plain slice loop the compiler vectorises. Each is compiled twice, baseline and
-//! AVX2 + FMA, and picked at run time ([`avx2_dispatch`]); a machine always takes the same path, so
-//! results repeat bit for bit on it. Sums use eight independent lanes in a fixed order.
+//! Every loop is a plain slice loop the compiler vectorises. Each is compiled three times,
+//! baseline, AVX2 + FMA and AVX-512F, and picked at run time ([`avx2_dispatch`]: AVX-512 where the
+//! packed GEMM runs its 512-bit kernel, so `SEGNET_CPU_AVX512=0` turns both off). The compiler
+//! keeps each loop's arithmetic as written (no reassociation, no contraction into FMAs), so the
+//! wider builds give the same values as the others, only more lanes at once (tested against the
+//! AVX2 build). Sums use eight independent lanes in a fixed order.
 //!
 //! Notation as in the module docs of `contrastive`: `s` a score, `L_i` an anchor's log-sum-exp,
 //! `m` the bag's score bound (the tiles' shift), `N_i = exp(L_i - m)` the anchor's shifted sum,
@@ -24,7 +27,16 @@ macro_rules! avx2_dispatch {
                 unsafe fn fast<T: FastMath>($($arg: $ty),*) -> $ret {
                     $inner($($arg),*)
                 }
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide<T: FastMath>($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
                 if super::tile_gemm::available() {
+                    if wide_loops() {
+                        // SAFETY: the CPU supports the enabled features (`wide_loops`).
+                        return unsafe { wide($($arg),*) };
+                    }
                     // SAFETY: the CPU supports the enabled features.
                     return unsafe { fast($($arg),*) };
                 }
@@ -32,6 +44,29 @@ macro_rules! avx2_dispatch {
             $inner($($arg),*)
         }
     };
+}
+
+/// Whether the loops run their AVX-512F build: where the packed GEMM runs its 512-bit kernel
+/// (the CPU has AVX-512F and `SEGNET_CPU_AVX512` is not `0`). Tests switch it off per thread to
+/// compare the builds.
+#[cfg(target_arch = "x86_64")]
+fn wide_loops() -> bool {
+    crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512 && !NARROW.with(|n| n.get())
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Set by tests to run the AVX2 build on an AVX-512 CPU.
+    static NARROW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's loops on their AVX2 build (a test's reference for the wider one).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn with_avx2_loops<R>(f: impl FnOnce() -> R) -> R {
+    NARROW.with(|n| n.set(true));
+    let r = f();
+    NARROW.with(|n| n.set(false));
+    r
 }
 
 // ---- reductions ----
@@ -78,25 +113,34 @@ fn sum_exp_shifted_in_place<T: FastMath>(x: &mut [T], m: T) -> T {
     sum_of(x)
 }
 
-/// `sum softplus(l - s)` and `sum sig(l - s)` over `x`.
+/// `sum softplus(l - s)` and `sum sig(l - s)` over `x`, element `j` summed in lane `j % LANES`.
+///
+/// In blocks: the terms of a block first (an elementwise loop, which vectorises; with the sums in
+/// the same loop it ran scalar, one lane at a time), then added to the lanes in order: the same
+/// additions, in the same order, as summing them as they are computed.
 #[inline(always)]
 fn softplus_sigmoid_sums<T: FastMath>(x: &[T], l: T) -> (T, T) {
+    const BLOCK: usize = 16 * LANES;
     let mut sp = [T::ZERO; LANES];
     let mut sg = [T::ZERO; LANES];
-    let step = |v: T| softplus_sig(l - v);
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..LANES {
-            let (a, b) = step(c[k]);
+    let (mut tp, mut tg) = ([T::ZERO; BLOCK], [T::ZERO; BLOCK]);
+    for blk in x.chunks(BLOCK) {
+        let (tp, tg) = (&mut tp[..blk.len()], &mut tg[..blk.len()]);
+        for ((&v, a), b) in blk.iter().zip(tp.iter_mut()).zip(tg.iter_mut()) {
+            (*a, *b) = softplus_sig(l - v);
+        }
+        let (cp, cg) = (tp.chunks_exact(LANES), tg.chunks_exact(LANES));
+        let (rp, rg) = (cp.remainder(), cg.remainder());
+        for (a, b) in cp.zip(cg) {
+            for k in 0..LANES {
+                sp[k] += a[k];
+                sg[k] += b[k];
+            }
+        }
+        for (k, (&a, &b)) in rp.iter().zip(rg).enumerate() {
             sp[k] += a;
             sg[k] += b;
         }
-    }
-    for (k, &v) in rest.iter().enumerate() {
-        let (a, b) = step(v);
-        sp[k] += a;
-        sg[k] += b;
     }
     (sp.iter().copied().sum(), sg.iter().copied().sum())
 }

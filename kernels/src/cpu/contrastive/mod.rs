@@ -776,6 +776,46 @@ mod tests {
         let alone = [Bag::from_pixels(vec![(1, 10)], None, 0), Bag::from_pixels(vec![(0, 0), (0, 1)], None, 1)];
         assert_eq!(bag_weights(&alone, Form::SupCon), [0.0, 1.0 / 4.0]);
     }
+
+    /// The loops' AVX-512 build gives the AVX2 build's loss and gradient bit for bit (two 33x33
+    /// images of 40-d unit features in 5 class bands, partner bags, both forms, one thread).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_loops_match_avx2_bit_for_bit() {
+        if !tile_gemm::available() || crate::cpu::packed_gemm::kernel() != crate::cpu::packed_gemm::Kernel::Avx512 {
+            eprintln!("skipped: the loops' AVX-512 build does not run here");
+            return;
+        }
+        let (hw, d, w) = (1089usize, 40usize, 33usize);
+        let mut feats: Vec<f32> = (0..2 * hw * d).map(|i| (i * 7919 % 2003) as f32 / 2003.0 - 0.5).collect();
+        for img in 0..2 {
+            for p in 0..hw {
+                let at = |c: usize| img * d * hw + c * hw + p;
+                let n = (0..d).map(|c| feats[at(c)].powi(2)).sum::<f32>().sqrt();
+                (0..d).for_each(|c| feats[at(c)] /= n);
+            }
+        }
+        let bag = |img: usize| {
+            let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
+            Bag::from_pixels(items, Some(1 - img), img)
+        };
+        let bags = [bag(0), bag(1)];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for form in [Form::PerPositive, Form::SupCon] {
+            let p = Problem { feats: &feats, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form };
+            let run = || {
+                let fwd = forward(&p);
+                let mut grad = vec![0.0f32; feats.len()];
+                backward(&p, &fwd, 1.0, &mut grad);
+                (fwd.loss, grad)
+            };
+            let (wide_loss, wide_grad) = pool.install(run);
+            let (loss, grad) = pool.install(|| loops::with_avx2_loops(run));
+            assert!(loss.is_finite() && grad.iter().any(|&g| g != 0.0));
+            assert_eq!(wide_loss.to_bits(), loss.to_bits(), "{form:?} loss");
+            assert!(wide_grad.iter().zip(&grad).all(|(a, b)| a.to_bits() == b.to_bits()), "{form:?} gradient");
+        }
+    }
 }
 
 #[cfg(test)]
