@@ -1,7 +1,7 @@
 //! The elementwise loops of the contrastive loss: over one anchor's row of scores, or over a tile.
 //!
 //! Every loop is a plain slice loop the compiler vectorises. Each is compiled three times,
-//! baseline, AVX2 + FMA and AVX-512F, and picked at run time ([`avx2_dispatch`]: AVX-512 where the
+//! baseline, AVX2 + FMA and AVX-512F, and picked at run time ([`simd_dispatch`]: AVX-512 where the
 //! packed GEMM runs its 512-bit kernel, so `SEGNET_CPU_AVX512=0` turns both off). The compiler
 //! keeps each loop's arithmetic as written (no reassociation, no contraction into FMAs), so the
 //! wider builds give the same values as the others, only more lanes at once (tested against the
@@ -15,7 +15,7 @@ use super::{FastMath, Form};
 use crate::Float;
 
 /// Defines `pub(super) fn $name` that runs `$inner` compiled with AVX2 + FMA where the CPU has them.
-macro_rules! avx2_dispatch {
+macro_rules! simd_dispatch {
     ($(#[$doc:meta])* $name:ident => $inner:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
@@ -190,7 +190,7 @@ fn exact_l<T: FastMath>(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs
     }
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `exact_l`.
     forward_exact_l => exact_l(form: Form, srow: &mut [T], prow: &mut [T], i: usize, cs: usize, ce: usize) -> T
 );
@@ -206,7 +206,7 @@ fn partner_row_terms<T: FastMath>(form: Form, prow: &[T], li: T) -> (T, T) {
     }
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `partner_row_terms`.
     forward_partner_terms => partner_row_terms(form: Form, prow: &[T], li: T) -> (T, T)
 );
@@ -261,7 +261,7 @@ fn positive_tile<T: FastMath>(
     (rows, c1.into_iter().zip(c2).collect())
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `positive_tile`.
     forward_positive_tile => positive_tile(form: Form, tile: &[T], ld: usize, off: usize, tq: usize, p0: usize, q0: usize, l: &[T], diagonal: bool) -> (PairSums<T>, PairSums<T>)
 );
@@ -272,7 +272,7 @@ fn shifted_sum<T: FastMath>(x: &mut [T], m: T) -> T {
     sum_exp_shifted_in_place(x, m)
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `shifted_sum`.
     forward_shifted_sum => shifted_sum(x: &mut [T], m: T) -> T
 );
@@ -319,7 +319,7 @@ fn exp_tile<T: FastMath>(
     (row_sums, col_sums)
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `exp_tile`.
     forward_exp_tile => exp_tile(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: usize, runs: &[(u32, u32)], m: T, diagonal: bool) -> (Vec<T>, Vec<T>)
 );
@@ -394,7 +394,7 @@ fn grad_tile<T: FastMath>(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: 
     }
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// See `grad_tile`.
     backward_grad_tile => grad_tile(form: Form, tile: &mut [T], tq: usize, p0: usize, q0: usize, k: Coefs<'_, T>, exact: bool) -> ()
 );
@@ -472,12 +472,12 @@ fn candidate_side_partner_grad_impl<T: FastMath>(form: Form, g: &mut [T], l: &[T
     }
 }
 
-avx2_dispatch!(
+simd_dispatch!(
     /// `dS_ij` for an anchor `i` and its partner positives `j` (scores in `g`, overwritten).
     anchor_side_partner_grad => anchor_side_partner_grad_impl(form: Form, g: &mut [T], li: T, cpi: T, cei: T) -> ()
 );
 
-avx2_dispatch!(
+simd_dispatch!(
     /// `dS_ai` for anchors `a` of a bag partnered with ours and our pixel `i` (scores in `g`).
     candidate_side_partner_grad => candidate_side_partner_grad_impl(form: Form, g: &mut [T], l: &[T], cp: &[T], ce: &[T]) -> ()
 );
