@@ -750,6 +750,28 @@ pub fn scratch_bytes(n: usize, d: usize, partners: usize, threads: usize, elem: 
     (gathered + threads * per_thread + 6 * n) * elem
 }
 
+/// Test data: `images` images of `hw` pixels (rows of width `w`) of `d`-d unit features, and one
+/// bag per image whose pixels fall in 5 class bands along x (`partnered`: image `i`'s bag names the
+/// other image's as its partner, for two images).
+#[cfg(test)]
+fn banded_unit_problem(images: usize, hw: usize, d: usize, w: usize, partnered: bool) -> (Vec<f32>, Vec<Bag>) {
+    let mut feats: Vec<f32> = (0..images * hw * d).map(|i| (i * 7919 % 2003) as f32 / 2003.0 - 0.5).collect();
+    for img in 0..images {
+        for p in 0..hw {
+            let at = |c: usize| img * d * hw + c * hw + p;
+            let n = (0..d).map(|c| feats[at(c)].powi(2)).sum::<f32>().sqrt();
+            (0..d).for_each(|c| feats[at(c)] /= n);
+        }
+    }
+    let bags = (0..images)
+        .map(|img| {
+            let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
+            Bag::from_pixels(items, partnered.then(|| 1 - img), img)
+        })
+        .collect();
+    (feats, bags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,20 +808,8 @@ mod tests {
             eprintln!("skipped: the loops' AVX-512 build does not run here");
             return;
         }
-        let (hw, d, w) = (1089usize, 40usize, 33usize);
-        let mut feats: Vec<f32> = (0..2 * hw * d).map(|i| (i * 7919 % 2003) as f32 / 2003.0 - 0.5).collect();
-        for img in 0..2 {
-            for p in 0..hw {
-                let at = |c: usize| img * d * hw + c * hw + p;
-                let n = (0..d).map(|c| feats[at(c)].powi(2)).sum::<f32>().sqrt();
-                (0..d).for_each(|c| feats[at(c)] /= n);
-            }
-        }
-        let bag = |img: usize| {
-            let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
-            Bag::from_pixels(items, Some(1 - img), img)
-        };
-        let bags = [bag(0), bag(1)];
+        let (hw, d) = (1089usize, 40usize);
+        let (feats, bags) = banded_unit_problem(2, hw, d, 33, true);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         for form in [Form::PerPositive, Form::SupCon] {
             let p = Problem { feats: &feats, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form };
@@ -828,20 +838,8 @@ mod timing {
     #[test]
     #[ignore]
     fn two_bags_on_one_and_two_threads() {
-        let (hw, d, w) = (4225usize, 256usize, 65usize);
-        let mut feats: Vec<f32> = (0..2 * hw * d).map(|i| (i * 7919 % 2003) as f32 / 2003.0 - 0.5).collect();
-        for img in 0..2 {
-            for p in 0..hw {
-                let at = |c: usize| img * d * hw + c * hw + p;
-                let n = (0..d).map(|c| feats[at(c)].powi(2)).sum::<f32>().sqrt();
-                (0..d).for_each(|c| feats[at(c)] /= n);
-            }
-        }
-        let bag = |img: usize| {
-            let items = (0..hw).map(|p| (((p % w) * 5 / w) as u8, (img * hw + p) as u32)).collect();
-            Bag::from_pixels(items, None, img)
-        };
-        let bags = [bag(0), bag(1)];
+        let (hw, d) = (4225usize, 256usize);
+        let (feats, bags) = banded_unit_problem(2, hw, d, 65, false);
         let p = Problem { feats: &feats, d, hw, bags: &bags, inv_tau: 1.0 / 0.07, form: Form::PerPositive };
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
