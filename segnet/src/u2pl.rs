@@ -662,11 +662,12 @@ impl U2pl {
             }
             st.queues.push(c, &rows)?;
         }
-        // Per class with anchors and keys: its prototype and, per anchor, the queue keys drawn;
-        // the draws in the order of one anchor after another, its negatives after it.
+        // Per class with anchors and keys: its prototype; per anchor, which prototype is its
+        // positive and the queue keys drawn, in the order of one anchor after another, its negatives
+        // after it.
         let negatives = self.s.negatives;
-        let (mut anchor_idx, mut rows, mut protos) = (Vec::new(), Vec::new(), Vec::new());
-        let mut drawn: Vec<u32> = Vec::new();
+        let (mut anchor_idx, mut proto_of, mut protos) = (Vec::new(), Vec::new(), Vec::new());
+        let mut drawn: Vec<usize> = Vec::new();
         for c in 0..c_n {
             if sel.anchors[c].is_empty() || st.queues.is_empty(c) {
                 continue;
@@ -681,8 +682,8 @@ impl U2pl {
             protos.push((c, proto.iter().map(|v| (v / norm) as f32).collect::<Vec<f32>>()));
             for _ in 0..self.s.anchors {
                 anchor_idx.push(sel.anchors[c][rng.below(sel.anchors[c].len())]);
-                rows.push(protos.len() - 1);
-                drawn.extend((0..negatives).map(|_| rng.below(st.queues.len(c)) as u32));
+                proto_of.push(protos.len() - 1);
+                drawn.extend((0..negatives).map(|_| rng.below(st.queues.len(c))));
             }
         }
         let used = protos.len();
@@ -691,10 +692,10 @@ impl U2pl {
         let held: Vec<&[f32]> = (0..c_n).map(|c| st.queues.held(c)).collect::<Result<_>>()?;
         let mut keys = vec![0f32; m * (1 + negatives) * dim];
         keys.par_chunks_mut((1 + negatives) * dim).enumerate().for_each(|(a, out)| {
-            let (c, proto) = &protos[rows[a]];
+            let (c, proto) = &protos[proto_of[a]];
             out[..dim].copy_from_slice(proto);
             for (o, &i) in out[dim..].chunks_exact_mut(dim).zip(&drawn[a * negatives..(a + 1) * negatives]) {
-                o.copy_from_slice(&held[*c][i as usize * dim..][..dim]);
+                o.copy_from_slice(&held[*c][i * dim..][..dim]);
             }
         });
         let keys = Tensor::from_vec(keys, vec![m, 1 + negatives, dim])?;
