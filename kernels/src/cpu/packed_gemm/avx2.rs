@@ -1,4 +1,5 @@
-//! The AVX2 + FMA micro-kernel of the packed GEMM: one `6 x 16` block of `C`.
+//! The AVX2 + FMA micro-kernel of the packed GEMM: one `6 x 16` block of `C`, or `6 x 8` when the
+//! slab has at most 8 live columns.
 
 use super::{KSeg, MR, NR};
 use std::arch::x86_64::*;
@@ -8,6 +9,9 @@ use std::arch::x86_64::*;
 /// Per step `l`: two loads of `B` (16 floats), six broadcasts of `A` (one panel column), twelve
 /// fused multiply-adds into the twelve accumulators. The padded rows of a short panel are zeros,
 /// so all six rows are computed and only `rows` stored; the last `16 - w` columns are masked.
+/// A slab with `w <= 8` (the last of a tile whose pixel count leaves at most 8 over a multiple of
+/// 16: a 9 x 9 map's 81 pixels end on a slab of 1) runs the left half only, six multiply-adds per
+/// step: every element still gets the same chain of multiply-adds, so the results are the same.
 ///
 /// # Safety
 /// AVX2 + FMA present; `panel + (a_k0 + l) MR + r` and `slab + (b_k0 + l) NR + j` readable for
@@ -24,18 +28,41 @@ pub(super) unsafe fn micro(
     w: usize,
     accumulate: bool,
 ) {
-    let mut lo = [_mm256_setzero_ps(); MR];
-    let mut hi = [_mm256_setzero_ps(); MR];
+    if w <= NR / 2 {
+        block::<1>(segs, panel, slab, c, ldc, rows, w, accumulate)
+    } else {
+        block::<2>(segs, panel, slab, c, ldc, rows, w, accumulate)
+    }
+}
+
+/// [`micro`] on `H` 8-column halves of the slab: `6 x H` accumulators.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn block<const H: usize>(
+    segs: &[KSeg],
+    panel: *const f32,
+    slab: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    w: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); H]; MR];
     for s in segs {
         let mut ap = panel.add(s.a_k0 * MR);
         let mut bp = slab.add(s.b_k0 * NR);
         for _ in 0..s.len {
-            let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
-            for r in 0..MR {
+            let mut b = [_mm256_setzero_ps(); H];
+            for (h, bh) in b.iter_mut().enumerate() {
+                *bh = _mm256_loadu_ps(bp.add(8 * h));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*ap.add(r));
-                lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+                for h in 0..H {
+                    row[h] = _mm256_fmadd_ps(av, b[h], row[h]);
+                }
             }
             ap = ap.add(MR);
             bp = bp.add(NR);
@@ -45,25 +72,23 @@ pub(super) unsafe fn micro(
     // helper over slices of the accumulators cost both kernels ~40 % of their speed (measured), so
     // each keeps its own copy.
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w.min(8) as i32), lanes);
-    let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w.saturating_sub(8) as i32), lanes);
-    for r in 0..rows {
+    let masks: [__m256i; H] =
+        std::array::from_fn(|h| _mm256_cmpgt_epi32(_mm256_set1_epi32(w.saturating_sub(8 * h).min(8) as i32), lanes));
+    for (r, row) in acc.iter().enumerate().take(rows) {
         let cr = c.add(r * ldc);
-        let (mut v0, mut v1) = (lo[r], hi[r]);
-        if w == NR {
-            if accumulate {
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+        for h in 0..H {
+            let mut v = row[h];
+            if w >= 8 * (h + 1) {
+                if accumulate {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(cr.add(8 * h)));
+                }
+                _mm256_storeu_ps(cr.add(8 * h), v);
+            } else {
+                if accumulate {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(cr.add(8 * h), masks[h]));
+                }
+                _mm256_maskstore_ps(cr.add(8 * h), masks[h], v);
             }
-            _mm256_storeu_ps(cr, v0);
-            _mm256_storeu_ps(cr.add(8), v1);
-        } else {
-            if accumulate {
-                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cr, m0));
-                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cr.add(8), m1));
-            }
-            _mm256_maskstore_ps(cr, m0, v0);
-            _mm256_maskstore_ps(cr.add(8), m1, v1);
         }
     }
 }

@@ -59,6 +59,9 @@ fn matches_reference_on_ragged_shapes_segments_k_and_row_blocks() {
         (64, 2304, 70, &[(0, 256), (512, 700), (1400, 904)]),
         (5, 3, 1, &[(2, 1), (0, 1)]),
         (200, 300, 20, &[(0, 300)]),
+        // Last slabs of 13 and of 8 columns (the full and the half-width kernel at their edges).
+        (9, 50, 45, &[(0, 50)]),
+        (12, 70, 24, &[(5, 60)]),
     ];
     for &(m, k, n, spans) in cases {
         let (a, segs, bk, b) = operands(m, k, n, spans);
