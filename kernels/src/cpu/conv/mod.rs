@@ -77,6 +77,8 @@ mod weight_grad_taps;
 mod weight_panels;
 mod winograd;
 #[cfg(target_arch = "x86_64")]
+mod winograd_avx2;
+#[cfg(target_arch = "x86_64")]
 mod winograd_avx512;
 
 #[cfg(test)]

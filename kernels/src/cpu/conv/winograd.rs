@@ -37,6 +37,8 @@
 
 use super::gather::{with_scratch, zero_slab_padding};
 #[cfg(target_arch = "x86_64")]
+use super::winograd_avx2;
+#[cfg(target_arch = "x86_64")]
 use super::winograd_avx512::{transform_channel_patches, TileLanes};
 use super::Conv2dGeom;
 use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, Kernel, PackedA, MR, NR};
@@ -469,6 +471,30 @@ pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W
                 }
                 return;
             }
+            #[cfg(target_arch = "x86_64")]
+            if packed_gemm::available() {
+                for j in 0..nt {
+                    let (n, t) = tile(j);
+                    let xn = &x[n * cin * plane..][..cin * plane];
+                    for c0 in cs.clone().step_by(8) {
+                        let chans = (c0, (cs.end - c0).min(8));
+                        // SAFETY: AVX2 present; slab q of every V_xi belongs to this task alone.
+                        unsafe {
+                            winograd_avx2::transform_channel_patches::<M, T, E, W>(
+                                xn,
+                                (h, w),
+                                tw,
+                                t,
+                                chans,
+                                (j, nt),
+                                vptr.ptr(),
+                                v_len,
+                            )
+                        };
+                    }
+                }
+                return;
+            }
             for j in 0..nt {
                 let (n, t) = tile(j);
                 for c in cs.clone() {
@@ -606,13 +632,16 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
     let v_len = slab_len(cin, nt);
     with_scratch::<f32, _>(E * v_len + E * cout * nt, |buf| {
         let (v, m) = buf.split_at_mut(E * v_len);
-        // On AVX-512 CPUs the transforms run on 16 tiles per register (one lane set per slab).
+        // On AVX-512 CPUs the transforms run on 16 tiles per register (one lane set per slab), on
+        // AVX2 ones on 8 (`winograd_avx2.rs`).
         #[cfg(target_arch = "x86_64")]
         let lanes: Option<Vec<TileLanes<M, T>>> = (packed_gemm::kernel() == Kernel::Avx512).then(|| {
             (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect()
         });
         #[cfg(not(target_arch = "x86_64"))]
         let lanes: Option<Vec<()>> = None;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = packed_gemm::available();
         // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
         // last slab's padding columns are zeroed (scratch holds whatever the last user left; the
         // 16-lane transform writes the padding as zeros itself).
@@ -623,6 +652,29 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
                     // SAFETY: AVX-512F present (the kernel choice says so); `x` holds the image's
                     // `cin` planes; slab block l of every V_xi is inside `v`.
                     unsafe { lane.transform_patches::<E, W>(x, h * w, cin, l * NR, v.as_mut_ptr(), v_len) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            None if avx2 => {
+                for j0 in (0..nt).step_by(8) {
+                    let group = (tiles.start + j0, (nt - j0).min(8));
+                    // SAFETY: AVX2 present; `x` holds the image's `cin` planes; columns j0 .. j0 + 8
+                    // of every V_xi lie inside `v` (whole slabs of 16).
+                    unsafe {
+                        winograd_avx2::transform_patches::<M, T, E, W>(
+                            x,
+                            (h, w),
+                            tw,
+                            group,
+                            cin,
+                            j0,
+                            v.as_mut_ptr(),
+                            v_len,
+                        )
+                    };
+                }
+                for vx in v.chunks_mut(v_len) {
+                    zero_slab_padding(vx, cin, nt);
                 }
             }
             _ => {
@@ -650,6 +702,14 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
                 for (l, lane) in lanes.iter().enumerate() {
                     // SAFETY: as above; the caller owns these tiles' pixels of the `cout` planes at `y`.
                     unsafe { lane.transform_outputs::<E, W>(m, cout, nt, l * NR, bias, y, h * w) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            None if avx2 => {
+                for j0 in (0..nt).step_by(8) {
+                    let group = (j0, tiles.start + j0, (nt - j0).min(8));
+                    // SAFETY: AVX2 present; the caller owns these tiles' pixels of the `cout` planes at `y`.
+                    unsafe { winograd_avx2::transform_outputs::<M, T, E, W>(m, cout, nt, group, (h, w), tw, bias, y) };
                 }
             }
             _ => {
