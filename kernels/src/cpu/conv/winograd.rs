@@ -735,6 +735,57 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
     });
 }
 
+/// What the vector transforms (`winograd_avx2.rs`, `winograd_avx512.rs`) must reproduce bit for
+/// bit, by the scalar code: their tests' inputs and expected values.
+#[cfg(test)]
+pub(super) mod reference {
+    use super::{Minimal, Scalar};
+
+    /// The test inputs' values.
+    pub(in super::super) fn val(i: usize) -> f32 {
+        ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 2.0
+    }
+
+    /// `V = B^T d B` of tile `t` (of a `tw`-wide grid) of one `h x w` plane; zeros for `None`
+    /// (a slab's padding).
+    pub(in super::super) fn patch_v<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
+        plane: &[f32],
+        (h, w): (usize, usize),
+        tw: usize,
+        t: Option<usize>,
+    ) -> [f32; E] {
+        t.map_or([0.0; E], |t| W::patch_transform(W::patch(plane, (h, w), tw, t), Scalar))
+    }
+
+    /// `Y = A^T M A + bias` of tiles `t0 .. t0 + nt` (column `j` of each `M_xi`, `cout x nt` at
+    /// `m[xi cout nt ..]`) into `cout` planes of `h x w`; NaN where no tile output lands.
+    pub(in super::super) fn outputs<const M: usize, const T: usize, const E: usize, W: Minimal<M, T, E>>(
+        m: &[f32],
+        (cout, nt, t0): (usize, usize, usize),
+        (h, w): (usize, usize),
+        tw: usize,
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let mut want = vec![f32::NAN; cout * h * w];
+        for o in 0..cout {
+            for j in 0..nt {
+                let t = t0 + j;
+                let out = W::output_transform(std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]), Scalar);
+                let (y0, x0) = ((t / tw) * M, (t % tw) * M);
+                for (qy, row) in out.iter().enumerate() {
+                    for (qx, &e) in row.iter().enumerate() {
+                        let (oy, ox) = (y0 + qy, x0 + qx);
+                        if oy < h && ox < w {
+                            want[o * h * w + oy * w + ox] = e + bias[o];
+                        }
+                    }
+                }
+            }
+        }
+        want
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

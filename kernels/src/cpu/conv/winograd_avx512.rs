@@ -210,13 +210,10 @@ impl super::winograd::Ops for VecOps {
 
 #[cfg(test)]
 mod tests {
-    use super::super::winograd::{Scalar, F2, F4};
+    use super::super::winograd::reference::{outputs, patch_v, val};
+    use super::super::winograd::{F2, F4};
     use super::*;
     use crate::cpu::packed_gemm::{avx512_available, slab_len};
-
-    fn val(i: usize) -> f32 {
-        ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 2.0
-    }
 
     /// The 16-lane patch and output transforms of `W` against the scalar ones, bit for bit, on
     /// 21 channels of a 13 x 11 plane (tiles cut by the border, groups that wrap to the next tile
@@ -237,11 +234,7 @@ mod tests {
         }
         for c in 0..cin {
             for j in 0..nt.next_multiple_of(16) {
-                let want = if j < nt {
-                    W::patch_transform(W::patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
-                } else {
-                    [0.0; E]
-                };
+                let want = patch_v::<M, T, E, W>(&x[c * plane..][..plane], (h, w), tw, (j < nt).then_some(t0 + j));
                 for (xi, e) in want.iter().enumerate() {
                     let got = v[xi * v_len + slab_index(cin, c, j)];
                     assert_eq!(got.to_bits(), e.to_bits(), "F({M}x{M}) V: channel {c}, tile {j}, xi {xi}");
@@ -256,22 +249,7 @@ mod tests {
         for (l, lane) in lanes.iter().enumerate() {
             unsafe { lane.transform_outputs::<E, W>(&m, cout, nt, l * 16, Some(&bias), y.as_mut_ptr(), plane) };
         }
-        let mut want = vec![f32::NAN; cout * plane];
-        for o in 0..cout {
-            for j in 0..nt {
-                let t = t0 + j;
-                let out = W::output_transform(std::array::from_fn(|xi| m[(xi * cout + o) * nt + j]), Scalar);
-                let (y0, x0) = ((t / tw) * M, (t % tw) * M);
-                for (qy, row) in out.iter().enumerate() {
-                    for (qx, &e) in row.iter().enumerate() {
-                        let (oy, ox) = (y0 + qy, x0 + qx);
-                        if oy < h && ox < w {
-                            want[o * plane + oy * w + ox] = e + bias[o];
-                        }
-                    }
-                }
-            }
-        }
+        let want = outputs::<M, T, E, W>(&m, (cout, nt, t0), (h, w), tw, &bias);
         for (i, (g, e)) in y.iter().zip(&want).enumerate() {
             assert_eq!(g.to_bits(), e.to_bits(), "F({M}x{M}) Y: element {i}");
         }
@@ -318,7 +296,7 @@ mod tests {
         for j in 0..nt {
             for c in 0..cin.next_multiple_of(16) {
                 let want = if c < cin {
-                    W::patch_transform(W::patch(&x[c * plane..][..plane], (h, w), tw, t0 + j), Scalar)
+                    patch_v::<M, T, E, W>(&x[c * plane..][..plane], (h, w), tw, Some(t0 + j))
                 } else {
                     [0.0; E]
                 };
