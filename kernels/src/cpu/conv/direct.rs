@@ -1,5 +1,6 @@
 //! `y` and `dx` of stride-1 convs with few source channels, with no im2col gather: the micro-kernel
-//! reads `B` in place from a zero-padded copy of the source (the packed f32 path on AVX-512).
+//! reads `B` in place from a zero-padded copy of the source (the packed f32 path: the 12 x 32
+//! AVX-512 micro-kernel, or the 6 x 16 AVX2 one, which give every element the same chain).
 //!
 //! ```text
 //! y[n, o, y, x] = b[o] + sum_t sum_c W_t[o, c] xp[n, c, y + dy_t + top, x + dx_t + left]
@@ -25,6 +26,7 @@
 use super::engine::GatherConv;
 use super::gather::with_scratch;
 use super::tiling::Axis;
+use crate::cpu::packed_gemm::avx2;
 use crate::cpu::packed_gemm::avx512::{micro_runs, BLayout, Run};
 use crate::cpu::packed_gemm::{self, as_f32, Kernel, PackedA, MR, NR};
 use crate::cpu::parallel::SendPtr;
@@ -72,8 +74,8 @@ impl Padded {
     }
 }
 
-/// The padded layout when `y` or `dx` takes this path (`None` otherwise): f32 on the AVX-512
-/// micro-kernel, one group, stride 1 (every tap a shift), more than one tap, at most
+/// The padded layout when `y` or `dx` takes this path (`None` otherwise): f32 on the packed
+/// micro-kernels (AVX2 + FMA at least), one group, stride 1 (every tap a shift), more than one tap, at most
 /// [`MAX_CHANNELS`] source channels, and the padded row at most a quarter wider than the
 /// destination's (the dropped columns' share).
 pub(super) fn plan(
@@ -84,7 +86,7 @@ pub(super) fn plan(
     c_src: usize,
     groups: usize,
 ) -> Option<Padded> {
-    if !(packed_gemm::kernel() == Kernel::Avx512 && packed_gemm::avx512_available()) {
+    if !packed_gemm::available() {
         return None;
     }
     if groups != 1
@@ -104,7 +106,8 @@ impl<T: crate::Float> GatherConv<'_, T> {
     /// weights of the one group, all taps, `A(r, tap c_src + c)`).
     ///
     /// # Safety
-    /// `T` is f32, the CPU has AVX-512F ([`plan`] gave `p`); `out` addresses the whole destination
+    /// `T` is f32, the CPU has AVX2 + FMA ([`plan`] gave `p`; AVX-512F where the kernel choice says
+    /// so); `out` addresses the whole destination
     /// and nothing else touches it meanwhile.
     pub(super) unsafe fn run_direct(&self, p: &Padded, pa: &PackedA, out: *mut f32) {
         let (m, c_src, n) = (self.m, self.c_src, self.n);
@@ -113,6 +116,9 @@ impl<T: crate::Float> GatherConv<'_, T> {
         let src = as_f32(self.src).expect("packed conv path on f32 only");
         let bias = self.bias.map(|b| as_f32(b).expect("packed conv path on f32 only"));
         let pitch = p.hp * p.wp;
+        // Micro-kernel blocks: 12 x 32 on AVX-512, 6 x 16 on AVX2 (the same chain per element).
+        let wide_kernel = packed_gemm::kernel() == Kernel::Avx512;
+        let (block_rows, block_cols) = if wide_kernel { (2 * MR, 2 * NR) } else { (MR, NR) };
         // Wide columns per image, and the farthest any micro-kernel load reaches past a plane's start.
         let wide = (oh - 1) * p.wp + ow;
         let reach = p.taps.iter().map(|&(_, o)| o).max().unwrap_or(0) + wide.next_multiple_of(2 * NR);
@@ -141,11 +147,12 @@ impl<T: crate::Float> GatherConv<'_, T> {
                 let cols = j1 - j0;
                 let xi = xp.as_ptr().add(img * c_src * pitch);
                 with_scratch::<f32, _>((r1 - r0) * cols, |tmp| {
-                    for q in (j0..j1).step_by(2 * NR) {
-                        let w = (j1 - q).min(2 * NR);
-                        for r in (r0..r1).step_by(2 * MR) {
-                            let rows = (r1 - r).min(2 * MR);
-                            // SAFETY: AVX-512F (the caller's contract); the panels of rows r.. exist
+                    for q in (j0..j1).step_by(block_cols) {
+                        let w = (j1 - q).min(block_cols);
+                        for r in (r0..r1).step_by(block_rows) {
+                            let rows = (r1 - r).min(block_rows);
+                            // SAFETY: the CPU has the chosen kernel's features (the caller's contract,
+                            // and the kernel choice); the panels of rows r.. exist
                             // (rows past m are the last panel's zero padding); every load lies in
                             // `xp` (`len` covers `reach`); the block of `tmp` is inside it.
                             // Tap t of channel c: panel column t c_src + c, B row c at offset
@@ -156,17 +163,14 @@ impl<T: crate::Float> GatherConv<'_, T> {
                                 b: b.wrapping_add(off),
                                 len: c_src,
                             });
-                            micro_runs(
-                                runs,
-                                pa.panels().as_ptr().add(r * pa.k),
-                                pa.k * MR,
-                                BLayout { row_step: pitch, half_step: NR },
-                                tmp.as_mut_ptr().add((r - r0) * cols + (q - j0)),
-                                cols,
-                                rows,
-                                w,
-                                false,
-                            );
+                            let (panel, c) =
+                                (pa.panels().as_ptr().add(r * pa.k), tmp.as_mut_ptr().add((r - r0) * cols + (q - j0)));
+                            if wide_kernel {
+                                let b = BLayout { row_step: pitch, half_step: NR };
+                                micro_runs(runs, panel, pa.k * MR, b, c, cols, rows, w, false);
+                            } else {
+                                avx2::micro_runs(runs, panel, pitch, c, cols, rows, w, false);
+                            }
                         }
                     }
                     // The destination rows' pixels inside this unit's wide columns, plus the bias.

@@ -164,8 +164,8 @@ impl<T: Float> GatherConv<'_, T> {
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(p) = direct::plan(&self.ymap, &self.xmap, self.src_hw, self.out_hw, self.c_src, self.groups) {
-                // SAFETY: T is f32 on the packed path, the CPU has AVX-512F (`plan` gave `p`); `out`
-                // is the whole destination.
+                // SAFETY: T is f32 on the packed path, the CPU has AVX2 + FMA (`plan` gave `p`);
+                // `out` is the whole destination.
                 return unsafe { self.run_direct(&p, &packed[0], out.as_mut_ptr().cast()) };
             }
         }

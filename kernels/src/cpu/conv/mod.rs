@@ -38,7 +38,7 @@
 //! 4 x 4 tiles fit the map poorly, F(2x2, 3x3) (16 per 2 x 2 tile instead of 36). Dilated stride-1 convs on
 //! small maps with many more source channels than outputs (ASPP's forward) run one GEMM per tap
 //! over all its live pixels instead of one per small region. Stride-1 convs with few source
-//! channels (ResNet's layers 1-2) compute `y` and `dx` on AVX-512 directly from a zero-padded copy of
+//! channels (ResNet's layers 1-2) compute `y` and `dx` directly from a zero-padded copy of
 //! the source, the micro-kernel reading each tap's shifted run in place (no im2col gather).
 //!
 //! **dw** runs the forward tiling and accumulates `gy_tile (rows x pix) col_tile^T` into a

@@ -120,7 +120,7 @@ const PER_TAP_YDX_CASES: [Case; 4] = [
     (1, 512, 8, 8, 1040, 3, 3, [1, 1], [3, 3], [3, 3], 2),
 ];
 
-/// Convs whose `y` and `dx` take the direct path (`direct.rs`) on AVX-512: destination rows not a
+/// Convs whose `y` and `dx` take the direct path (`direct.rs`) on AVX2 and AVX-512: destination rows not a
 /// multiple of 6 or 12 and wide rows not a multiple of 16 (14 rows, 13-wide rows), several units of
 /// columns and of rows (100 rows on a 30 x 30 map), a 3 x 5 kernel with more padding than it
 /// reaches. (The per-tap cases with few channels take it too: dilation 2, one live tap.)
@@ -150,7 +150,7 @@ fn takes_direct(g: &Conv2dGeom, dx: bool) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn direct_y_and_dx_are_taken_where_the_tests_expect_it() {
-    let on = crate::cpu::packed_gemm::kernel() == crate::cpu::packed_gemm::Kernel::Avx512;
+    let on = crate::cpu::packed_gemm::available();
     for g in DIRECT_CASES.map(geom).iter().chain([geom(PER_TAP_CASES[0]), geom(PER_TAP_CASES[5])].iter()) {
         assert_eq!(takes_direct(g, false), on, "{g:?}");
         assert_eq!(takes_direct(g, true), on, "{g:?}");

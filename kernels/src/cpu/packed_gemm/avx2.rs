@@ -1,6 +1,7 @@
 //! The AVX2 + FMA micro-kernel of the packed GEMM: one `6 x 16` block of `C`, or `6 x 8` when the
 //! slab has at most 8 live columns.
 
+use super::avx512::Run;
 use super::{KSeg, MR, NR};
 use std::arch::x86_64::*;
 
@@ -28,21 +29,45 @@ pub(super) unsafe fn micro(
     w: usize,
     accumulate: bool,
 ) {
+    let runs = segs.iter().map(|s| Run { a_col: s.a_k0, b: slab.wrapping_add(s.b_k0 * NR), len: s.len });
+    micro_runs(runs, panel, NR, c, ldc, rows, w, accumulate)
+}
+
+/// [`micro`] over any runs, row `l` of a run's `B` at `b + l row_step` (16 floats): packed slabs
+/// (`row_step` 16) or a conv source read in place (`conv/direct.rs`: `row_step` the channel
+/// plane). The same chain of multiply-adds per element as [`micro`] (runs in order, rows of a run
+/// in order, from zero; then `C` added once).
+///
+/// # Safety
+/// AVX2 + FMA present; `panel + (a_col + l) MR + r` readable for every run, `l < len`, `r < 6`;
+/// `b + l row_step + j` for `j < 16` (`j < 8` when `w <= 8`); `C` as in [`micro`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_runs(
+    runs: impl Iterator<Item = Run>,
+    panel: *const f32,
+    row_step: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    w: usize,
+    accumulate: bool,
+) {
     if w <= NR / 2 {
-        block::<1>(segs, panel, slab, c, ldc, rows, w, accumulate)
+        block::<1>(runs, panel, row_step, c, ldc, rows, w, accumulate)
     } else {
-        block::<2>(segs, panel, slab, c, ldc, rows, w, accumulate)
+        block::<2>(runs, panel, row_step, c, ldc, rows, w, accumulate)
     }
 }
 
-/// [`micro`] on `H` 8-column halves of the slab: `6 x H` accumulators.
+/// [`micro_runs`] on `H` 8-column halves: `6 x H` accumulators.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn block<const H: usize>(
-    segs: &[KSeg],
+    runs: impl Iterator<Item = Run>,
     panel: *const f32,
-    slab: *const f32,
+    row_step: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -50,10 +75,10 @@ unsafe fn block<const H: usize>(
     accumulate: bool,
 ) {
     let mut acc = [[_mm256_setzero_ps(); H]; MR];
-    for s in segs {
-        let mut ap = panel.add(s.a_k0 * MR);
-        let mut bp = slab.add(s.b_k0 * NR);
-        for _ in 0..s.len {
+    for run in runs {
+        let mut ap = panel.add(run.a_col * MR);
+        let mut bp = run.b;
+        for _ in 0..run.len {
             let mut b = [_mm256_setzero_ps(); H];
             for (h, bh) in b.iter_mut().enumerate() {
                 *bh = _mm256_loadu_ps(bp.add(8 * h));
@@ -65,7 +90,7 @@ unsafe fn block<const H: usize>(
                 }
             }
             ap = ap.add(MR);
-            bp = bp.add(NR);
+            bp = bp.wrapping_add(row_step);
         }
     }
     // The same store as the contrastive tile kernel's (`contrastive/tile_gemm.rs`). Sharing it as a

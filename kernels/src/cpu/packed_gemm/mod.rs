@@ -26,7 +26,7 @@
 //! conv engine keeps calling matrixmultiply.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(test)]
