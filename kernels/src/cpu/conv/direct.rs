@@ -75,9 +75,9 @@ impl Padded {
 }
 
 /// The padded layout when `y` or `dx` takes this path (`None` otherwise): f32 on the packed
-/// micro-kernels (AVX2 + FMA at least), one group, stride 1 (every tap a shift), more than one tap, at most
-/// [`MAX_CHANNELS`] source channels, and the padded row at most a quarter wider than the
-/// destination's (the dropped columns' share).
+/// micro-kernels (AVX2 + FMA at least), one group, stride 1 (every tap a shift), more than one
+/// tap, at most [`MAX_CHANNELS`] source channels, and the padded row at most a quarter wider than
+/// the destination's (the dropped columns' share).
 pub(super) fn plan(
     ymap: &Axis,
     xmap: &Axis,
@@ -107,8 +107,7 @@ impl<T: crate::Float> GatherConv<'_, T> {
     ///
     /// # Safety
     /// `T` is f32, the CPU has AVX2 + FMA ([`plan`] gave `p`; AVX-512F where the kernel choice says
-    /// so); `out` addresses the whole destination
-    /// and nothing else touches it meanwhile.
+    /// so); `out` addresses the whole destination and nothing else touches it meanwhile.
     pub(super) unsafe fn run_direct(&self, p: &Padded, pa: &PackedA, out: *mut f32) {
         let (m, c_src, n) = (self.m, self.c_src, self.n);
         let (oh, ow) = self.out_hw;
