@@ -141,21 +141,28 @@ pub(super) fn forward_panel_scalar(wp: &[f32], cig: usize, live: &[bool], rows: 
         for t in (0..taps).filter(|&t| live[t]) {
             let run = &mut panel[(t * cig + c0) * MR..(t * cig + c1) * MR];
             for (j, col) in run.chunks_exact_mut(MR).enumerate() {
-                let i = (c0 + j) * taps + t;
-                // SAFETY: r < rows <= MR, i < cig taps: inside the `rows * cig * taps` floats of `wp`
-                // (asserted); `col` holds MR floats.
-                unsafe {
-                    if rows == MR {
-                        for r in 0..MR {
-                            *col.get_unchecked_mut(r) = *wp.get_unchecked(r * row_len + i);
-                        }
-                    } else {
-                        for r in 0..rows {
-                            *col.get_unchecked_mut(r) = *wp.get_unchecked(r * row_len + i);
-                        }
-                    }
-                }
+                // SAFETY: r < rows <= MR, (c0 + j) taps + t < cig taps: inside the `rows * cig *
+                // taps` floats of `wp` (asserted); `col` holds MR floats.
+                unsafe { copy_column(col, wp, (c0 + j) * taps + t, row_len, rows) };
             }
+        }
+    }
+}
+
+/// One panel column: `col[r] = src[i + r stride]` for `r < rows`, a whole panel's six by an
+/// unrolled loop (both scalar packers' inner step).
+///
+/// # Safety
+/// `rows <= col.len()`, and `src` holds `i + (rows - 1) stride` when `rows > 0`.
+#[inline(always)]
+unsafe fn copy_column(col: &mut [f32], src: &[f32], i: usize, stride: usize, rows: usize) {
+    if rows == MR {
+        for r in 0..MR {
+            *col.get_unchecked_mut(r) = *src.get_unchecked(i + r * stride);
+        }
+    } else {
+        for r in 0..rows {
+            *col.get_unchecked_mut(r) = *src.get_unchecked(i + r * stride);
         }
     }
 }
@@ -241,20 +248,9 @@ pub(super) fn input_grad_into(wg: &[f32], cig: usize, live: &[bool], cog: usize,
                             "conv weight packing: sizes"
                         );
                         for (o, col) in run.chunks_exact_mut(MR).enumerate() {
-                            let i = o * cig * taps;
                             // SAFETY: o < oe - ob and r < rows: inside `src` (asserted); `col`
-                            // holds MR >= rows floats. A whole panel's rows by an unrolled loop.
-                            unsafe {
-                                if rows == MR {
-                                    for r in 0..MR {
-                                        *col.get_unchecked_mut(r) = *src.get_unchecked(i + r * taps);
-                                    }
-                                } else {
-                                    for r in 0..rows {
-                                        *col.get_unchecked_mut(r) = *src.get_unchecked(i + r * taps);
-                                    }
-                                }
-                            }
+                            // holds MR >= rows floats.
+                            unsafe { copy_column(col, src, o * cig * taps, taps, rows) };
                         }
                     }
                 }

@@ -41,7 +41,9 @@ use super::winograd_avx2;
 #[cfg(target_arch = "x86_64")]
 use super::winograd_avx512::{transform_channel_patches, TileLanes};
 use super::Conv2dGeom;
-use crate::cpu::packed_gemm::{self, slab_index, slab_len, KSeg, Kernel, PackedA, MR, NR};
+#[cfg(not(target_arch = "x86_64"))]
+use crate::cpu::packed_gemm::slab_index;
+use crate::cpu::packed_gemm::{self, slab_len, KSeg, Kernel, PackedA, MR, NR};
 use crate::cpu::parallel::{zeros, SendPtr};
 use rayon::prelude::*;
 
@@ -471,30 +473,30 @@ pub(super) fn weight_grad_with<const M: usize, const T: usize, const E: usize, W
                 }
                 return;
             }
+            // Otherwise AVX2 (the packed path's CPUs), 8 channels per register.
             #[cfg(target_arch = "x86_64")]
-            if packed_gemm::available() {
-                for j in 0..nt {
-                    let (n, t) = tile(j);
-                    let xn = &x[n * cin * plane..][..cin * plane];
-                    for c0 in cs.clone().step_by(8) {
-                        let chans = (c0, (cs.end - c0).min(8));
-                        // SAFETY: AVX2 present; slab q of every V_xi belongs to this task alone.
-                        unsafe {
-                            winograd_avx2::transform_channel_patches::<M, T, E, W>(
-                                xn,
-                                (h, w),
-                                tw,
-                                t,
-                                chans,
-                                (j, nt),
-                                vptr.ptr(),
-                                v_len,
-                            )
-                        };
-                    }
+            for j in 0..nt {
+                let (n, t) = tile(j);
+                let xn = &x[n * cin * plane..][..cin * plane];
+                for c0 in cs.clone().step_by(8) {
+                    let chans = (c0, (cs.end - c0).min(8));
+                    // SAFETY: AVX2 present (the packed path's CPUs); slab q of every V_xi belongs to
+                    // this task alone.
+                    unsafe {
+                        winograd_avx2::transform_channel_patches::<M, T, E, W>(
+                            xn,
+                            (h, w),
+                            tw,
+                            t,
+                            chans,
+                            (j, nt),
+                            vptr.ptr(),
+                            v_len,
+                        )
+                    };
                 }
-                return;
             }
+            #[cfg(not(target_arch = "x86_64"))]
             for j in 0..nt {
                 let (n, t) = tile(j);
                 for c in cs.clone() {
@@ -563,6 +565,8 @@ pub(super) trait Ops: Copy {
 }
 
 /// [`Ops`] on plain `f32`.
+// x86-64 builds run the vector transforms; the tests (the reference) and the portable build use it.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(super) struct Scalar;
 
@@ -633,15 +637,14 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
     with_scratch::<f32, _>(E * v_len + E * cout * nt, |buf| {
         let (v, m) = buf.split_at_mut(E * v_len);
         // On AVX-512 CPUs the transforms run on 16 tiles per register (one lane set per slab), on
-        // AVX2 ones on 8 (`winograd_avx2.rs`).
+        // AVX2 ones on 8 (`winograd_avx2.rs`): this path runs only where the packed GEMM does, so
+        // an x86-64 CPU here has AVX2 + FMA. The scalar transforms are the portable build's.
         #[cfg(target_arch = "x86_64")]
         let lanes: Option<Vec<TileLanes<M, T>>> = (packed_gemm::kernel() == Kernel::Avx512).then(|| {
             (0..nt).step_by(NR).map(|j0| TileLanes::new(tiles.start + j0, (nt - j0).min(NR), (h, w), tw)).collect()
         });
         #[cfg(not(target_arch = "x86_64"))]
         let lanes: Option<Vec<()>> = None;
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = packed_gemm::available();
         // V_xi (cin x tiles) in slab layout; every live column is written below, and only the
         // last slab's padding columns are zeroed (scratch holds whatever the last user left; the
         // 16-lane transform writes the padding as zeros itself).
@@ -655,7 +658,7 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            None if avx2 => {
+            None => {
                 for j0 in (0..nt).step_by(8) {
                     let group = (tiles.start + j0, (nt - j0).min(8));
                     // SAFETY: AVX2 present; `x` holds the image's `cin` planes; columns j0 .. j0 + 8
@@ -677,6 +680,7 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
                     zero_slab_padding(vx, cin, nt);
                 }
             }
+            #[cfg(not(target_arch = "x86_64"))]
             _ => {
                 for c in 0..cin {
                     let plane = &x[c * h * w..][..h * w];
@@ -705,13 +709,14 @@ unsafe fn block<const M: usize, const T: usize, const E: usize, W: Minimal<M, T,
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            None if avx2 => {
+            None => {
                 for j0 in (0..nt).step_by(8) {
                     let group = (j0, tiles.start + j0, (nt - j0).min(8));
                     // SAFETY: AVX2 present; the caller owns these tiles' pixels of the `cout` planes at `y`.
                     unsafe { winograd_avx2::transform_outputs::<M, T, E, W>(m, cout, nt, group, (h, w), tw, bias, y) };
                 }
             }
+            #[cfg(not(target_arch = "x86_64"))]
             _ => {
                 for o in 0..cout {
                     let b = bias.map_or(0.0, |b| b[o]);
