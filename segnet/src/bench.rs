@@ -25,6 +25,7 @@ use datasets::Batch;
 use engine::ops::{self, ContrastiveConfig};
 use engine::profile::{self, Phase, Profile};
 use engine::{DType, LabelMap, Rng, Tape, Tensor};
+use kernels::cpu::packed_gemm::{self, meter};
 use nn::{Ctx, LrSchedule, Sgd, SgdConfig};
 use serde_json::json;
 use std::time::Instant;
@@ -172,10 +173,15 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         }
         None => None,
     };
+    // The yardstick first, on the bench's threads, while nothing else of ours runs.
+    let peak = a.gemm_meter.then(|| fma_peaks(a.threads)).flatten();
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
         if a.op_profile && it == a.warmup {
             profile::start();
+        }
+        if a.gemm_meter && it == a.warmup {
+            meter::start();
         }
         let t0 = Instant::now();
         profile::mark();
@@ -194,6 +200,7 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     }
     let median_step_s = median(times.clone());
     let ops = a.op_profile.then(|| op_rows(&profile::take(), a.iters, median_step_s));
+    let gemm = a.gemm_meter.then(|| gemm_rows(&meter::take(), a.iters, median_step_s, a.threads, peak));
     Ok(json!({
         "bench": "step", "backbone": m.backbone, "stage": a.stage.name(), "batch": m.batch, "crop": m.crop,
         "output_stride": m.output_stride, "width": m.width, "threads": a.threads, "iters": a.iters,
@@ -201,6 +208,7 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         "peak_rss_mb": peak_rss_mb(), "unlabeled_batch": unlabeled.as_ref().map(|u| u.image_shape[0]),
         "objective": objective.describe(),
         "ops": ops,
+        "gemm": gemm,
         "loss_form": (a.stage == Stage::Contrastive).then(|| json!({
             "mode": cfg.loss.mode, "grid": cfg.loss.grid,
         })),
@@ -225,6 +233,54 @@ fn op_rows(p: &Profile, steps: usize, median_step_s: f64) -> serde_json::Value {
         "backward_ms": 1e3 * p.total(Phase::Backward) / per,
         "other_ms": 1e3 * p.total(Phase::Other) / per,
         "rows": rows,
+    })
+}
+
+/// The FMA peak of one thread and of `threads` (0: all cores) at the packed GEMM's width, GFLOP/s.
+fn fma_peaks(threads: usize) -> Option<(f64, f64)> {
+    let kernel = packed_gemm::kernel();
+    let threads = if threads == 0 { rayon::current_num_threads() } else { threads.min(rayon::current_num_threads()) };
+    let iters = 50_000_000;
+    let one = meter::fma_peak_gflops(kernel, 1, iters)?;
+    Some((one, meter::fma_peak_gflops(kernel, threads, iters)?))
+}
+
+/// The GEMM meter's totals per step, overall and for the 12 shapes that took longest: useful
+/// GFLOP, thread-milliseconds, GFLOP/s per thread and its share of the one-thread peak.
+fn gemm_rows(
+    rows: &[(meter::Shape, meter::Totals)],
+    steps: usize,
+    median_step_s: f64,
+    threads: usize,
+    peak: Option<(f64, f64)>,
+) -> serde_json::Value {
+    let per = steps as f64;
+    let rate = |flops: f64, secs: f64| if secs > 0.0 { flops / secs * 1e-9 } else { 0.0 };
+    let share = |g: f64| peak.map(|(one, _)| 100.0 * g / one);
+    let (flops, secs) = rows.iter().fold((0.0, 0.0), |(f, s), (_, t)| (f + t.flops, s + t.thread_secs));
+    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
+    let shapes: Vec<serde_json::Value> = rows
+        .iter()
+        .take(12)
+        .map(|(s, t)| {
+            let g = rate(t.flops, t.thread_secs);
+            json!({
+                "kind": s.kind, "m": s.m, "k": s.k, "n": s.n, "calls": t.calls as f64 / per,
+                "gflop": t.flops * 1e-9 / per, "thread_ms": 1e3 * t.thread_secs / per,
+                "gflops_per_thread": g, "pct_of_peak": share(g),
+            })
+        })
+        .collect();
+    let g = rate(flops, secs);
+    json!({
+        "fma_peak_gflops": peak.map(|(one, _)| one),
+        "fma_peak_all_threads_gflops": peak.map(|(_, all)| all),
+        "gflop_per_step": flops * 1e-9 / per,
+        "thread_ms_per_step": 1e3 * secs / per,
+        "share_of_step_thread_time_pct": 100.0 * secs / per / (median_step_s * threads as f64),
+        "gflops_per_thread": g,
+        "pct_of_peak": share(g),
+        "shapes": shapes,
     })
 }
 
@@ -293,6 +349,7 @@ mod tests {
             loss_grid: None,
             unlabeled_batch: None,
             op_profile: false,
+            gemm_meter: false,
             json: true,
             device: "cpu".into(),
         }
@@ -328,6 +385,21 @@ mod tests {
                 "{op} {phase}: {v}"
             );
         }
+        // The GEMM meter: useful work in every step, per shape, and a rate against the peak where
+        // the packed path runs (other tests' GEMMs may add to it meanwhile, never take from it).
+        let v = step_report(&BenchStepArgs { gemm_meter: true, ..tiny(Stage::Finetune) }).unwrap();
+        let g = &v["gemm"];
+        if packed_gemm::available() {
+            assert!(g["gflop_per_step"].as_f64().unwrap() > 0.0, "{g}");
+            assert!(g["thread_ms_per_step"].as_f64().unwrap() > 0.0, "{g}");
+            assert!(g["pct_of_peak"].as_f64().unwrap() > 0.0, "{g}");
+            let shapes = g["shapes"].as_array().unwrap();
+            assert!(!shapes.is_empty() && shapes.len() <= 12, "{g}");
+            assert!(shapes.iter().all(|r| r["m"].as_u64().unwrap() > 0 && r["gflop"].as_f64().unwrap() > 0.0));
+        } else {
+            assert!(g["fma_peak_gflops"].is_null(), "{g}");
+        }
+        assert!(step_report(&tiny(Stage::Finetune)).unwrap()["gemm"].is_null());
         let b = random_batch(2, 9, 3, true, &mut Rng::new(0)).unwrap();
         let d = b.distorted.as_ref().unwrap();
         assert_eq!(d.len(), b.images.len());

@@ -28,7 +28,7 @@ use super::gather::with_scratch;
 use super::tiling::Axis;
 use crate::cpu::packed_gemm::avx2;
 use crate::cpu::packed_gemm::avx512::{micro_runs, BLayout, Run};
-use crate::cpu::packed_gemm::{self, as_f32, Kernel, PackedA, MR, NR};
+use crate::cpu::packed_gemm::{self, as_f32, meter, Kernel, PackedA, MR, NR};
 use crate::cpu::parallel::SendPtr;
 use rayon::prelude::*;
 
@@ -145,50 +145,60 @@ impl<T: crate::Float> GatherConv<'_, T> {
                 let (r0, r1) = (rb * UNIT_ROWS, ((rb + 1) * UNIT_ROWS).min(m));
                 let cols = j1 - j0;
                 let xi = xp.as_ptr().add(img * c_src * pitch);
-                with_scratch::<f32, _>((r1 - r0) * cols, |tmp| {
-                    for q in (j0..j1).step_by(block_cols) {
-                        let w = (j1 - q).min(block_cols);
-                        for r in (r0..r1).step_by(block_rows) {
-                            let rows = (r1 - r).min(block_rows);
-                            // SAFETY: the CPU has the chosen kernel's features (the caller's contract,
-                            // and the kernel choice); the panels of rows r.. exist
-                            // (rows past m are the last panel's zero padding); every load lies in
-                            // `xp` (`len` covers `reach`); the block of `tmp` is inside it.
-                            // Tap t of channel c: panel column t c_src + c, B row c at offset
-                            // `off` of the padded planes, one run per live tap.
-                            let b = xi.add(q);
-                            let runs = p.taps.iter().map(|&(t, off)| Run {
-                                a_col: t * c_src,
-                                b: b.wrapping_add(off),
-                                len: c_src,
-                            });
-                            let (panel, c) =
-                                (pa.panels().as_ptr().add(r * pa.k), tmp.as_mut_ptr().add((r - r0) * cols + (q - j0)));
-                            if wide_kernel {
-                                let b = BLayout { row_step: pitch, half_step: NR };
-                                micro_runs(runs, panel, pa.k * MR, b, c, cols, rows, w, false);
-                            } else {
-                                avx2::micro_runs(runs, panel, pitch, c, cols, rows, w, false);
+                let k = p.taps.len() * c_src;
+                let shape = || {
+                    // Useful pixels: the unit's wide columns that are inside a row.
+                    let useful = (j0..j1).filter(|j| j % p.wp < ow).count();
+                    (meter::Shape { kind: "direct", m, k, n: oh * ow }, 2.0 * ((r1 - r0) * useful * k) as f64)
+                };
+                meter::span(shape, || {
+                    with_scratch::<f32, _>((r1 - r0) * cols, |tmp| {
+                        for q in (j0..j1).step_by(block_cols) {
+                            let w = (j1 - q).min(block_cols);
+                            for r in (r0..r1).step_by(block_rows) {
+                                let rows = (r1 - r).min(block_rows);
+                                // SAFETY: the CPU has the chosen kernel's features (the caller's contract,
+                                // and the kernel choice); the panels of rows r.. exist
+                                // (rows past m are the last panel's zero padding); every load lies in
+                                // `xp` (`len` covers `reach`); the block of `tmp` is inside it.
+                                // Tap t of channel c: panel column t c_src + c, B row c at offset
+                                // `off` of the padded planes, one run per live tap.
+                                let b = xi.add(q);
+                                let runs = p.taps.iter().map(|&(t, off)| Run {
+                                    a_col: t * c_src,
+                                    b: b.wrapping_add(off),
+                                    len: c_src,
+                                });
+                                let (panel, c) = (
+                                    pa.panels().as_ptr().add(r * pa.k),
+                                    tmp.as_mut_ptr().add((r - r0) * cols + (q - j0)),
+                                );
+                                if wide_kernel {
+                                    let b = BLayout { row_step: pitch, half_step: NR };
+                                    micro_runs(runs, panel, pa.k * MR, b, c, cols, rows, w, false);
+                                } else {
+                                    avx2::micro_runs(runs, panel, pitch, c, cols, rows, w, false);
+                                }
                             }
                         }
-                    }
-                    // The destination rows' pixels inside this unit's wide columns, plus the bias.
-                    for r in r0..r1 {
-                        let v = bias.map_or(0.0, |b| b[r]);
-                        let plane = optr.ptr().add((img * m + r) * oh * ow);
-                        let t = &tmp[(r - r0) * cols..][..cols];
-                        for y in j0 / p.wp..=(j1 - 1) / p.wp {
-                            let (a, b) = ((y * p.wp).max(j0), (y * p.wp + ow).min(j1));
-                            if a >= b {
-                                continue;
-                            }
-                            // SAFETY: this unit alone writes rows r0..r1 of image img at these pixels.
-                            let d = std::slice::from_raw_parts_mut(plane.add(y * ow + a - y * p.wp), b - a);
-                            for (dv, &tv) in d.iter_mut().zip(&t[a - j0..b - j0]) {
-                                *dv = tv + v;
+                        // The destination rows' pixels inside this unit's wide columns, plus the bias.
+                        for r in r0..r1 {
+                            let v = bias.map_or(0.0, |b| b[r]);
+                            let plane = optr.ptr().add((img * m + r) * oh * ow);
+                            let t = &tmp[(r - r0) * cols..][..cols];
+                            for y in j0 / p.wp..=(j1 - 1) / p.wp {
+                                let (a, b) = ((y * p.wp).max(j0), (y * p.wp + ow).min(j1));
+                                if a >= b {
+                                    continue;
+                                }
+                                // SAFETY: this unit alone writes rows r0..r1 of image img at these pixels.
+                                let d = std::slice::from_raw_parts_mut(plane.add(y * ow + a - y * p.wp), b - a);
+                                for (dv, &tv) in d.iter_mut().zip(&t[a - j0..b - j0]) {
+                                    *dv = tv + v;
+                                }
                             }
                         }
-                    }
+                    })
                 });
             });
         });

@@ -29,6 +29,7 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub mod meter;
 #[cfg(test)]
 mod tests;
 
@@ -330,6 +331,30 @@ unsafe fn run(
     if a.m == 0 || n == 0 {
         return;
     }
+    let shape = || {
+        let k: usize = segs.iter().map(|s| s.len).sum();
+        (meter::Shape { kind: "gemm", m: a.m, k, n }, 2.0 * (a.m * n * k) as f64)
+    };
+    // SAFETY: as this function's.
+    meter::span(shape, || unsafe { run_blocks(kernel, a, segs, b, bk, n, c, ldc, accumulate) })
+}
+
+/// The loops of [`run`], on a non-empty `C`.
+///
+/// # Safety
+/// As [`run`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_blocks(
+    kernel: Kernel,
+    a: &PackedA,
+    segs: &[KSeg],
+    b: &[f32],
+    bk: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     let blocks = k_blocks(segs);
     if blocks.is_empty() {
         if !accumulate {

@@ -161,63 +161,18 @@ fn speed_on_conv_tile_shapes() {
 }
 
 /// `cargo test -p kernels --release --lib packed_gemm::tests::fma_peak -- --ignored --nocapture`:
-/// the machine's f32 FMA peak, the yardstick for the GEMM figures: twelve independent chains of
-/// 8-wide (and, on AVX-512 CPUs, 16-wide) fused multiply-adds (enough to cover the FMA latency on
-/// two pipes), on 1 and on 2 threads.
+/// the machine's f32 FMA peak, the yardstick for the GEMM figures ([`meter::fma_peak_gflops`]) at
+/// 8 and, on AVX-512 CPUs, 16 lanes, on 1 and on 2 threads.
 #[test]
 #[ignore]
 fn fma_peak() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        if !available() {
-            return;
+    for (name, kernel) in [("AVX2", Kernel::Avx2), ("AVX-512", Kernel::Avx512)] {
+        if kernel == Kernel::Avx512 && !avx512_available() {
+            continue;
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn chains(iters: usize) -> f32 {
-            let mut acc = [_mm256_set1_ps(0.0); 12];
-            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in acc.iter_mut() {
-                    *v = _mm256_fmadd_ps(*v, a, b);
-                }
-            }
-            let mut out = [0.0f32; 8];
-            let s = acc.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
-            _mm256_storeu_ps(out.as_mut_ptr(), s);
-            out.iter().sum()
-        }
-        #[target_feature(enable = "avx512f")]
-        unsafe fn chains512(iters: usize) -> f32 {
-            let mut acc = [_mm512_set1_ps(0.0); 12];
-            let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in acc.iter_mut() {
-                    *v = _mm512_fmadd_ps(*v, a, b);
-                }
-            }
-            _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)))
-        }
-        let iters = 50_000_000;
-        let wide = avx512_available();
-        for (name, lanes, f) in [("AVX2", 8, chains as unsafe fn(usize) -> f32), ("AVX-512", 16, chains512)] {
-            if lanes == 16 && !wide {
-                continue;
-            }
-            let flops = (iters * 12 * lanes * 2) as f64;
-            for threads in [1usize, 2] {
-                let t0 = std::time::Instant::now();
-                let sums: Vec<f32> = std::thread::scope(|s| {
-                    // SAFETY: the ISA was checked above.
-                    let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| unsafe { f(iters) })).collect();
-                    hs.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                let secs = t0.elapsed().as_secs_f64();
-                println!(
-                    "{name} FMA peak, {threads} thread(s): {:.1} GFLOP/s (checksum {})",
-                    threads as f64 * flops / secs * 1e-9,
-                    sums[0]
-                );
+        for threads in [1usize, 2] {
+            if let Some(g) = meter::fma_peak_gflops(kernel, threads, 50_000_000) {
+                println!("{name} FMA peak, {threads} thread(s): {g:.1} GFLOP/s");
             }
         }
     }
