@@ -7,10 +7,12 @@
 //! `WHICH`: 0 forward, 1 input gradient, 2 weight gradient. Square maps, padding `dilation` for a
 //! 3x3 (the output keeps the input's size at stride 1) and 0 otherwise, one group; `RAYON_NUM_THREADS`
 //! sets the threads, `SEGNET_CPU_AVX512=0` the AVX2 micro-kernels. Prints the median and best of
-//! `ITERS` calls and the best one's GFLOP/s (counting every tap, dead or not). The probe behind the
+//! `ITERS` calls and the best one's GFLOP/s (counting every tap, dead or not), then the packed
+//! GEMM's calls by shape with their useful rate ([`meter`]). The probe behind the
 //! per-conv A/B figures of `benches/RESULTS.md` (round 7); `segnet bench convs` times a whole model's.
 
 use kernels::cpu::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2dGeom};
+use kernels::cpu::packed_gemm::meter;
 use std::time::Instant;
 
 fn main() {
@@ -56,6 +58,7 @@ fn main() {
     let w: Vec<f32> = (0..c_out * c_in * k * k).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
     let mut y = vec![0f32; n * c_out * oh * ow];
     let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+    meter::start();
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
             let t = Instant::now();
@@ -75,4 +78,17 @@ fn main() {
         times[0],
         flop / times[0] / 1e6
     );
+    // The packed GEMM's own share: its calls per shape, their useful rate on the calling threads.
+    for (s, t) in meter::take().iter().take(6) {
+        println!(
+            "  {} m {} k {} n {}: {:.1} calls/iter, {:.3} thread-ms/iter, {:.1} GFLOP/s per thread",
+            s.kind,
+            s.m,
+            s.k,
+            s.n,
+            t.calls as f64 / iters as f64,
+            1e3 * t.thread_secs / iters as f64,
+            t.flops / t.thread_secs * 1e-9
+        );
+    }
 }
