@@ -528,9 +528,9 @@ pub struct BenchStepArgs {
     #[arg(long)]
     pub op_profile: bool,
     /// Also meter the packed GEMM inside the timed steps (CPU): its useful GFLOP per step, the
-    /// threads' time in it, and its rate against this machine's FMA peak, measured first; in total
-    /// and per GEMM shape (`kernels::cpu::packed_gemm::meter`). The meter's clock reads add a
-    /// little to the step time.
+    /// threads' time in it, and its rate against this machine's FMA peak (probed before and after
+    /// the steps, the faster probe counting); in total and per GEMM shape
+    /// (`kernels::cpu::packed_gemm::meter`). The meter's clock reads add a little to the step time.
     #[arg(long)]
     pub gemm_meter: bool,
     #[arg(long)]
