@@ -457,20 +457,26 @@ fn unnormalised_large_scores_stay_finite_and_agree() {
 
 #[test]
 fn results_are_bit_identical_across_thread_counts() {
-    // 600 pixels per image (three tile blocks, so several rounds run in parallel); batch mode
-    // samples 1000 of the 1200 pixels.
-    let (b, d, h, w) = (2, 16, 25, 24);
-    let f = Tensor::from_f64_vec(random_features(b, d, h * w, true, 5), vec![b, d, h, w], DType::F32);
-    let labels = band_labels(b, h, w, 4, 6);
-    for mode in MODES {
-        let cfg = ContrastiveConfig { classes: 4, mode, max_pixels: 1000, ..Default::default() };
-        let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| fused(&f, &labels, &cfg))
-        };
-        let (l1, g1) = run(1);
-        let (l3, g3) = run(3);
-        assert_eq!(l1.to_bits(), l3.to_bits(), "{mode:?}");
-        assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()), "{mode:?}");
+    // 600 pixels per image (three tile blocks, so several rounds run in parallel; batch mode
+    // samples 1000 of the 1200 pixels), and five images of 120 pixels (small bags, which run side
+    // by side; batch mode's one bag of 500 sampled pixels spans the images).
+    for (b, d, h, w, max_pixels) in [(2, 16, 25, 24, 1000), (5, 16, 12, 10, 500)] {
+        let f = Tensor::from_f64_vec(random_features(b, d, h * w, true, 5), vec![b, d, h, w], DType::F32);
+        let labels = band_labels(b, h, w, 4, 6);
+        for mode in MODES {
+            let cfg = ContrastiveConfig { classes: 4, mode, max_pixels, ..Default::default() };
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| fused(&f, &labels, &cfg))
+            };
+            let (l1, g1) = run(1);
+            let (l3, g3) = run(3);
+            assert_eq!(l1.to_bits(), l3.to_bits(), "{b} images, {mode:?}");
+            assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()), "{b} images, {mode:?}");
+        }
     }
 }
 

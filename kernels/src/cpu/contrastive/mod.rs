@@ -285,14 +285,27 @@ fn resize<T: Float>(v: &mut Vec<T>, n: usize) {
 pub fn forward<T: FastMath>(p: &Problem<'_, T>) -> Forward<T> {
     check(p);
     let weights = bag_weights(p.bags, p.form);
+    // Small bags side by side (their tiles alone would leave threads idle), then the large ones
+    // one after another (their tiles run in parallel); the loss summed in bag order either way.
+    let mut done: Vec<Option<(f64, BagState<T>)>> = p.bags.iter().map(|_| None).collect();
+    done.par_iter_mut().zip(p.bags).enumerate().filter(|(_, (_, bag))| is_small(bag)).for_each(|(b, (d, bag))| {
+        *d = Some(forward_bag(p, bag, weights[b]));
+    });
     let mut loss = 0.0;
     let mut states = Vec::with_capacity(p.bags.len());
-    for (b, bag) in p.bags.iter().enumerate() {
-        let (l, st) = forward_bag(p, bag, weights[b]);
+    for (b, (d, bag)) in done.into_iter().zip(p.bags).enumerate() {
+        let (l, st) = d.unwrap_or_else(|| forward_bag(p, bag, weights[b]));
         loss += l;
         states.push(st);
     }
     Forward { loss, states }
+}
+
+/// Bags of at most two blocks: so few score tiles that the threads would mostly wait inside one,
+/// so such bags run side by side instead (each with its own gathered features, at most
+/// `2 TILE x d` values). The default task's cross-image bags are one image's 16 x 16 map each.
+fn is_small(bag: &Bag) -> bool {
+    bag.len() <= 2 * TILE
 }
 
 /// Runs `tile(rows, cols, scratch)` on the symmetric tiles of each group of blocks (the blocks of
@@ -543,12 +556,30 @@ pub fn backward<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, scale: T, gra
             };
         }
     }
-    for b in 0..p.bags.len() {
+    let own_image = |b: usize| {
         let pixels = &p.bags[b].pixels;
         let first = pixels.first().map(|&g| g as usize / p.hw);
         let one_image = first.filter(|&img| pixels.iter().all(|&g| g as usize / p.hw == img));
-        let own = one_image.filter(|&img| owner[img] == Some(Some(b)));
-        match own {
+        one_image.filter(|&img| owner[img] == Some(Some(b)))
+    };
+    // Small bags that own their image, side by side: each writes only its image's slice (an
+    // owned image holds no other bag's pixel). Then the rest in bag order. Every element is
+    // written by one bag, so the order does not change the result.
+    let mut side_by_side: Vec<Option<usize>> = vec![None; owner.len()];
+    let mut rest = Vec::new();
+    for b in 0..p.bags.len() {
+        match own_image(b) {
+            Some(img) if is_small(&p.bags[b]) => side_by_side[img] = Some(b),
+            _ => rest.push(b),
+        }
+    }
+    grad.par_chunks_mut(image).zip(&side_by_side).for_each(|(img, b)| {
+        if let Some(b) = *b {
+            backward_bag(p, fwd, b, scale, Target::Image(img));
+        }
+    });
+    for b in rest {
+        match own_image(b) {
             Some(img) => backward_bag(p, fwd, b, scale, Target::Image(&mut grad[img * image..(img + 1) * image])),
             None => backward_bag(p, fwd, b, scale, Target::Scattered(grad)),
         }
