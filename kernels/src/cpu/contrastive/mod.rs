@@ -71,8 +71,12 @@
 //! round touch disjoint blocks and run on rayon threads; every accumulator receives its tiles in the
 //! same order for any thread count, so results repeat bit for bit.
 //!
-//! Extra memory: the gathered `n x d` features of the bag (and of partner bags in cross mode), one
-//! tile per thread and O(n) per-anchor state. The backward accumulates `dX` in the gradient of the
+//! Parallel work: the tiles of a round, the strips of the forward's second pass, and the bags
+//! themselves when they are small (at most `2 TILE` pixels: one or two blocks, too few tiles to
+//! keep the threads busy); larger bags run one after another.
+//!
+//! Extra memory: the gathered `n x d` features of the bag (and of partner bags in cross mode; of up
+//! to one small bag per thread at a time), one tile per thread and O(n) per-anchor state. The backward accumulates `dX` in the gradient of the
 //! image the bag covers (the caller's zeroed buffer) and, once the features are no longer needed,
 //! lends their buffer to `dX` while the image receives its final layout; only a bag spanning several
 //! images (batch mode, at most `max_pixels` pixels) allocates its own `n x d` accumulator.

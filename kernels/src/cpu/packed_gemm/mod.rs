@@ -117,7 +117,7 @@ pub struct PackedA {
 impl PackedA {
     /// The panels: `A(p MR + r, l)` at `[(p k + l) MR + r]` (for kernels that walk them themselves).
     pub fn panels(&self) -> &[f32] {
-        &self.data
+        &self.data[..self.m.div_ceil(MR) * self.k * MR]
     }
 
     /// Pack `A(i, l) = at(i, l)`.
@@ -129,12 +129,10 @@ impl PackedA {
 
     /// Pack a new matrix into this one's buffer (kept between calls: no fresh pages per tile).
     pub fn repack(&mut self, m: usize, k: usize, at: impl Fn(usize, usize) -> f32) {
-        let panels = m.div_ceil(MR);
-        self.data.clear();
-        self.data.resize(panels * k * MR, 0.0);
-        for p in 0..panels {
+        let data = self.panels_mut(m, k);
+        for p in 0..m.div_ceil(MR) {
             let rows = (m - p * MR).min(MR);
-            let panel = &mut self.data[p * k * MR..][..k * MR];
+            let panel = &mut data[p * k * MR..][..k * MR];
             // Panel order (l outer): the writes are sequential and the reads walk `rows` source
             // rows side by side.
             for (l, col) in panel.chunks_exact_mut(MR).enumerate() {
@@ -143,7 +141,6 @@ impl PackedA {
                 }
             }
         }
-        (self.m, self.k) = (m, k);
     }
 
     /// Pack panel by panel in parallel: `fill(p, rows, panel)` writes `A(p MR + r, l)` at
@@ -180,23 +177,28 @@ impl PackedA {
     /// `[(p k + l) MR + r]` of the returned storage. The padding rows of the last panel are zero;
     /// every live entry keeps whatever the buffer held, so the caller must write all of them. For
     /// operands rebuilt many times per call (the buffer is reused, not allocated and faulted in).
+    /// The buffer never shrinks, so a reused one is not zero-filled again when it grows back to a
+    /// size it has held before (only past its largest size are new floats written).
     pub fn panels_mut(&mut self, m: usize, k: usize) -> &mut [f32] {
         let panels = m.div_ceil(MR);
-        self.data.resize(panels * k * MR, 0.0);
+        let need = panels * k * MR;
+        if self.data.len() < need {
+            self.data.resize(need, 0.0);
+        }
         (self.m, self.k) = (m, k);
         let rows = m - panels.saturating_sub(1) * MR;
         if rows < MR && panels > 0 {
-            let last = &mut self.data[(panels - 1) * k * MR..];
+            let last = &mut self.data[(panels - 1) * k * MR..need];
             for l in 0..k {
                 last[l * MR + rows..(l + 1) * MR].fill(0.0);
             }
         }
-        &mut self.data
+        &mut self.data[..need]
     }
 
-    /// Floats the buffer holds without reallocating (for pools of packed operands).
+    /// Floats the buffer holds without growing (for pools of packed operands).
     pub fn capacity(&self) -> usize {
-        self.data.capacity()
+        self.data.len()
     }
 
     /// `A(i, l)` (for tests and references).

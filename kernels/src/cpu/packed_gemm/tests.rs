@@ -108,6 +108,16 @@ fn packing_round_trips() {
             assert_eq!(a.get(i, l), (i * 100 + l) as f32);
         }
     }
+    // A reused buffer (it never shrinks): after a larger matrix, each smaller or larger one is
+    // exactly what a fresh pack gives, padding rows zero, panels no longer than the matrix.
+    let mut reused = PackedA::pack(40, 30, |_, _| f32::NAN);
+    for (m, k) in [(13, 7), (5, 3), (40, 30), (1, 1), (7, 50)] {
+        reused.repack(m, k, |i, l| (i * 100 + l) as f32 + 0.5);
+        let fresh = PackedA::pack(m, k, |i, l| (i * 100 + l) as f32 + 0.5);
+        let bits = |p: &PackedA| p.panels().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&reused), bits(&fresh), "{m} x {k}");
+        assert_eq!(fresh.panels().len(), m.div_ceil(MR) * k * MR);
+    }
 }
 
 /// `cargo test -p kernels --release --lib packed_gemm::tests::speed -- --ignored --nocapture`:
