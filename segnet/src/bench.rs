@@ -126,6 +126,9 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
+    if a.gemm_meter && dev != engine::Device::Cpu {
+        bail!("--gemm-meter meters the CPU's packed GEMM; with --device {} there is none to meter", a.device);
+    }
     let m = &a.model;
     let mut cfg = model_config(m);
     cfg.u2pl_settings.sup_only_steps = 0;

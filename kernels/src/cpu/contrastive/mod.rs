@@ -76,7 +76,8 @@
 //! keep the threads busy); larger bags run one after another.
 //!
 //! Extra memory: the gathered `n x d` features of the bag (and of partner bags in cross mode; of up
-//! to one small bag per thread at a time), one tile per thread and O(n) per-anchor state. The backward accumulates `dX` in the gradient of the
+//! to one small bag per thread at a time), one tile per thread and O(n) per-anchor state. The
+//! backward accumulates `dX` in the gradient of the
 //! image the bag covers (the caller's zeroed buffer) and, once the features are no longer needed,
 //! lends their buffer to `dX` while the image receives its final layout; only a bag spanning several
 //! images (batch mode, at most `max_pixels` pixels) allocates its own `n x d` accumulator.
