@@ -176,8 +176,9 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         }
         None => None,
     };
-    // The yardstick first, on the bench's threads, while nothing else of ours runs (and again after).
-    let peak = a.gemm_meter.then(|| fma_peaks(a.threads)).flatten();
+    // The yardstick first, on the pool's threads, while nothing else of ours runs (and again after).
+    let threads = rayon::current_num_threads();
+    let peak = a.gemm_meter.then(|| fma_peaks(threads)).flatten();
     let mut times = Vec::new();
     for it in 0..a.warmup + a.iters {
         if a.op_profile && it == a.warmup {
@@ -206,9 +207,8 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
     let metered = a.gemm_meter.then(meter::take);
     // The yardstick again after the steps (a shared machine's speed drifts): the faster of the
     // two probes counts, so the shares are never flattered by a slow probe.
-    let peak =
-        peak.zip(a.gemm_meter.then(|| fma_peaks(a.threads)).flatten()).map(|(p, q)| (p.0.max(q.0), p.1.max(q.1)));
-    let gemm = metered.map(|rows| gemm_rows(&rows, a.iters, median_step_s, a.threads, peak));
+    let peak = peak.zip(a.gemm_meter.then(|| fma_peaks(threads)).flatten()).map(|(p, q)| (p.0.max(q.0), p.1.max(q.1)));
+    let gemm = metered.map(|rows| gemm_rows(&rows, a.iters, median_step_s, threads, peak));
     Ok(json!({
         "bench": "step", "backbone": m.backbone, "stage": a.stage.name(), "batch": m.batch, "crop": m.crop,
         "output_stride": m.output_stride, "width": m.width, "threads": a.threads, "iters": a.iters,
@@ -244,10 +244,10 @@ fn op_rows(p: &Profile, steps: usize, median_step_s: f64) -> serde_json::Value {
     })
 }
 
-/// The FMA peak of one thread and of `threads` (0: all cores) at the packed GEMM's width, GFLOP/s.
+/// The FMA peak of one thread and of `threads` (at most the pool's) at the packed GEMM's width,
+/// GFLOP/s.
 fn fma_peaks(threads: usize) -> Option<(f64, f64)> {
     let kernel = packed_gemm::kernel();
-    let threads = if threads == 0 { rayon::current_num_threads() } else { threads.min(rayon::current_num_threads()) };
     let iters = 50_000_000;
     let one = meter::fma_peak_gflops(kernel, 1, iters)?;
     Some((one, meter::fma_peak_gflops(kernel, threads, iters)?))
@@ -266,7 +266,6 @@ fn gemm_rows(
     let rate = |flops: f64, secs: f64| if secs > 0.0 { flops / secs * 1e-9 } else { 0.0 };
     let share = |g: f64| peak.map(|(one, _)| 100.0 * g / one);
     let (flops, secs) = rows.iter().fold((0.0, 0.0), |(f, s), (_, t)| (f + t.flops, s + t.thread_secs));
-    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
     let shapes: Vec<serde_json::Value> = rows
         .iter()
         .take(12)

@@ -575,7 +575,7 @@ pub fn backward<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, scale: T, gra
     for b in 0..p.bags.len() {
         match own_image(b) {
             Some(img) if is_small(&p.bags[b]) => side_by_side[img] = Some(b),
-            _ => rest.push(b),
+            own => rest.push((b, own)),
         }
     }
     grad.par_chunks_mut(image).zip(&side_by_side).for_each(|(img, b)| {
@@ -583,8 +583,8 @@ pub fn backward<T: FastMath>(p: &Problem<'_, T>, fwd: &Forward<T>, scale: T, gra
             backward_bag(p, fwd, b, scale, Target::Image(img));
         }
     });
-    for b in rest {
-        match own_image(b) {
+    for (b, own) in rest {
+        match own {
             Some(img) => backward_bag(p, fwd, b, scale, Target::Image(&mut grad[img * image..(img + 1) * image])),
             None => backward_bag(p, fwd, b, scale, Target::Scattered(grad)),
         }

@@ -337,62 +337,45 @@ unsafe fn run(
         let k: usize = segs.iter().map(|s| s.len).sum();
         (meter::Shape { kind: "gemm", m: a.m, k, n }, 2.0 * (a.m * n * k) as f64)
     };
-    // SAFETY: as this function's.
-    meter::span(shape, || unsafe { run_blocks(kernel, a, segs, b, bk, n, c, ldc, accumulate) })
-}
-
-/// The loops of [`run`], on a non-empty `C`.
-///
-/// # Safety
-/// As [`run`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_blocks(
-    kernel: Kernel,
-    a: &PackedA,
-    segs: &[KSeg],
-    b: &[f32],
-    bk: usize,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    let blocks = k_blocks(segs);
-    if blocks.is_empty() {
-        if !accumulate {
-            for i in 0..a.m {
-                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+    // The whole blocked product is one metered span.
+    meter::span(shape, || {
+        let blocks = k_blocks(segs);
+        if blocks.is_empty() {
+            if !accumulate {
+                for i in 0..a.m {
+                    std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+                }
             }
+            return;
         }
-        return;
-    }
-    // K blocks outermost (C is stored once per block), then row blocks of A (in L2), then the
-    // slabs of B (one, or two for the 512-bit kernel, in L1 while the row panels of the block
-    // stream past them).
-    #[cfg(target_arch = "x86_64")]
-    for (bi, blk) in blocks.iter().enumerate() {
-        let acc = accumulate || bi > 0;
-        let slabs_per_step = if kernel == Kernel::Avx512 { 2 } else { 1 };
-        for i0 in (0..a.m).step_by(MC) {
-            for q in (0..n.div_ceil(NR)).step_by(slabs_per_step) {
-                let w = (n - q * NR).min(slabs_per_step * NR);
-                let slab = b.as_ptr().add(q * bk * NR);
-                let panels_per_step = slabs_per_step;
-                for p in (i0 / MR..(i0 + MC).min(a.m).div_ceil(MR)).step_by(panels_per_step) {
-                    let live = (a.m - p * MR).min(panels_per_step * MR);
-                    let panel = a.data.as_ptr().add(p * a.k * MR);
-                    let cb = c.add(p * MR * ldc + q * NR);
-                    // SAFETY: the kernel's ISA is present (asserted); `check` bounds the panels and
-                    // slabs (slab q + 1 and panel p + 1 are read only when `w > NR`, `rows > MR`,
-                    // so they exist), the caller C.
-                    match kernel {
-                        Kernel::Avx2 => avx2::micro(blk, panel, slab, cb, ldc, live, w, acc),
-                        Kernel::Avx512 => avx512::micro(blk, panel, a.k * MR, slab, bk * NR, cb, ldc, live, w, acc),
+        // K blocks outermost (C is stored once per block), then row blocks of A (in L2), then the
+        // slabs of B (one, or two for the 512-bit kernel, in L1 while the row panels of the block
+        // stream past them).
+        #[cfg(target_arch = "x86_64")]
+        for (bi, blk) in blocks.iter().enumerate() {
+            let acc = accumulate || bi > 0;
+            let slabs_per_step = if kernel == Kernel::Avx512 { 2 } else { 1 };
+            for i0 in (0..a.m).step_by(MC) {
+                for q in (0..n.div_ceil(NR)).step_by(slabs_per_step) {
+                    let w = (n - q * NR).min(slabs_per_step * NR);
+                    let slab = b.as_ptr().add(q * bk * NR);
+                    let panels_per_step = slabs_per_step;
+                    for p in (i0 / MR..(i0 + MC).min(a.m).div_ceil(MR)).step_by(panels_per_step) {
+                        let live = (a.m - p * MR).min(panels_per_step * MR);
+                        let panel = a.data.as_ptr().add(p * a.k * MR);
+                        let cb = c.add(p * MR * ldc + q * NR);
+                        // SAFETY: the kernel's ISA is present (asserted); `check` bounds the panels and
+                        // slabs (slab q + 1 and panel p + 1 are read only when `w > NR`, `rows > MR`,
+                        // so they exist), the caller C.
+                        match kernel {
+                            Kernel::Avx2 => avx2::micro(blk, panel, slab, cb, ldc, live, w, acc),
+                            Kernel::Avx512 => avx512::micro(blk, panel, a.k * MR, slab, bk * NR, cb, ldc, live, w, acc),
+                        }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// The same product as [`gemm`] as a plain loop nest (f64 sums): what the tests compare it with.
