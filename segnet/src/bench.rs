@@ -147,6 +147,12 @@ fn step_report(a: &BenchStepArgs) -> Result<serde_json::Value> {
         }
         cfg.u2pl_settings.unlabeled_batch = Some(u);
     }
+    if let Some(v) = a.labeled_from {
+        if a.stage != Stage::U2pl {
+            bail!("--labeled-from is for --stage u2pl (the only stage with a teacher on labeled images)");
+        }
+        cfg.u2pl_settings.labeled_from = v;
+    }
     // Two or more images per batch-norm chunk of the DenseCL key batch.
     cfg.densecl_settings.bn_chunks = cfg.densecl_settings.bn_chunks.min((m.batch / 2).max(1));
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -355,6 +361,7 @@ mod tests {
             loss_mode: None,
             loss_grid: None,
             unlabeled_batch: None,
+            labeled_from: None,
             op_profile: false,
             gemm_meter: false,
             json: true,

@@ -1,6 +1,6 @@
 //! The command line: `segnet train | eval | predict | embed | data | experiment | bench`.
 
-use crate::config::{LossGrid, LossMode, Stage};
+use crate::config::{LabeledFrom, LossGrid, LossMode, Stage};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -129,6 +129,11 @@ pub struct TrainArgs {
     /// (class-balanced self-training; not in the paper).
     #[arg(long)]
     pub class_balanced_split: bool,
+    /// U2PL: whose outputs on the labeled images the contrastive term's selection uses:
+    /// teacher (the paper: the teacher runs on labeled and unlabeled images) or student (its own
+    /// detached outputs; the teacher runs on the unlabeled images only; not in the paper).
+    #[arg(long, value_enum)]
+    pub labeled_from: Option<LabeledFrom>,
     /// DenseCL: momentum of the key encoder (default 0.999; 0.99 suits runs of a few thousand steps).
     #[arg(long)]
     pub key_momentum: Option<f64>,
@@ -523,6 +528,10 @@ pub struct BenchStepArgs {
     /// `segnet train --unlabeled-batch`.
     #[arg(long)]
     pub unlabeled_batch: Option<usize>,
+    /// U2PL only: whose outputs on the labeled images the contrastive term uses, as `segnet
+    /// train --labeled-from` (default: teacher, the paper's).
+    #[arg(long, value_enum)]
+    pub labeled_from: Option<LabeledFrom>,
     /// Also report wall time per op (forward, backward) and for the optimiser, averaged over the
     /// timed steps (`engine::profile`; a forward row includes untracked work since the op before).
     #[arg(long)]

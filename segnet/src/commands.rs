@@ -152,6 +152,9 @@ pub fn resolve_config(a: &TrainArgs, labeled: Option<LabeledCount>) -> Result<Tr
     if a.class_balanced_split {
         cfg.u2pl_settings.class_balanced_split = true;
     }
+    if let Some(v) = a.labeled_from {
+        cfg.u2pl_settings.labeled_from = v;
+    }
     if let Some(v) = a.key_momentum {
         if !(0.0..=1.0).contains(&v) {
             bail!("--key-momentum must be in [0, 1], got {v}");

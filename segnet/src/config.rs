@@ -201,6 +201,20 @@ impl Default for PseudoSettings {
     }
 }
 
+/// Whose outputs on the labeled images feed U2PL's contrastive selection (see `u2pl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabeledFrom {
+    /// The EMA teacher's, from one eval pass over `[x_l; x_u]` (the paper and its code).
+    #[default]
+    Teacher,
+    /// The student's own outputs on the labeled batch (its training forward computes them
+    /// anyway), detached; the teacher runs on `x_u` only. Not in the paper: a named option that
+    /// saves the teacher's forward on the labeled images (most of the teacher's cost when the
+    /// unlabeled batch is smaller than the labeled one).
+    Student,
+}
+
 /// The U2PL stage's settings (paper values unless said otherwise; see `objective::u2pl`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -226,6 +240,12 @@ pub struct U2plSettings {
     /// Domain Adaptation for Semantic Segmentation via Class-Balanced Self-Training", ECCV 2018).
     /// Not in U2PL; a named option because the batch-wide split erodes the weakest class here.
     pub class_balanced_split: bool,
+    /// Whose probabilities and representations of the labeled images the contrastive term's
+    /// selection uses: the anchor filter, the prototypes' labeled members and the labeled
+    /// negatives pushed into the queues (`teacher`, the paper). `student` takes the student's
+    /// detached outputs instead and runs the teacher on the unlabeled batch only: a deviation
+    /// for step cost, not in the paper.
+    pub labeled_from: LabeledFrom,
     /// Weight of the contrastive term (0.1, the paper; the released code uses 1).
     pub lambda_c: f64,
     /// Temperature of the contrastive term (0.5).
@@ -257,6 +277,7 @@ impl Default for U2plSettings {
             cutmix: 0.5,
             unreliable_percent: 20.0,
             class_balanced_split: false,
+            labeled_from: LabeledFrom::Teacher,
             lambda_c: 0.1,
             tau: 0.5,
             anchor_threshold: 0.3,

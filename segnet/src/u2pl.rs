@@ -18,6 +18,11 @@
 //!    maps of a mixed image are thus the mix of its maps of the two unmixed images: one teacher
 //!    pass instead of the released code's second, train-mode pass on the mixed batch.
 //! 3. **Student** (train mode) on `[x_l; mix(x_u)]`: logits and the unit representation `z_s`.
+//!    With `labeled_from = student` (a named deviation, not in the paper) the teacher of step 1
+//!    runs on `x_u` alone, and the student's own stride-4 softmax and representation on `x_l`
+//!    (values only, no gradient through them) stand in for the teacher's in step 5's anchor
+//!    filter, prototypes and labeled negatives: the teacher's forward on the labeled images is
+//!    most of its cost when the unlabeled batch is the smaller one.
 //! 4. `alpha_t = alpha_0 (1 - t/T)` (`t` the stage step, `T` its steps). A valid unlabeled pixel
 //!    is *unreliable* when its entropy is at or above the `(100 - alpha_t)`-th percentile of the
 //!    batch's valid pixels (numpy's linear rule), *reliable* otherwise.
@@ -59,7 +64,7 @@
 //!
 //! CPU only (the contrastive term's ops have no CUDA kernels).
 
-use crate::config::{TrainConfig, U2plSettings};
+use crate::config::{LabeledFrom, TrainConfig, U2plSettings};
 use crate::model::DeepLabV3Plus;
 use crate::net::{self, Net};
 use crate::objective::{train_augment, Objective};
@@ -574,10 +579,12 @@ impl U2pl {
         let mut rng = Rng::new(self.step_seed(step));
         let st = self.state.as_mut().context("u2pl: the objective was not started")?;
 
-        // 1. Teacher on [x_l; x_u], eval mode, no tape.
-        let mut both = lb.images.clone();
+        // 1. Teacher on [x_l; x_u] (on x_u alone with `labeled_from = student`), eval mode, no tape.
+        let teacher_labeled = self.s.labeled_from == LabeledFrom::Teacher;
+        let n_t = if teacher_labeled { n_l } else { 0 };
+        let mut both = if teacher_labeled { lb.images.clone() } else { Vec::new() };
         both.extend_from_slice(&ub.images);
-        let xt = net::input(&mut st.teacher, both, [n_l + n_u, 3, h, w])?;
+        let xt = net::input(&mut st.teacher, both, [n_t + n_u, 3, h, w])?;
         let mut ectx = Ctx::eval();
         let ft = st.teacher.features(&xt, &mut ectx)?;
         let lt4 = st.teacher.classify(&ft, &mut ectx)?;
@@ -585,10 +592,10 @@ impl U2pl {
         drop((xt, ft));
         let (gh, gw) = (lt4.dim(2), lt4.dim(3));
         let (gs, dim) = (gh * gw, zt.dim(1));
-        let lt_u = ops::split(&lt4, &[n_l, n_u], 0)?.pop().expect("two parts");
+        let lt_u = if teacher_labeled { ops::split(&lt4, &[n_l, n_u], 0)?.pop().expect("two parts") } else { lt4.clone() };
         let lt_full = DeepLabV3Plus::upsample(&lt_u, [h, w])?.to_vec_f32()?;
         let (_, pseudo, entropy) = softmax_stats(&lt_full, n_u, c_n, h * w);
-        let (p4, _, _) = softmax_stats(&lt4.to_vec_f32()?, n_l + n_u, c_n, gs);
+        let (p4, _, _) = softmax_stats(&lt4.to_vec_f32()?, n_t + n_u, c_n, gs);
         let zt = zt.to_vec_f32()?;
         drop(lt4);
 
@@ -599,11 +606,9 @@ impl U2pl {
         let valid = mix.apply(&valid, 1, h, w);
         let pseudo = mix.apply(&pseudo, 1, h, w);
         let entropy = mix.apply(&entropy, 1, h, w);
-        let split_at = |v: &[f32], per: usize| (v[..n_l * per].to_vec(), v[n_l * per..].to_vec());
+        let split_at = |v: &[f32], per: usize| (v[..n_t * per].to_vec(), v[n_t * per..].to_vec());
         let (p4_l, p4_u) = split_at(&p4, c_n * gs);
         let (zt_l, zt_u) = split_at(&zt, dim * gs);
-        let p4 = [p4_l, mix.apply(&p4_u, c_n, gh, gw)].concat();
-        let zt = [zt_l, mix.apply(&zt_u, dim, gh, gw)].concat();
 
         // 3. Student on [x_l; mix(x_u)].
         let mut xs = lb.images.clone();
@@ -611,8 +616,21 @@ impl U2pl {
         let x = net::input(net, xs, [n_l + n_u, 3, h, w])?;
         let feats = net.features(&x, ctx)?;
         drop(x);
-        let logits = DeepLabV3Plus::upsample(&net.classify(&feats, ctx)?, [h, w])?;
+        let logits4 = net.classify(&feats, ctx)?;
+        let logits = DeepLabV3Plus::upsample(&logits4, [h, w])?;
         let zs = net.project(&feats, ctx)?;
+        // The labeled images' probabilities and representations for the contrastive selection:
+        // the teacher's, or the student's own values (no gradient flows through them).
+        let (p4_l, zt_l) = if teacher_labeled {
+            (p4_l, zt_l)
+        } else {
+            let (l4, z) = (logits4.to_vec_f32()?, zs.to_vec_f32()?);
+            ensure!([logits4.dim(2), logits4.dim(3)] == [gh, gw], "u2pl: student and teacher grids differ");
+            (softmax_stats(&l4[..n_l * c_n * gs], n_l, c_n, gs).0, z[..n_l * dim * gs].to_vec())
+        };
+        let p4 = [p4_l, mix.apply(&p4_u, c_n, gh, gw)].concat();
+        let zt = [zt_l, mix.apply(&zt_u, dim, gh, gw)].concat();
+        drop(logits4);
         let mut parts = ops::split(&logits, &[n_l, n_u], 0)?;
         let logits_u = parts.pop().expect("two parts");
         let logits_l = parts.pop().expect("two parts");
@@ -703,7 +721,7 @@ impl U2pl {
         self.metrics = json!({
             "l_sup": l_s.item()?, "l_unsup": l_u.item()?, "l_contra": l_c.item()?, "alpha": alpha,
             "entropy_threshold": thr, "kept_fraction": kept as f64 / (n_u * h * w) as f64,
-            "contrast_classes": used, "cutmix": mix.active(),
+            "contrast_classes": used, "cutmix": mix.active(), "teacher_images": n_t + n_u,
             "queue_fill": (0..c_n).map(|c| st.queues.len(c)).collect::<Vec<_>>(),
         });
         Ok(l_s.add(&l_u)?.add(&ops::affine(&l_c, self.s.lambda_c, 0.0)?)?)
@@ -774,8 +792,12 @@ impl Objective for U2pl {
         let (lo, hi) = self.s.rank_range(self.classes);
         let q = self.state.as_ref().map_or(0, |s| s.queues.bytes());
         Some(format!(
-            "u2pl: unlabeled batch {}, {} supervised-only steps, negative ranks [{lo}, {hi}) of {} classes, queues {} x {} keys ({:.1} MiB)",
+            "u2pl: unlabeled batch {}, labeled outputs from the {}, {} supervised-only steps, negative ranks [{lo}, {hi}) of {} classes, queues {} x {} keys ({:.1} MiB)",
             self.s.unlabeled_batch.unwrap_or(self.batch),
+            match self.s.labeled_from {
+                LabeledFrom::Teacher => "teacher",
+                LabeledFrom::Student => "student",
+            },
             self.s.sup_only_steps,
             self.classes,
             self.classes,

@@ -193,6 +193,7 @@ fn bad_u2pl_input_gets_clear_errors() {
     fails_with(&segnet(&["train", "--config", &cfg, "--queue-size", "0"]), "--queue-size");
     fails_with(&segnet(&["train", "--config", &cfg, "--lambda-c=-1"]), "--lambda-c");
     fails_with(&segnet(&["train", "--config", &cfg, "--lambda-c", "x"]), "lambda-c");
+    fails_with(&segnet(&["train", "--config", &cfg, "--labeled-from", "both"]), "--labeled-from");
     for (text, key) in [
         ("ema_momentum = 1.5", "u2pl_settings.ema_momentum"),
         ("cutmix = 2.0", "u2pl_settings.cutmix"),
@@ -201,6 +202,7 @@ fn bad_u2pl_input_gets_clear_errors() {
         ("unreliable_percent = 120.0", "u2pl_settings.unreliable_percent"),
         ("high_rank = 3", "high_rank"),
         ("anchor_threshold = 1.0", "u2pl_settings.anchor_threshold"),
+        ("labeled_from = \"both\"", "labeled_from"),
         ("bogus = 1", "bogus"),
     ] {
         let bad =
@@ -208,7 +210,7 @@ fn bad_u2pl_input_gets_clear_errors() {
         fails_with(&segnet(&["train", "--config", &bad]), key);
     }
     let help = String::from_utf8_lossy(&segnet(&["train", "--help"]).stdout).into_owned();
-    for flag in ["--queue-size", "--unlabeled-batch", "--sup-only-steps", "--lambda-c", "u2pl"] {
+    for flag in ["--queue-size", "--unlabeled-batch", "--sup-only-steps", "--lambda-c", "--labeled-from", "u2pl"] {
         assert!(help.contains(flag), "--help lacks {flag}: {help}");
     }
 }

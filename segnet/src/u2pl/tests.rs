@@ -404,3 +404,50 @@ fn the_teacher_follows_the_student_by_ema_and_is_what_evaluations_score() {
     obj.finish(&mut net).unwrap();
     assert_eq!(first(&mut net), t2, "the stage ends with the teacher's weights");
 }
+
+/// The features, cell by cell, that `net` gives `images` (`n` images of `s x s`) in `ctx`.
+fn cell_features(net: &mut Net, images: Vec<f32>, n: usize, s: usize, ctx: &mut Ctx) -> Vec<Vec<f32>> {
+    let x = net::input(net, images, [n, 3, s, s]).unwrap();
+    let f = net.features(&x, ctx).unwrap();
+    let z = net.project(&f, ctx).unwrap();
+    let (dim, cells) = (z.dim(1), z.dim(2) * z.dim(3));
+    cells_major(&z.to_vec_f32().unwrap(), n, dim, cells).chunks(dim).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn labeled_negatives_come_from_the_teacher_or_with_labeled_from_student_from_the_student() {
+    let (n, s) = (2, 32);
+    let (lb, ub) = batches(n, s, 3);
+    for from in [LabeledFrom::Teacher, LabeledFrom::Student] {
+        let mut net = tiny_net(3);
+        let mut c = cfg(4096);
+        c.u2pl_settings.labeled_from = from;
+        // No CutMix: the student's batch is [x_l; x_u] as it comes, so its features can be
+        // recomputed below with the same dropout draws.
+        c.u2pl_settings.cutmix = 0.0;
+        let mut obj = U2pl::new(&c, 3);
+        obj.start(&mut net).unwrap();
+        let both = [lb.images.clone(), ub.images.clone()].concat();
+        let student = cell_features(&mut net, both.clone(), 2 * n, s, &mut Ctx::train(Rng::new(2)));
+        let teacher = cell_features(&mut obj.state.as_mut().unwrap().teacher, both, 2 * n, s, &mut Ctx::eval());
+        let labeled_cells = student.len() / 2;
+        obj.loss_semi(&mut net, &lb, &ub, 1, &mut Ctx::train(Rng::new(2))).unwrap();
+        let m = obj.step_metrics().unwrap();
+        let teacher_images = if from == LabeledFrom::Teacher { 2 * n } else { n };
+        assert_eq!(m["teacher_images"], teacher_images, "{from:?}: {m}");
+        let st = obj.state_ref().unwrap();
+        let (mut from_student, mut from_teacher) = (0, 0);
+        for class in 0..3 {
+            for i in 0..st.queues.len(class) {
+                let key = st.queues.key(class, i).unwrap();
+                from_student += student[..labeled_cells].iter().any(|f| f == key) as usize;
+                from_teacher += teacher[..labeled_cells].iter().any(|f| f == key) as usize;
+            }
+        }
+        // Train-mode and eval-mode batch norm give different features, so a key matches one side.
+        match from {
+            LabeledFrom::Teacher => assert!(from_teacher > 0 && from_student == 0, "{from_teacher} / {from_student}"),
+            LabeledFrom::Student => assert!(from_student > 0 && from_teacher == 0, "{from_teacher} / {from_student}"),
+        }
+    }
+}
