@@ -705,19 +705,23 @@ impl U2pl {
             }
         }
         let used = protos.len();
-        let m = anchor_idx.len();
-        // Each anchor's keys (its prototype, then its negatives), written rows in parallel.
-        let held: Vec<&[f32]> = (0..c_n).map(|c| st.queues.held(c)).collect::<Result<_>>()?;
-        let mut keys = vec![0f32; m * (1 + negatives) * dim];
-        keys.par_chunks_mut((1 + negatives) * dim).enumerate().for_each(|(a, out)| {
-            let (c, proto) = &protos[proto_of[a]];
-            out[..dim].copy_from_slice(proto);
-            for (o, &i) in out[dim..].chunks_exact_mut(dim).zip(&drawn[a * negatives..(a + 1) * negatives]) {
-                o.copy_from_slice(&held[*c][i * dim..][..dim]);
-            }
-        });
-        let keys = Tensor::from_vec(keys, vec![m, 1 + negatives, dim])?;
-        let l_c = ops::info_nce(&ops::gather_pixels(&zs, &anchor_idx)?, &keys, self.s.tau)?;
+        // The key bank: the prototypes, then the held keys of each class with anchors; each
+        // anchor's keys are bank rows (its prototype, then its negatives), so the `anchors x
+        // (1 + negatives) x dim` key tensor is never written.
+        let mut bank: Vec<f32> = protos.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let mut queue_row = vec![0usize; c_n];
+        for (c, _) in &protos {
+            queue_row[*c] = bank.len() / dim;
+            bank.extend_from_slice(st.queues.held(*c)?);
+        }
+        let mut key_idx = Vec::with_capacity(anchor_idx.len() * (1 + negatives));
+        for (a, &p) in proto_of.iter().enumerate() {
+            key_idx.push(p);
+            key_idx.extend(drawn[a * negatives..(a + 1) * negatives].iter().map(|&i| queue_row[protos[p].0] + i));
+        }
+        let rows = bank.len() / dim;
+        let bank = Tensor::from_vec(bank, vec![rows, dim])?;
+        let l_c = ops::info_nce_indexed(&ops::gather_pixels(&zs, &anchor_idx)?, &bank, &key_idx, 1 + negatives, self.s.tau)?;
         self.metrics = json!({
             "l_sup": l_s.item()?, "l_unsup": l_u.item()?, "l_contra": l_c.item()?, "alpha": alpha,
             "entropy_threshold": thr, "kept_fraction": kept as f64 / (n_u * h * w) as f64,

@@ -1,7 +1,7 @@
 //! Gradient checks (f64, central differences, seeded quickcheck) of the two ops of U2PL's
 //! contrastive term: `gather_pixels` (anchors out of a feature map, repeats allowed) and
-//! `info_nce` (anchors against their own positive + negative keys), plus their validation and a
-//! hand-computed value.
+//! `info_nce` (anchors against their own positive + negative keys; `info_nce_indexed`, the keys as
+//! rows of a shared bank, repeats allowed), plus their validation and a hand-computed value.
 
 use engine::{ops, DType, Rng, Tensor};
 use segnet_tests::{arbitrary_via_rng, gc, property, rand_t, shrink_dims, unit_rows, Case};
@@ -169,4 +169,79 @@ fn info_nce_matches_the_plain_loop() {
         let bad = g.iter().zip(w.iter()).position(|(x, y)| (x - y).abs() > 1e-12 * scale);
         assert_eq!(bad, None, "{what} gradient differs from the plain loop");
     }
+}
+
+/// A bank of `r` rows and an index drawn from it (repeats likely with few rows).
+fn bank_index(c: &Nce, r: usize, rng: &mut Rng) -> Vec<usize> {
+    (0..c.m * c.k).map(|_| rng.below(r)).collect()
+}
+
+#[test]
+fn grad_info_nce_indexed() {
+    // Both inputs: the anchors, and the bank rows, whose gradient sums over every use of a row.
+    property("grad_info_nce_indexed", 60, |c: &Nce| {
+        let mut rng = Rng::new(c.seed);
+        let r = 1 + rng.below(2 * c.k);
+        let mut a = rand_t(&[c.m, c.d], &mut rng);
+        let mut bank = rand_t(&[r, c.d], &mut rng);
+        if c.unit {
+            (a, bank) = (unit_rows(&a, c.d), unit_rows(&bank, c.d));
+        }
+        let idx = bank_index(c, r, &mut rng);
+        gc(|xs| ops::info_nce_indexed(&xs[0], &xs[1], &idx, c.k, c.tau), &[a, bank])
+            .map_err(|e| format!("tau {}, bank {r}, index {idx:?}: {e}", c.tau))
+    });
+}
+
+/// The indexed op equals `info_nce` on the key tensor its index gathers, bit for bit in f32 (the
+/// dot products and sums run in the same order): the loss and the anchors' gradient, and the
+/// bank's gradient is the keys' gradient summed over each row's uses.
+#[test]
+fn info_nce_indexed_equals_info_nce_on_the_gathered_keys() {
+    let (m, k, d, r, tau) = (150, 7, 13, 40, 0.5);
+    let mut rng = Rng::new(22);
+    let a = Tensor::randn([m, d], 1.0, DType::F32, &mut rng);
+    let bank = Tensor::randn([r, d], 1.0, DType::F32, &mut rng);
+    let idx: Vec<usize> = (0..m * k).map(|_| rng.below(r)).collect();
+    let bv = bank.to_vec_f32().unwrap();
+    let keys: Vec<f32> = idx.iter().flat_map(|&i| bv[i * d..(i + 1) * d].to_vec()).collect();
+    let keys = Tensor::from_vec(keys, vec![m, k, d]).unwrap();
+    let run = |x: &Tensor, keys: Option<&Tensor>| {
+        let tape = engine::Tape::new();
+        let (at, kt) = (tape.watch(x), tape.watch(keys.unwrap_or(&bank)));
+        let loss = match keys {
+            Some(_) => ops::info_nce(&at, &kt, tau),
+            None => ops::info_nce_indexed(&at, &kt, &idx, k, tau),
+        }
+        .unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let g = |t: &Tensor| grads.get(t).unwrap().to_vec_f32().unwrap();
+        (loss.to_vec_f32().unwrap(), g(&at), g(&kt))
+    };
+    let (l1, ga1, gk) = run(&a, Some(&keys));
+    let (l2, ga2, gb) = run(&a, None);
+    assert_eq!(l1, l2, "loss");
+    assert_eq!(ga1, ga2, "anchor gradient");
+    let mut want = vec![0f64; r * d];
+    for (mj, &i) in idx.iter().enumerate() {
+        for t in 0..d {
+            want[i * d + t] += gk[mj * d + t] as f64;
+        }
+    }
+    let scale = want.iter().fold(0f64, |s, v| s.max(v.abs()));
+    let bad = gb.iter().zip(&want).position(|(x, y)| (*x as f64 - y).abs() > 1e-5 * scale);
+    assert_eq!(bad, None, "bank gradient vs the keys' gradient summed per row");
+}
+
+#[test]
+fn info_nce_indexed_validates_its_index() {
+    let a = Tensor::zeros([2, 3], DType::F64);
+    let bank = Tensor::zeros([4, 3], DType::F64);
+    let err = |idx: &[usize], k: usize| ops::info_nce_indexed(&a, &bank, idx, k, 0.5).unwrap_err().to_string();
+    assert!(err(&[0, 1, 2], 2).contains("3 key indices for 2 anchors of 2 keys"), "{}", err(&[0, 1, 2], 2));
+    assert!(err(&[0, 1, 4, 2], 2).contains("key index 4 out of range for a bank of 4 rows"));
+    assert!(err(&[], 0).contains("K >= 1"));
+    assert!(ops::info_nce_indexed(&a, &Tensor::zeros([4, 2], DType::F64), &[0; 4], 2, 0.5).is_err());
+    assert!(ops::info_nce_indexed(&a, &bank, &[0; 4], 2, f64::NAN).unwrap_err().to_string().contains("tau"));
+    assert_eq!(ops::info_nce_indexed(&a, &bank, &[3, 0, 1, 1], 2, 0.5).unwrap().item().unwrap(), 2f64.ln());
 }

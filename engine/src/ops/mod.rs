@@ -31,7 +31,7 @@ pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use elementwise::{add, affine, div, exp, log, mul, neg, relu, sqrt, sub};
 pub use gather::gather_pixels;
-pub use info_nce::info_nce;
+pub use info_nce::{info_nce, info_nce_indexed};
 pub use info_nce_queue::info_nce_queue;
 pub use matmul::matmul;
 pub use normalize::l2_normalize;
