@@ -178,6 +178,11 @@ fn contrastive_then_u2pl_through_the_binary() {
         "--unlabeled-batch",
     );
     fails_with(&segnet(&[&small[..], &["--unlabeled-batch", "1"], &tail[..]].concat()), "--stage u2pl");
+    // The teacher on the unlabeled images only, as `train --labeled-from student`.
+    let args = [&small[..], &["--stage", "u2pl", "--labeled-from", "student"], &tail[..]].concat();
+    let v: serde_json::Value = serde_json::from_str(ok(&segnet(&args)).trim()).unwrap();
+    assert!(v["objective"].as_str().unwrap().contains("labeled outputs from the student"), "{v}");
+    fails_with(&segnet(&[&small[..], &["--labeled-from", "student"], &tail[..]].concat()), "--stage u2pl");
 }
 
 #[test]
