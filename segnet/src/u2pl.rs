@@ -48,8 +48,10 @@
 //!      - classes are indexed by class id throughout (the code's anchor list is indexed by the
 //!        position among present classes); a class without anchors or with an empty queue is
 //!        skipped;
-//!      - `L_c` = [`engine::ops::info_nce`] of all sampled anchors against their keys at `tau`:
-//!        the mean over classes of the mean over their anchors (every class has `anchors` rows).
+//!      - `L_c` = [`engine::ops::info_nce_indexed`] of all sampled anchors against their keys at
+//!        `tau` (the keys as rows of one bank: the prototypes, then the queues of the classes
+//!        with anchors): the mean over classes of the mean over their anchors (every class has
+//!        `anchors` rows).
 //! 6. After each optimiser step the teacher follows the student: during the first
 //!    `sup_only_steps` (supervised only: `L = L_s`, no teacher pass) it is a copy; then
 //!    `teacher = d teacher + (1 - d) student` with `d = min(1 - 1/(k + 1), ema_momentum)`, `k`
@@ -592,7 +594,8 @@ impl U2pl {
         drop((xt, ft));
         let (gh, gw) = (lt4.dim(2), lt4.dim(3));
         let (gs, dim) = (gh * gw, zt.dim(1));
-        let lt_u = if teacher_labeled { ops::split(&lt4, &[n_l, n_u], 0)?.pop().expect("two parts") } else { lt4.clone() };
+        let lt_u =
+            if teacher_labeled { ops::split(&lt4, &[n_l, n_u], 0)?.pop().expect("two parts") } else { lt4.clone() };
         let lt_full = DeepLabV3Plus::upsample(&lt_u, [h, w])?.to_vec_f32()?;
         let (_, pseudo, entropy) = softmax_stats(&lt_full, n_u, c_n, h * w);
         let (p4, _, _) = softmax_stats(&lt4.to_vec_f32()?, n_t + n_u, c_n, gs);
@@ -721,7 +724,8 @@ impl U2pl {
         }
         let rows = bank.len() / dim;
         let bank = Tensor::from_vec(bank, vec![rows, dim])?;
-        let l_c = ops::info_nce_indexed(&ops::gather_pixels(&zs, &anchor_idx)?, &bank, &key_idx, 1 + negatives, self.s.tau)?;
+        let l_c =
+            ops::info_nce_indexed(&ops::gather_pixels(&zs, &anchor_idx)?, &bank, &key_idx, 1 + negatives, self.s.tau)?;
         self.metrics = json!({
             "l_sup": l_s.item()?, "l_unsup": l_u.item()?, "l_contra": l_c.item()?, "alpha": alpha,
             "entropy_threshold": thr, "kept_fraction": kept as f64 / (n_u * h * w) as f64,
