@@ -609,9 +609,14 @@ impl U2pl {
         let valid = mix.apply(&valid, 1, h, w);
         let pseudo = mix.apply(&pseudo, 1, h, w);
         let entropy = mix.apply(&entropy, 1, h, w);
-        let split_at = |v: &[f32], per: usize| (v[..n_t * per].to_vec(), v[n_t * per..].to_vec());
-        let (p4_l, p4_u) = split_at(&p4, c_n * gs);
-        let (zt_l, zt_u) = split_at(&zt, dim * gs);
+        // The teacher's labeled part stays in place, the unlabeled part moves out (no copy at all
+        // when the teacher saw no labeled image).
+        let split_off = |mut v: Vec<f32>, per: usize| {
+            let u = v.split_off(n_t * per);
+            (v, u)
+        };
+        let (p4_l, p4_u) = split_off(p4, c_n * gs);
+        let (zt_l, zt_u) = split_off(zt, dim * gs);
 
         // 3. Student on [x_l; mix(x_u)].
         let mut xs = lb.images.clone();

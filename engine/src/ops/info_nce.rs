@@ -43,9 +43,7 @@ pub fn info_nce(anchors: &Tensor, keys: &Tensor, tau: f64) -> Result<Tensor> {
             format!("expected anchors [M, D] and keys [M, K, D], got {} and {}", anchors.shape(), keys.shape()),
         ));
     }
-    if keys.dim(1) == 0 {
-        return Err(Error::invalid(OP, "every row needs at least its positive key (K >= 1)"));
-    }
+    // `K = 0` and everything else are checked by the indexed form.
     let (m, k, d) = (keys.dim(0), keys.dim(1), keys.dim(2));
     let bank = keys.reshape(&[m * k, d])?;
     let index: Vec<usize> = (0..m * k).collect();
